@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   - the whole system on this machine, hub on http://127.0.0.1:8000
+#   make test   - lint and the full test suite (unit, integration, browser)
+# Each target installs what it needs: a virtualenv with the project, configurable-http-proxy
+# from npm into ./node_modules, and Debian's chromium for the browser tests.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint deps chromium clean
+
+deps: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: deps chromium lint
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: deps
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m localcloud demo
+
+clean:
+	rm -rf $(VENV) node_modules .localcloud .pytest_cache .hypothesis

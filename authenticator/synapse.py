@@ -1,0 +1,578 @@
+"""SynapseOAuthenticator: Synapse's OIDC code flow, gated on Synapse team membership.
+
+A thin provider over oauthenticator's generic base: Synapse's endpoints derive from one
+issuer URL, the ``claims`` request names the configured teams, and the hooks of the base
+class apply the team gate, the admin teams, JupyterHub groups and the userid binding.
+``refresh_user`` is Synapse-specific because Synapse rotates refresh tokens on every use
+(a second use of the same refresh token fails), so refreshes must be serialised per user and
+their result saved before the next one may start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from jupyterhub.utils import url_path_join
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthenticator
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from traitlets import Dict, Float, List, Unicode, default, observe, validate
+
+from . import errors
+from .claims import (
+    ClaimsError,
+    SynapseIdentity,
+    allowed_teams_of,
+    claims_parameter,
+    groups_for_teams,
+    identity_from_userinfo,
+    normalize_username,
+)
+from .identities import IdentityStore, NameTaken
+
+PRODUCTION_ISSUER = "https://repo-prod.prod.sagebase.org/auth/v1"
+PRODUCTION_SIGNIN = "https://signin.synapse.org"
+
+
+class SynapseCallError(Exception):
+    """A call to Synapse's OAuth endpoints that did not succeed.
+
+    ``transient`` separates "Synapse is unwell, try later" (timeouts, 5xx, 429) from "this
+    grant or token is no good" (4xx), which is what decides between keeping a session and
+    asking the user to sign in again.
+    """
+
+    def __init__(self, call: str, status: int, error: str = "", description: str = "") -> None:
+        super().__init__(f"{call}: HTTP {status} {error} {description}".strip())
+        self.call = call
+        self.status = status
+        self.error = error
+        self.description = description
+
+    @property
+    def transient(self) -> bool:
+        return self.status == 599 or self.status >= 500 or self.status == 429
+
+
+class SynapseCallbackHandler(OAuthCallbackHandler):
+    """The OAuth callback, with pages a user can act on instead of bare 400s."""
+
+    def _sign_in_url(self) -> str:
+        return url_path_join(self.hub.base_url, "login")
+
+    def check_arguments(self) -> None:
+        error = self.get_argument("error", "")
+        if error:
+            description = self.get_argument("error_description", "")
+            self.log.warning("Synapse sign-in returned error=%s (%s)", error, description)
+            if error == "access_denied":
+                raise errors.consent_denied(self._sign_in_url())
+            raise errors.provider_error(self._sign_in_url(), error, description)
+        if not self.get_argument("code", ""):
+            self.log.warning("OAuth callback without a code")
+            raise errors.stale_attempt(self._sign_in_url())
+        try:
+            self.check_state()
+        except web.HTTPError as e:
+            self.log.warning("Refusing OAuth callback: %s", e.log_message)
+            raise errors.stale_attempt(self._sign_in_url()) from None
+
+
+class SynapseOAuthenticator(OAuthenticator):
+    """Sign in with Synapse; only members of the configured Synapse teams get in."""
+
+    login_service = "Synapse"
+    callback_handler = SynapseCallbackHandler
+    user_auth_state_key = "synapse_userinfo"
+
+    issuer = Unicode(
+        PRODUCTION_ISSUER,
+        config=True,
+        help="""
+        Synapse's OIDC issuer. The token, userinfo and revocation endpoints are derived from
+        it (``<issuer>/oauth2/token`` etc.), so pointing the hub at Synapse staging or at the
+        local stand-in is a matter of this setting and :attr:`signin_url` alone.
+        Environment: ``SYNAPSE_ISSUER``.
+        """,
+    )
+
+    signin_url = Unicode(
+        PRODUCTION_SIGNIN,
+        config=True,
+        help="""
+        Synapse's sign-in page, the OAuth authorization endpoint a browser is sent to.
+        Environment: ``SYNAPSE_SIGNIN_URL``.
+        """,
+    )
+
+    @validate("issuer", "signin_url")
+    def _validate_url(self, proposal: dict[str, Any]) -> str:
+        value = proposal["value"].rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(
+                f"SynapseOAuthenticator.{proposal['trait'].name} must be an http(s) URL, "
+                f"got {value!r}"
+            )
+        return value
+
+    revoke_url = Unicode(
+        config=True,
+        help="Synapse's token revocation endpoint; default ``<issuer>/oauth2/revoke``.",
+    )
+
+    @default("authorize_url")
+    def _authorize_url_default(self) -> str:
+        return self.signin_url
+
+    @default("token_url")
+    def _token_url_default(self) -> str:
+        return f"{self.issuer}/oauth2/token"
+
+    @default("userdata_url")
+    def _userdata_url_default(self) -> str:
+        return f"{self.issuer}/oauth2/userinfo"
+
+    @default("revoke_url")
+    def _revoke_url_default(self) -> str:
+        return f"{self.issuer}/oauth2/revoke"
+
+    @default("scope")
+    def _scope_default(self) -> list[str]:
+        # view/download/modify: what synapseclient needs inside the notebook;
+        # offline_access: Synapse issues a refresh token only with it.
+        return ["openid", "view", "download", "modify", "offline_access"]
+
+    allowed_teams = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""
+        Synapse teams whose members may sign in: team id -> display name (the name is shown
+        on the refusal page, with a link to the team). ``jupyterhub_config.py`` fills it from
+        the communities file. An empty value stops the hub at start-up: nobody could sign in.
+        """,
+    ).tag(allow_config=True)
+
+    admin_teams = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""
+        Synapse teams whose members are JupyterHub admins (team id -> display name). Admin
+        status follows membership: it is granted and withdrawn at sign-in and at refresh.
+        Members of admin teams may sign in even if they are in no community team.
+        """,
+    )
+
+    team_groups = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""
+        JupyterHub group for each team id (e.g. the community's id). Group membership is
+        managed by the authenticator (``manage_groups``) and follows team membership at every
+        sign-in and refresh. Teams without an entry get the group ``team-<id>``.
+        """,
+    )
+
+    @validate("allowed_teams", "admin_teams", "team_groups")
+    def _validate_team_ids(self, proposal: dict[str, Any]) -> dict[str, str]:
+        value = {str(k): v for k, v in proposal["value"].items()}
+        bad = [k for k in value if not k.isdigit()]
+        if bad:
+            raise ValueError(
+                f"SynapseOAuthenticator.{proposal['trait'].name}: team ids must be digits, "
+                f"got {bad}"
+            )
+        return value
+
+    identity_db_url = Unicode(
+        "sqlite:///synapse-identities.sqlite",
+        config=True,
+        help="""
+        Database of the userid -> hub user binding (see ``authenticator/identities.py``): a
+        Synapse user who renames themselves keeps their hub user, and the next holder of a
+        freed Synapse user name cannot take it over. Keep it wherever the hub database is
+        kept; with PostgreSQL, use the hub's ``db_url`` (the table is ``synapse_identities``).
+        """,
+    )
+
+    access_token_refresh_margin = Float(
+        3600,
+        config=True,
+        help="""
+        Seconds before the access token's expiry (Synapse: 24 h after issue) at which a
+        refresh rotates the tokens. Tokens are also rotated before every spawn so a notebook
+        starts with a full day of token life.
+        """,
+    )
+
+    min_rotation_interval = Float(
+        60,
+        config=True,
+        help="""
+        Tokens rotated less than this many seconds ago are not rotated again: several
+        requests arriving together (a page and its API calls) share one rotation.
+        """,
+    )
+
+    admin_contact = Unicode(
+        "",
+        config=True,
+        help="Who a refused user should contact (shown on the refusal page), e.g. an email.",
+    )
+
+    extra_claims = List(
+        Unicode(),
+        config=True,
+        help="Further Synapse claims to request (e.g. ``orcid``, ``is_certified``).",
+    )
+
+    @default("username_claim")
+    def _username_claim_default(self) -> str:
+        return "user_name"
+
+    @default("enable_auth_state")
+    def _enable_auth_state_default(self) -> bool:
+        return True
+
+    @default("manage_groups")
+    def _manage_groups_default(self) -> bool:
+        return True
+
+    @default("http_request_kwargs")
+    def _http_request_kwargs_default(self) -> dict[str, Any]:
+        # Without timeouts a hung Synapse would hang sign-in pages for tornado's 20 s
+        # default and more on connect; these make the "Synapse is not answering" page prompt.
+        return {"connect_timeout": 10.0, "request_timeout": 20.0}
+
+    @default("extra_authorize_params")
+    def _extra_authorize_params_default(self) -> dict[str, str]:
+        return {"claims": self._claims_parameter()}
+
+    @observe("allowed_teams", "admin_teams", "extra_claims")
+    def _update_claims(self, change: dict[str, Any]) -> None:
+        self.extra_authorize_params = {
+            **self.extra_authorize_params,
+            "claims": self._claims_parameter(),
+        }
+
+    def _claims_parameter(self) -> str:
+        parameter = json.loads(claims_parameter(self.all_team_ids))
+        for part in parameter.values():
+            part.update({name: None for name in self.extra_claims})
+        return json.dumps(parameter, separators=(",", ":"), sort_keys=True)
+
+    now = staticmethod(time.time)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self._identities: IdentityStore | None = None
+
+    # -- configuration ------------------------------------------------------------------
+
+    @property
+    def all_team_ids(self) -> set[str]:
+        """Every team that opens the hub: community teams and admin teams."""
+        return set(self.allowed_teams) | set(self.admin_teams)
+
+    @property
+    def identities(self) -> IdentityStore:
+        if self._identities is None:
+            self._identities = IdentityStore(self.identity_db_url)
+        return self._identities
+
+    def check_allow_config(self) -> None:
+        if not self.all_team_ids:
+            raise ValueError(
+                "SynapseOAuthenticator.allowed_teams is empty: nobody could sign in. "
+                "Configure at least one community (team_id) in the communities file."
+            )
+
+    def _sign_in_url(self) -> str:
+        prefix = getattr(self.parent, "hub_prefix", "/hub/")
+        return url_path_join(prefix, "login")
+
+    # -- calls to Synapse -----------------------------------------------------------------
+
+    async def _call(self, call: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """One JSON call to Synapse, with every failure turned into :class:`SynapseCallError`."""
+        try:
+            answer = await self.httpfetch(url, label=call, **kwargs)
+        except HTTPClientError as e:
+            error = description = ""
+            if e.response is not None and e.response.body:
+                try:
+                    body = json.loads(e.response.body)
+                    error = str(body.get("error", ""))
+                    description = str(body.get("error_description") or body.get("reason", ""))
+                except (ValueError, AttributeError):
+                    pass
+            raise SynapseCallError(call, e.code, error, description) from None
+        except (OSError, asyncio.TimeoutError) as e:
+            self.log.error("Synapse %s failed: %s", call, e)
+            raise SynapseCallError(call, 599, "unreachable", str(e)) from None
+        if not isinstance(answer, dict):
+            raise SynapseCallError(call, 502, "not_json", "answer is not a JSON object")
+        return answer
+
+    async def _token_request(self, params: dict[str, Any]) -> dict[str, Any]:
+        params = {k: v for k, v in params.items() if k != "data" and v is not None}
+        token_info = await self._call(
+            "token request",
+            self.token_url,
+            method="POST",
+            headers=self.build_token_info_request_headers(),
+            body=urlencode(params),
+            validate_cert=self.validate_server_cert,
+        )
+        if "access_token" not in token_info:
+            raise SynapseCallError("token request", 502, "no_access_token")
+        token_info.setdefault("token_type", "Bearer")
+        return token_info
+
+    async def _userinfo(self, access_token: str) -> dict[str, Any]:
+        return await self._call(
+            "userinfo request",
+            self.userdata_url,
+            method="GET",
+            headers=self.build_userdata_request_headers(access_token, "Bearer"),
+            validate_cert=self.validate_server_cert,
+        )
+
+    def _login_failure(self, e: SynapseCallError, what: str) -> errors.SignInError:
+        self.log.error("Synapse sign-in failed at the %s: %s", e.call, e)
+        if e.transient:
+            return errors.synapse_unavailable(self._sign_in_url(), what)
+        if e.error in ("invalid_grant", "invalid_request") or e.status in (400, 401):
+            return errors.stale_attempt(self._sign_in_url())
+        return errors.unexpected_answer(self._sign_in_url())
+
+    # -- oauthenticator hooks (sign-in) ---------------------------------------------------
+
+    async def get_token_info(self, handler: Any, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self._token_request(params)
+        except SynapseCallError as e:
+            raise self._login_failure(e, "exchanging the sign-in code") from None
+
+    async def token_to_user(self, token_info: dict[str, Any]) -> dict[str, Any]:
+        try:
+            userinfo = await self._userinfo(token_info["access_token"])
+        except SynapseCallError as e:
+            raise self._login_failure(e, "reading your Synapse profile") from None
+        try:
+            identity_from_userinfo(userinfo)
+        except ClaimsError as e:
+            self.log.error("Synapse userinfo rejected: %s", e)
+            raise errors.unexpected_answer(self._sign_in_url()) from None
+        return userinfo
+
+    def user_info_to_username(self, user_info: dict[str, Any]) -> str:
+        return normalize_username(identity_from_userinfo(user_info).user_name)
+
+    def build_auth_state_dict(
+        self, token_info: dict[str, Any], user_info: dict[str, Any]
+    ) -> dict[str, Any]:
+        identity = identity_from_userinfo(user_info)
+        now = self.now()
+        scope = token_info.get("scope") or self.scope
+        return {
+            "access_token": token_info["access_token"],
+            "refresh_token": token_info.get("refresh_token"),
+            "id_token": token_info.get("id_token"),
+            "token_type": token_info.get("token_type", "Bearer"),
+            "scope": scope.split() if isinstance(scope, str) else list(scope),
+            "expires_at": now + float(token_info.get("expires_in") or 24 * 3600),
+            "refreshed_at": now,
+            "userid": identity.userid,
+            "user_name": identity.user_name,
+            "email": identity.email,
+            "teams": list(identity.teams),
+            self.user_auth_state_key: user_info,
+        }
+
+    async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
+        state = auth_model["auth_state"]
+        try:
+            binding = self.identities.resolve(
+                state["userid"], auth_model["name"], state["user_name"]
+            )
+        except NameTaken as e:
+            self.log.warning(
+                "Refusing Synapse user %s (%s): hub user %r is bound to Synapse user %s",
+                state["user_name"], state["userid"], e.hub_username, e.owner_userid,
+            )
+            raise errors.name_taken(state["user_name"], e.hub_username) from None
+        if binding.hub_username != auth_model["name"]:
+            self.log.info(
+                "Synapse user %s renamed to %r: signing in as bound hub user %r",
+                state["userid"], state["user_name"], binding.hub_username,
+            )
+        auth_model["name"] = binding.hub_username
+        auth_model["admin"] = self._is_admin(auth_model["name"], state["teams"])
+        return auth_model
+
+    def _is_admin(self, name: str, teams: list[str]) -> bool:
+        return name in self.admin_users or bool(set(teams) & set(self.admin_teams))
+
+    async def get_user_groups(self, auth_state: dict[str, Any]) -> set[str]:
+        mapping = {t: self.team_groups.get(t, f"team-{t}") for t in self.all_team_ids}
+        return set(groups_for_teams(auth_state.get("teams", []), mapping))
+
+    async def check_allowed(self, username: str, auth_model: dict[str, Any]) -> bool:
+        if auth_model is None:
+            return True
+        teams = auth_model["auth_state"]["teams"]
+        if allowed_teams_of(teams, self.all_team_ids):
+            return True
+        if username in self.allowed_users or username in self.admin_users:
+            return True
+        state = auth_model["auth_state"]
+        self.log.warning(
+            "Refusing Synapse user %s (%s): in none of the allowed teams %s",
+            state["user_name"], state["userid"], sorted(self.all_team_ids),
+        )
+        raise errors.not_a_member(
+            state["user_name"], {**self.allowed_teams, **self.admin_teams},
+            admin_contact=self.admin_contact,
+        )
+
+    def delete_user(self, user: Any) -> None:
+        """A deleted hub user frees its name for whichever Synapse account signs in next."""
+        super().delete_user(user)
+        if self.identities.unbind(user.name):
+            self.log.info("Removed the Synapse identity binding of deleted user %s", user.name)
+
+    # -- refresh --------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_spawn_request(handler: Any) -> bool:
+        """JupyterHub refreshes auth right before a spawn but does not say so to refresh_user.
+
+        The spawn handlers are the only callers that start servers, so their presence is the
+        signal to rotate: the notebook then starts with a full day of token life.
+        """
+        from jupyterhub.apihandlers.users import UserServerAPIHandler
+        from jupyterhub.handlers.pages import SpawnHandler
+
+        return isinstance(handler, (SpawnHandler, UserServerAPIHandler))
+
+    async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
+        """Rotate tokens when needed and re-check team membership live.
+
+        Returns False (sign in again) when the refresh token is refused or the user is in no
+        allowed team any more; True (keep the session) when Synapse is unreachable, so an
+        outage does not sign everybody out; else the new auth model, already saved.
+        """
+        lock = self._refresh_locks.setdefault(user.name, asyncio.Lock())
+        async with lock:
+            return await self._refresh_locked(user, force=self._is_spawn_request(handler))
+
+    async def refresh_tokens(self, user: Any, *, force: bool = False) -> Any:
+        """Refresh outside a request, e.g. for a running server whose token nears expiry."""
+        lock = self._refresh_locks.setdefault(user.name, asyncio.Lock())
+        async with lock:
+            return await self._refresh_locked(user, force=force)
+
+    def _needs_rotation(self, state: dict[str, Any], force: bool) -> bool:
+        now = self.now()
+        if now - state.get("refreshed_at", 0) < self.min_rotation_interval:
+            return False
+        return force or state.get("expires_at", 0) - now < self.access_token_refresh_margin
+
+    async def _rotate(self, user: Any, state: dict[str, Any]) -> dict[str, Any] | None:
+        """Exchange the refresh token; None if Synapse is unreachable (keep what we have)."""
+        if not state.get("refresh_token"):
+            raise SynapseCallError("token refresh", 400, "no_refresh_token")
+        params = self.build_refresh_token_request_params(state["refresh_token"])
+        try:
+            token_info = await self._token_request(params)
+        except SynapseCallError as e:
+            if e.transient:
+                self.log.warning("Could not refresh tokens of %s, keeping them: %s", user.name, e)
+                return None
+            raise
+        self.log.info("Rotated Synapse tokens of %s", user.name)
+        return token_info
+
+    async def _refresh_locked(self, user: Any, *, force: bool) -> Any:
+        state = await user.get_auth_state()
+        if not state or not state.get("access_token") or not state.get("userid"):
+            self.log.info("No Synapse auth state for %s: sign-in required", user.name)
+            return False
+        token_info: dict[str, Any] | None = None
+        try:
+            if self._needs_rotation(state, force):
+                token_info = await self._rotate(user, state)
+            access_token = (token_info or state)["access_token"]
+            try:
+                userinfo = await self._userinfo(access_token)
+            except SynapseCallError as e:
+                if e.status != 401 or token_info is not None:
+                    raise
+                # Expired or revoked access token: one rotation, then one more try.
+                token_info = await self._rotate(user, state)
+                if token_info is None:
+                    return True
+                userinfo = await self._userinfo(token_info["access_token"])
+            identity = identity_from_userinfo(userinfo)
+        except SynapseCallError as e:
+            if e.transient:
+                self.log.warning("Synapse unreachable while refreshing %s: %s", user.name, e)
+                return True
+            self.log.info("Synapse refused the tokens of %s (%s): sign-in required", user.name, e)
+            return False
+        except ClaimsError as e:
+            self.log.error("Synapse userinfo for %s rejected at refresh: %s", user.name, e)
+            return True
+
+        if identity.userid != state["userid"]:
+            self.log.error(
+                "Refusing refresh of %s: token belongs to Synapse user %s, not %s",
+                user.name, identity.userid, state["userid"],
+            )
+            return False
+        if not allowed_teams_of(identity.teams, self.all_team_ids):
+            self.log.warning(
+                "Synapse user %s (%s) is no longer in any allowed team: sign-in refused",
+                identity.user_name, identity.userid,
+            )
+            return False
+        return await self._save_refreshed(user, state, token_info, userinfo, identity)
+
+    async def _save_refreshed(
+        self,
+        user: Any,
+        state: dict[str, Any],
+        token_info: dict[str, Any] | None,
+        userinfo: dict[str, Any],
+        identity: SynapseIdentity,
+    ) -> dict[str, Any]:
+        if token_info is not None:
+            # Synapse always returns a new refresh token; keep the old one only if it did not.
+            token_info.setdefault("refresh_token", state.get("refresh_token"))
+            new_state = self.build_auth_state_dict(token_info, userinfo)
+        else:
+            new_state = {
+                **state,
+                "user_name": identity.user_name,
+                "email": identity.email,
+                "teams": list(identity.teams),
+                self.user_auth_state_key: userinfo,
+            }
+        # Saved before the lock is released, so a refresh waiting on it sees rotated tokens.
+        await user.save_auth_state(new_state)
+        model = {
+            "name": user.name,
+            "admin": self._is_admin(user.name, new_state["teams"]),
+            "auth_state": new_state,
+        }
+        if self.manage_groups:
+            model["groups"] = sorted(await self.get_user_groups(new_state))
+        return model

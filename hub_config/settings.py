@@ -1,0 +1,143 @@
+"""The hub's settings from the environment, checked before JupyterHub starts.
+
+Everything an operator sets per deployment comes from environment variables, so one
+``jupyterhub_config.py`` serves the demo and a real deployment unchanged. A missing or
+malformed variable stops the hub with a message that names the variable and what it wants,
+instead of a failure much later (at the first sign-in) that names nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_COMMUNITIES_FILE = HERE / "communities.yaml"
+
+# name -> (required, help); the README's table of variables is generated from the same words.
+VARIABLES: dict[str, tuple[bool, str]] = {
+    "SYNAPSE_CLIENT_ID": (True, "OAuth client id registered with Synapse"),
+    "SYNAPSE_CLIENT_SECRET": (True, "secret of that OAuth client"),
+    "SNH_PUBLIC_URL": (
+        True,
+        "URL users open, e.g. https://notebooks.example.org; the OAuth redirect URI is "
+        "<SNH_PUBLIC_URL>/hub/oauth_callback and must be registered with the client",
+    ),
+    "SYNAPSE_ISSUER": (False, "Synapse OIDC issuer (default: production Synapse)"),
+    "SYNAPSE_SIGNIN_URL": (False, "Synapse sign-in page (default: https://signin.synapse.org)"),
+    "SNH_COMMUNITIES_FILE": (False, "communities file (default: hub_config/communities.yaml)"),
+    "SNH_BIND_URL": (False, "where the proxy listens (default: http://:8000)"),
+    "SNH_STATE_DIR": (
+        False,
+        "directory for the hub's database, cookie secret and identity table (default: .)",
+    ),
+    "SNH_DB_URL": (False, "JupyterHub database URL (default: sqlite in SNH_STATE_DIR)"),
+    "SNH_ADMIN_CONTACT": (False, "who refused users should contact, shown on the refusal page"),
+    "SNH_EXTRA_CONFIG": (False, "a further Python config file loaded after this one"),
+    "JUPYTERHUB_CRYPT_KEY": (
+        True,
+        "32-byte key(s), hex or base64, that encrypt auth_state (JupyterHub's own variable); "
+        "generate one with `openssl rand -hex 32`",
+    ),
+}
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are missing or malformed; lists all of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            "The hub cannot start; fix these environment variables:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+        self.problems = problems
+
+
+def _url(name: str, value: str, problems: list[str], *, path_ok: bool = True) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        problems.append(f"{name}={value!r}: not an http(s) URL")
+    elif not path_ok and parsed.path not in ("", "/"):
+        problems.append(f"{name}={value!r}: must not have a path")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    client_id: str
+    client_secret: str
+    public_url: str
+    issuer: str
+    signin_url: str
+    communities_file: Path
+    bind_url: str
+    state_dir: Path
+    db_url: str
+    admin_contact: str
+    extra_config: Path | None
+
+    @property
+    def oauth_callback_url(self) -> str:
+        return f"{self.public_url}/hub/oauth_callback"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> HubSettings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str, default: str = "") -> str:
+            value = env.get(name, "").strip()
+            if not value and VARIABLES[name][0]:
+                problems.append(f"{name} is not set: {VARIABLES[name][1]}")
+            return value or default
+
+        client_id = get("SYNAPSE_CLIENT_ID")
+        client_secret = get("SYNAPSE_CLIENT_SECRET")
+        get("JUPYTERHUB_CRYPT_KEY")
+        public_url = get("SNH_PUBLIC_URL")
+        if public_url:
+            public_url = _url("SNH_PUBLIC_URL", public_url, problems, path_ok=False)
+        issuer = _url(
+            "SYNAPSE_ISSUER",
+            get("SYNAPSE_ISSUER", "https://repo-prod.prod.sagebase.org/auth/v1"),
+            problems,
+        )
+        signin_url = _url(
+            "SYNAPSE_SIGNIN_URL", get("SYNAPSE_SIGNIN_URL", "https://signin.synapse.org"), problems
+        )
+        bind_url = get("SNH_BIND_URL", "http://:8000")
+        if not bind_url.startswith(("http://", "https://")):
+            problems.append(f"SNH_BIND_URL={bind_url!r}: not an http(s) URL")
+
+        state_dir = Path(get("SNH_STATE_DIR", ".")).expanduser()
+        if state_dir.exists() and not state_dir.is_dir():
+            problems.append(f"SNH_STATE_DIR={str(state_dir)!r}: exists and is not a directory")
+
+        communities = Path(get("SNH_COMMUNITIES_FILE", str(DEFAULT_COMMUNITIES_FILE)))
+        if not communities.is_file():
+            problems.append(f"SNH_COMMUNITIES_FILE={str(communities)!r}: no such file")
+
+        extra = get("SNH_EXTRA_CONFIG")
+        extra_config = Path(extra) if extra else None
+        if extra_config is not None and not extra_config.is_file():
+            problems.append(f"SNH_EXTRA_CONFIG={extra!r}: no such file")
+
+        db_url = get("SNH_DB_URL", f"sqlite:///{state_dir / 'jupyterhub.sqlite'}")
+        if problems:
+            raise SettingsError(problems)
+        return cls(
+            client_id=client_id,
+            client_secret=client_secret,
+            public_url=public_url,
+            issuer=issuer,
+            signin_url=signin_url,
+            communities_file=communities,
+            bind_url=bind_url,
+            state_dir=state_dir,
+            db_url=db_url,
+            admin_contact=get("SNH_ADMIN_CONTACT"),
+            extra_config=extra_config,
+        )

@@ -1,0 +1,61 @@
+"""The one JupyterHub configuration, for the demo and for real deployments alike.
+
+Deployment-specific values come from environment variables (see ``hub_config/settings.py``
+and the README); what each community gets comes from the communities file. Anything wrong in
+either stops the hub here, with a message naming the variable or the file, community and key.
+"""
+
+import sys
+from pathlib import Path
+
+from hub_config import CommunitiesError, load_communities
+from hub_config.settings import HubSettings, SettingsError
+
+c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
+
+HERE = Path(__file__).resolve().parent
+
+try:
+    settings = HubSettings.from_environ()
+    communities = load_communities(settings.communities_file)
+except (SettingsError, CommunitiesError) as e:
+    sys.exit(f"jupyterhub_config.py: {e}")
+
+settings.state_dir.mkdir(parents=True, exist_ok=True)
+
+# -- hub and proxy -----------------------------------------------------------------------
+c.JupyterHub.bind_url = settings.bind_url
+c.JupyterHub.db_url = settings.db_url
+c.JupyterHub.cookie_secret_file = str(settings.state_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(settings.state_dir / "jupyterhub.pid")
+local_proxy = HERE / "node_modules" / ".bin" / "configurable-http-proxy"
+if local_proxy.exists():
+    c.ConfigurableHTTPProxy.command = [str(local_proxy)]
+
+# -- sign-in with Synapse ----------------------------------------------------------------
+c.JupyterHub.authenticator_class = "synapse"
+c.SynapseOAuthenticator.client_id = settings.client_id
+c.SynapseOAuthenticator.client_secret = settings.client_secret
+c.SynapseOAuthenticator.oauth_callback_url = settings.oauth_callback_url
+c.SynapseOAuthenticator.issuer = settings.issuer
+c.SynapseOAuthenticator.signin_url = settings.signin_url
+c.SynapseOAuthenticator.allowed_teams = {
+    community.team_id: community.name for community in communities.communities
+}
+c.SynapseOAuthenticator.admin_teams = {team.team_id: team.name for team in communities.admin_teams}
+c.SynapseOAuthenticator.team_groups = {
+    **{team.team_id: "admins" for team in communities.admin_teams},
+    **{community.team_id: community.id for community in communities.communities},
+}
+c.SynapseOAuthenticator.admin_contact = settings.admin_contact
+c.SynapseOAuthenticator.identity_db_url = (
+    settings.db_url
+    if not settings.db_url.startswith("sqlite")
+    else f"sqlite:///{settings.state_dir / 'synapse-identities.sqlite'}"
+)
+
+# -- servers -----------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "ec2"
+
+if settings.extra_config is not None:
+    load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

@@ -1,0 +1,203 @@
+"""Starting and stopping the local cloud and the hub, for the demo and the tests.
+
+The hub runs as a child process in its own session (it starts configurable-http-proxy as its
+own child), so that stopping the demo can stop the hub first, let it stop its proxy, and then
+kill whatever is left of that session: Ctrl-C leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tornado.httpclient import AsyncHTTPClient
+
+REPO = Path(__file__).resolve().parent.parent
+HUB_CONFIG = REPO / "jupyterhub_config.py"
+DEMO_CLIENT_ID = "notebook-hub-demo"
+DEMO_CLIENT_SECRET = "demo-secret"
+
+DEMO_USERS = """\
+  alice    member of 'AD Knowledge Portal (demo)' and of the admin team -> admin
+  bob      member of two communities -> picks one when starting a server
+  mallory  in no allowed team -> refused, with the list of teams to join"""
+
+
+def endpoints_path(state_dir: Path) -> Path:
+    return state_dir / "endpoints.json"
+
+
+def crypt_key(state_dir: Path) -> str:
+    """The demo's auth_state key: made once, kept, so a restarted hub can read auth_state."""
+    path = state_dir / "crypt_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def start_standins(state_dir: Path, hub_url: str, synapse_port: int) -> dict[str, Any]:
+    """Start the stand-ins on this loop; returns the endpoints (also written to disk)."""
+    from .synapse import serve as serve_synapse
+    from .synapse.directory import OAuthClient
+
+    client = OAuthClient(
+        client_id=DEMO_CLIENT_ID,
+        client_secret=DEMO_CLIENT_SECRET,
+        name="Synapse Notebook Hub (demo)",
+        redirect_uris=[f"{hub_url.rstrip('/')}/hub/oauth_callback"],
+    )
+    _standin, _server, base_url = await serve_synapse(synapse_port, clients=[client])
+    endpoints = {
+        "synapse": {
+            "base_url": base_url,
+            "issuer": f"{base_url}/auth/v1",
+            "signin_url": f"{base_url}/signin",
+            "repo_endpoint": f"{base_url}/repo/v1",
+            "control_url": f"{base_url}/_control",
+            "client_id": client.client_id,
+            "client_secret": client.client_secret,
+        },
+        "hub": {"public_url": hub_url.rstrip("/")},
+        "pid": os.getpid(),
+    }
+    endpoints_path(state_dir).write_text(json.dumps(endpoints, indent=2) + "\n")
+    return endpoints
+
+
+def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str]:
+    """The environment a real deployment would set, pointed at the stand-ins."""
+    synapse = endpoints["synapse"]
+    public_url = endpoints["hub"]["public_url"]
+    parsed = urlparse(public_url)
+    return {
+        **os.environ,
+        "SYNAPSE_CLIENT_ID": synapse["client_id"],
+        "SYNAPSE_CLIENT_SECRET": synapse["client_secret"],
+        "SYNAPSE_ISSUER": synapse["issuer"],
+        "SYNAPSE_SIGNIN_URL": synapse["signin_url"],
+        "SNH_PUBLIC_URL": public_url,
+        "SNH_BIND_URL": f"{parsed.scheme}://{parsed.netloc}",
+        "SNH_STATE_DIR": str(state_dir / "hub"),
+        "JUPYTERHUB_CRYPT_KEY": crypt_key(state_dir),
+        "PATH": f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+async def start_hub(env: dict[str, str], *extra_args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG), *extra_args,
+        env=env, cwd=str(REPO), start_new_session=True,
+    )
+
+
+async def stop_process_group(proc: asyncio.subprocess.Process, timeout: float = 20) -> None:
+    """SIGTERM the leader (the hub stops its proxy), then SIGKILL whatever is left."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+async def wait_for_url(url: str, proc: asyncio.subprocess.Process, timeout: float = 60) -> bool:
+    client = AsyncHTTPClient()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline and proc.returncode is None:
+        try:
+            await client.fetch(url, request_timeout=2)
+            return True
+        except Exception:
+            await asyncio.sleep(0.25)
+    return False
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    stop = _stop_event()
+    endpoints = await start_standins(state_dir, args.hub_url, args.synapse_port)
+    print(f"Synapse stand-in: {endpoints['synapse']['base_url']}")
+    print(f"Endpoints written to {endpoints_path(state_dir)}. Ctrl-C stops.", flush=True)
+    await stop.wait()
+    return 0
+
+
+async def _hub(args: argparse.Namespace, state_dir: Path, endpoints: dict[str, Any]) -> int:
+    stop = _stop_event()
+    proc = await start_hub(hub_environment(endpoints, state_dir))
+    waiter = asyncio.ensure_future(proc.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    await stop_process_group(proc)
+    return proc.returncode or 0
+
+
+async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
+    stop = _stop_event()
+    endpoints = await start_standins(state_dir, args.hub_url, args.synapse_port)
+    proc = await start_hub(hub_environment(endpoints, state_dir))
+    try:
+        public_url = endpoints["hub"]["public_url"]
+        if await wait_for_url(f"{public_url}/hub/health", proc):
+            print(
+                f"\n  Synapse Notebook Hub demo is running.\n\n  Open {public_url}/ and sign "
+                f"in with Synapse (the stand-in's form) as:\n{DEMO_USERS}\n\n  Endpoints: "
+                f"{endpoints_path(state_dir)}\n  Ctrl-C stops everything.\n",
+                flush=True,
+            )
+        waiter = asyncio.ensure_future(proc.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if proc.returncode not in (None, 0):
+            print(f"The hub exited with status {proc.returncode}; see its log above.",
+                  file=sys.stderr)
+    finally:
+        await stop_process_group(proc)
+    return proc.returncode or 0
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    state_dir = Path(args.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return state_dir
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(args, _state_dir(args)))
+
+
+def run_hub(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    path = endpoints_path(state_dir)
+    if not path.exists():
+        print(f"{path} not found: start the local cloud first (python -m localcloud serve)",
+              file=sys.stderr)
+        return 1
+    return asyncio.run(_hub(args, state_dir, json.loads(path.read_text())))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args, _state_dir(args)))

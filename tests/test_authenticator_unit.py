@@ -1,0 +1,378 @@
+"""Unit tests of SynapseOAuthenticator: claims request, team gate, admin mapping, username
+rule, userid binding and refresh logic. Synapse is replaced by stubs of the two calls the
+authenticator makes (token and userinfo), so each rule is checked on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+
+import pytest
+from traitlets.config import Config
+
+from authenticator import SynapseOAuthenticator
+from authenticator.claims import (
+    ClaimsError,
+    claims_request,
+    identity_from_userinfo,
+    normalize_username,
+)
+from authenticator.errors import SignInError
+from authenticator.synapse import SynapseCallError
+
+COMMUNITY_TEAM, OTHER_COMMUNITY_TEAM, ADMIN_TEAM = "3500001", "3500002", "3500000"
+
+
+def make_authenticator(tmp_path, **overrides) -> SynapseOAuthenticator:
+    c = Config()
+    c.SynapseOAuthenticator.client_id = "client"
+    c.SynapseOAuthenticator.client_secret = "secret"
+    c.SynapseOAuthenticator.issuer = "http://synapse.test/auth/v1"
+    c.SynapseOAuthenticator.signin_url = "http://synapse.test/signin"
+    c.SynapseOAuthenticator.allowed_teams = {
+        COMMUNITY_TEAM: "AD Knowledge Portal",
+        OTHER_COMMUNITY_TEAM: "NF Open Science",
+    }
+    c.SynapseOAuthenticator.admin_teams = {ADMIN_TEAM: "Hub Admins"}
+    c.SynapseOAuthenticator.team_groups = {
+        COMMUNITY_TEAM: "ad-portal", OTHER_COMMUNITY_TEAM: "nf-osc", ADMIN_TEAM: "admins",
+    }
+    c.SynapseOAuthenticator.identity_db_url = f"sqlite:///{tmp_path / 'identities.sqlite'}"
+    for key, value in overrides.items():
+        setattr(c.SynapseOAuthenticator, key, value)
+    return SynapseOAuthenticator(config=c)
+
+
+def userinfo(user_name="alice", userid="3400001", teams=(COMMUNITY_TEAM,)) -> dict:
+    return {
+        "sub": userid, "userid": userid, "user_name": user_name,
+        "email": f"{user_name}@example.org", "given_name": "A", "family_name": "B",
+        "team": list(teams),
+    }
+
+
+def token_info(n: int = 1) -> dict:
+    return {
+        "access_token": f"access-{n}", "refresh_token": f"refresh-{n}", "id_token": "id",
+        "token_type": "Bearer", "expires_in": 86400,
+    }
+
+
+async def login(auth: SynapseOAuthenticator, info: dict, tokens: dict | None = None) -> dict:
+    """What oauthenticator does after the code exchange, then JupyterHub's allow check."""
+    async def fake_userinfo(access_token):
+        return info
+
+    auth._userinfo = fake_userinfo
+    model = await auth._token_to_auth_model(tokens or token_info())
+    assert await auth.check_allowed(model["name"], model)
+    return model
+
+
+class FakeUser:
+    """The two methods of jupyterhub.user.User that refresh_user uses."""
+
+    def __init__(self, name: str, state: dict) -> None:
+        self.name = name
+        self.state = state
+        self.saves = 0
+
+    async def get_auth_state(self):
+        await asyncio.sleep(0)
+        return dict(self.state) if self.state else None
+
+    async def save_auth_state(self, state):
+        await asyncio.sleep(0)
+        self.saves += 1
+        self.state = dict(state)
+
+
+class FakeSynapse:
+    """Token and userinfo endpoints with Synapse's rotation rule: a refresh token works once."""
+
+    def __init__(self, auth: SynapseOAuthenticator, teams=(COMMUNITY_TEAM,)) -> None:
+        self.teams = list(teams)
+        self.valid_refresh = {"refresh-1"}
+        self.valid_access = {"access-1"}
+        self.n = 1
+        self.token_calls = 0
+        self.userinfo_calls = 0
+        self.fail_with: SynapseCallError | None = None
+        auth._token_request = self.token_request
+        auth._userinfo = self.userinfo
+
+    async def token_request(self, params):
+        self.token_calls += 1
+        await asyncio.sleep(0.01)
+        if self.fail_with:
+            raise self.fail_with
+        if params["refresh_token"] not in self.valid_refresh:
+            raise SynapseCallError("token request", 400, "invalid_grant")
+        self.valid_refresh.discard(params["refresh_token"])
+        self.n += 1
+        self.valid_refresh.add(f"refresh-{self.n}")
+        self.valid_access.add(f"access-{self.n}")
+        return token_info(self.n)
+
+    async def userinfo(self, access_token):
+        self.userinfo_calls += 1
+        if self.fail_with:
+            raise self.fail_with
+        if access_token not in self.valid_access:
+            raise SynapseCallError("userinfo request", 401, "invalid_token")
+        return userinfo(teams=self.teams)
+
+
+# -- claims and endpoints ----------------------------------------------------------------
+
+
+def test_claims_request_names_every_team_in_both_token_and_userinfo():
+    request = claims_request(["3500002", "3500000", "3500001"])
+    for part in ("id_token", "userinfo"):
+        claims = request[part]
+        assert claims["team"] == {"values": ["3500000", "3500001", "3500002"]}
+        for name in ("userid", "user_name", "email", "given_name", "family_name"):
+            assert name in claims and claims[name] is None
+
+
+def test_authorize_request_carries_scope_and_claims(tmp_path):
+    auth = make_authenticator(tmp_path)
+    assert auth.scope == ["openid", "view", "download", "modify", "offline_access"]
+    claims = json.loads(auth.extra_authorize_params["claims"])
+    assert claims["userinfo"]["team"]["values"] == [ADMIN_TEAM, COMMUNITY_TEAM,
+                                                     OTHER_COMMUNITY_TEAM]
+    assert claims["id_token"] == claims["userinfo"]
+
+
+def test_claims_follow_team_configuration_changes(tmp_path):
+    auth = make_authenticator(tmp_path)
+    auth.allowed_teams = {"42": "New"}
+    claims = json.loads(auth.extra_authorize_params["claims"])
+    assert claims["userinfo"]["team"]["values"] == ["42", ADMIN_TEAM]
+
+
+def test_endpoints_derive_from_issuer_and_signin_url(tmp_path):
+    auth = make_authenticator(tmp_path)
+    assert auth.authorize_url == "http://synapse.test/signin"
+    assert auth.token_url == "http://synapse.test/auth/v1/oauth2/token"
+    assert auth.userdata_url == "http://synapse.test/auth/v1/oauth2/userinfo"
+    assert auth.revoke_url == "http://synapse.test/auth/v1/oauth2/revoke"
+
+
+def test_production_defaults():
+    auth = SynapseOAuthenticator(allowed_teams={"1": "x"})
+    assert auth.authorize_url == "https://signin.synapse.org"
+    assert auth.token_url == "https://repo-prod.prod.sagebase.org/auth/v1/oauth2/token"
+
+
+def test_bad_configuration_names_the_setting(tmp_path):
+    with pytest.raises(Exception, match="allowed_teams: team ids must be digits"):
+        make_authenticator(tmp_path, allowed_teams={"abc": "x"})
+    with pytest.raises(Exception, match="issuer must be an http"):
+        make_authenticator(tmp_path, issuer="synapse.org")
+    auth = SynapseOAuthenticator()
+    with pytest.raises(ValueError, match="allowed_teams is empty"):
+        auth.check_allow_config()
+
+
+# -- userinfo, username ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broken, claim",
+    [
+        ({"userid": None, "sub": None}, "userid"),
+        ({"userid": "abc", "sub": "abc"}, "userid"),
+        ({"user_name": None}, "user_name"),
+        ({"user_name": "a/b"}, "user_name"),
+        ({"team": "3500001"}, "team"),
+        ({"team": ["x"]}, "team"),
+    ],
+)
+def test_malformed_userinfo_is_rejected_naming_the_claim(broken, claim):
+    with pytest.raises(ClaimsError, match=claim):
+        identity_from_userinfo({**userinfo(), **broken})
+
+
+def test_username_is_the_lowercased_synapse_user_name():
+    assert normalize_username("Alice.Smith-2") == "alice.smith-2"
+
+
+# -- team gate, admin, groups ------------------------------------------------------------
+
+
+async def test_member_is_allowed_with_groups_and_auth_state(tmp_path):
+    auth = make_authenticator(tmp_path)
+    model = await login(auth, userinfo("Bob", "3400002", [COMMUNITY_TEAM, OTHER_COMMUNITY_TEAM]))
+    assert model["name"] == "bob"
+    assert model["admin"] is False
+    assert model["groups"] == ["ad-portal", "nf-osc"]
+    state = model["auth_state"]
+    assert state["userid"] == "3400002"
+    assert state["user_name"] == "Bob"
+    assert state["email"] == "Bob@example.org"
+    assert state["teams"] == [COMMUNITY_TEAM, OTHER_COMMUNITY_TEAM]
+    assert state["access_token"] == "access-1" and state["refresh_token"] == "refresh-1"
+
+
+async def test_admin_team_member_is_admin_and_allowed_without_a_community(tmp_path):
+    auth = make_authenticator(tmp_path)
+    model = await login(auth, userinfo(teams=[ADMIN_TEAM]))
+    assert model["admin"] is True
+    assert model["groups"] == ["admins"]
+
+
+async def test_non_member_is_refused_with_the_team_page(tmp_path):
+    auth = make_authenticator(tmp_path, admin_contact="help@example.org")
+
+    async def fake_userinfo(access_token):
+        return userinfo("mallory", "3400003", ["3500099"])
+
+    auth._userinfo = fake_userinfo
+    model = await auth._token_to_auth_model(token_info())
+    with pytest.raises(SignInError) as refused:
+        await auth.check_allowed(model["name"], model)
+    assert refused.value.status_code == 403
+    html = refused.value.jupyterhub_html_message
+    for team in (COMMUNITY_TEAM, OTHER_COMMUNITY_TEAM, ADMIN_TEAM):
+        assert f"https://www.synapse.org/#!Team:{team}" in html
+    assert "AD Knowledge Portal" in html and "help@example.org" in html
+    assert "3500099" not in html
+
+
+# -- userid binding ----------------------------------------------------------------------
+
+
+async def test_renamed_synapse_user_keeps_their_hub_user(tmp_path):
+    auth = make_authenticator(tmp_path)
+    await login(auth, userinfo("alice", "3400001"))
+    model = await login(auth, userinfo("alice_new", "3400001"))
+    assert model["name"] == "alice"
+    assert model["auth_state"]["user_name"] == "alice_new"
+
+
+async def test_new_holder_of_a_freed_name_cannot_take_over(tmp_path):
+    auth = make_authenticator(tmp_path)
+    await login(auth, userinfo("alice", "3400001"))
+    await login(auth, userinfo("alice_new", "3400001"))  # alice renamed, "alice" is free
+    with pytest.raises(SignInError, match="another Synapse user"):
+        await login(auth, userinfo("alice", "3999999"))
+
+
+async def test_deleting_the_hub_user_frees_the_name(tmp_path):
+    auth = make_authenticator(tmp_path)
+    await login(auth, userinfo("alice", "3400001"))
+
+    class Deleted:
+        name = "alice"
+
+    auth.delete_user(Deleted())
+    model = await login(auth, userinfo("alice", "3999999"))
+    assert model["name"] == "alice" and model["auth_state"]["userid"] == "3999999"
+
+
+# -- refresh -----------------------------------------------------------------------------
+
+
+async def logged_in_user(auth, **state_changes) -> FakeUser:
+    model = await login(auth, userinfo())
+    return FakeUser(model["name"], {**model["auth_state"], **state_changes})
+
+
+async def test_refresh_with_a_fresh_token_only_rechecks_teams(tmp_path):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth, teams=[COMMUNITY_TEAM, ADMIN_TEAM])
+    model = await auth.refresh_user(user)
+    assert synapse.token_calls == 0 and synapse.userinfo_calls == 1
+    assert model["admin"] is True and model["groups"] == ["ad-portal", "admins"]
+    assert user.state["teams"] == [ADMIN_TEAM, COMMUNITY_TEAM]
+
+
+async def test_refresh_rotates_a_token_near_expiry(tmp_path):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    now = user.state["expires_at"] - 60  # one minute left
+    auth.now = lambda: now
+    model = await auth.refresh_user(user)
+    assert synapse.token_calls == 1
+    assert model["auth_state"]["access_token"] == "access-2"
+    assert user.state["refresh_token"] == "refresh-2"  # saved, rotated
+    assert user.state["expires_at"] == now + 86400
+
+
+async def test_refresh_rotates_after_a_401(tmp_path):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    synapse.valid_access.clear()  # revoked or expired early
+    now = user.state["refreshed_at"] + 120
+    auth.now = lambda: now
+    model = await auth.refresh_user(user)
+    assert model["auth_state"]["access_token"] == "access-2"
+    assert synapse.userinfo_calls == 2
+
+
+async def test_user_who_left_every_team_is_refused_at_refresh(tmp_path):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    FakeSynapse(auth, teams=[])
+    assert await auth.refresh_user(user) is False
+
+
+async def test_used_refresh_token_means_sign_in_again(tmp_path):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    synapse.valid_refresh.clear()
+    now = user.state["expires_at"] + 1
+    auth.now = lambda: now
+    synapse.valid_access.clear()
+    assert await auth.refresh_user(user) is False
+
+
+@pytest.mark.parametrize("status", [500, 503, 599, 429])
+async def test_synapse_outage_keeps_the_session(tmp_path, status):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    synapse.fail_with = SynapseCallError("userinfo request", status)
+    now = user.state["expires_at"] - 60
+    auth.now = lambda: now
+    assert await auth.refresh_user(user) is True
+    assert user.state["refresh_token"] == "refresh-1"
+
+
+async def test_concurrent_refreshes_share_one_rotation(tmp_path):
+    """Synapse refresh tokens are single use: two racing rotations would log the user out."""
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    now = user.state["expires_at"] - 60
+    auth.now = lambda: now
+    results = await asyncio.gather(*(auth.refresh_user(user) for _ in range(5)))
+    assert all(isinstance(r, dict) for r in results), results
+    assert synapse.token_calls == 1
+    assert {r["auth_state"]["access_token"] for r in results} == {"access-2"}
+
+
+async def test_spawn_requests_force_a_rotation(tmp_path, monkeypatch):
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    now = user.state["refreshed_at"] + 3600
+    auth.now = lambda: now  # fresh token, an hour old
+    monkeypatch.setattr(SynapseOAuthenticator, "_is_spawn_request", staticmethod(bool))
+    model = await auth.refresh_user(user, handler=object())
+    assert synapse.token_calls == 1 and model["auth_state"]["access_token"] == "access-2"
+
+
+def test_refresh_request_params_use_the_configured_client_auth(tmp_path):
+    auth = make_authenticator(tmp_path, basic_auth=False)
+    params = auth.build_refresh_token_request_params("r")
+    assert params == {"grant_type": "refresh_token", "refresh_token": "r",
+                      "client_id": "client", "client_secret": "secret"}
+    assert urllib.parse.urlencode(params)
