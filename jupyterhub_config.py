@@ -27,7 +27,10 @@ settings.state_dir.mkdir(parents=True, exist_ok=True)
 c.JupyterHub.bind_url = settings.bind_url
 c.JupyterHub.db_url = settings.db_url
 c.JupyterHub.cookie_secret_file = str(settings.state_dir / "jupyterhub_cookie_secret")
+# After sign-in, land on the home page (servers, Start button) instead of spawning at once.
+c.JupyterHub.redirect_to_server = False
 c.JupyterHub.pid_file = str(settings.state_dir / "jupyterhub.pid")
+c.ConfigurableHTTPProxy.pid_file = str(settings.state_dir / "jupyterhub-proxy.pid")
 local_proxy = HERE / "node_modules" / ".bin" / "configurable-http-proxy"
 if local_proxy.exists():
     c.ConfigurableHTTPProxy.command = [str(local_proxy)]

@@ -73,7 +73,8 @@ def identity_from_userinfo(userinfo: Mapping[str, Any]) -> SynapseIdentity:
     """Validate the userinfo answer; raise :class:`ClaimsError` naming the bad claim."""
     if not isinstance(userinfo, Mapping):
         raise ClaimsError(f"userinfo is not a JSON object: {type(userinfo).__name__}")
-    userid = str(userinfo.get("userid") or userinfo.get("sub") or "")
+    # Not ``sub``: Synapse's ``sub`` is a per-client pseudonym (an encrypted user id).
+    userid = str(userinfo.get("userid") or "")
     if not TEAM_ID.match(userid):
         raise ClaimsError(f"claim 'userid' is missing or not a Synapse id: {userid!r}")
     user_name = userinfo.get("user_name")

@@ -45,7 +45,9 @@ def not_a_member(
         f"{contact}</div>"
     )
     return SignInError(
-        403, "Not a member of an allowed Synapse team", html,
+        403,
+        "Not a member of an allowed Synapse team",
+        html,
         log_message=f"Synapse user {user_name} is in none of the allowed teams",
     )
 

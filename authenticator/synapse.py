@@ -406,13 +406,18 @@ class SynapseOAuthenticator(OAuthenticator):
         except NameTaken as e:
             self.log.warning(
                 "Refusing Synapse user %s (%s): hub user %r is bound to Synapse user %s",
-                state["user_name"], state["userid"], e.hub_username, e.owner_userid,
+                state["user_name"],
+                state["userid"],
+                e.hub_username,
+                e.owner_userid,
             )
             raise errors.name_taken(state["user_name"], e.hub_username) from None
         if binding.hub_username != auth_model["name"]:
             self.log.info(
                 "Synapse user %s renamed to %r: signing in as bound hub user %r",
-                state["userid"], state["user_name"], binding.hub_username,
+                state["userid"],
+                state["user_name"],
+                binding.hub_username,
             )
         auth_model["name"] = binding.hub_username
         auth_model["admin"] = self._is_admin(auth_model["name"], state["teams"])
@@ -436,10 +441,13 @@ class SynapseOAuthenticator(OAuthenticator):
         state = auth_model["auth_state"]
         self.log.warning(
             "Refusing Synapse user %s (%s): in none of the allowed teams %s",
-            state["user_name"], state["userid"], sorted(self.all_team_ids),
+            state["user_name"],
+            state["userid"],
+            sorted(self.all_team_ids),
         )
         raise errors.not_a_member(
-            state["user_name"], {**self.allowed_teams, **self.admin_teams},
+            state["user_name"],
+            {**self.allowed_teams, **self.admin_teams},
             admin_contact=self.admin_contact,
         )
 
@@ -535,13 +543,16 @@ class SynapseOAuthenticator(OAuthenticator):
         if identity.userid != state["userid"]:
             self.log.error(
                 "Refusing refresh of %s: token belongs to Synapse user %s, not %s",
-                user.name, identity.userid, state["userid"],
+                user.name,
+                identity.userid,
+                state["userid"],
             )
             return False
         if not allowed_teams_of(identity.teams, self.all_team_ids):
             self.log.warning(
                 "Synapse user %s (%s) is no longer in any allowed team: sign-in refused",
-                identity.user_name, identity.userid,
+                identity.user_name,
+                identity.userid,
             )
             return False
         return await self._save_refreshed(user, state, token_info, userinfo, identity)

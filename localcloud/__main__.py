@@ -16,14 +16,27 @@ from .launcher import run_demo, run_hub, run_serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", default=".localcloud",
-                        help="where endpoints.json, keys and the hub's database live")
-    parser.add_argument("--hub-url", default="http://127.0.0.1:8000",
-                        help="the URL the hub's proxy listens on and users open")
-    parser.add_argument("--synapse-port", type=int, default=8100,
-                        help="port of the Synapse stand-in (0: any free port)")
+    parser = argparse.ArgumentParser(
+        prog="python -m localcloud",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=".localcloud",
+        help="where endpoints.json, keys and the hub's database live",
+    )
+    parser.add_argument(
+        "--hub-url",
+        default="http://127.0.0.1:8000",
+        help="the URL the hub's proxy listens on and users open",
+    )
+    parser.add_argument(
+        "--synapse-port",
+        type=int,
+        default=8100,
+        help="port of the Synapse stand-in (0: any free port)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the stand-ins until interrupted")
     sub.add_parser("hub", help="run JupyterHub against running stand-ins")

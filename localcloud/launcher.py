@@ -95,8 +95,15 @@ def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str
 
 async def start_hub(env: dict[str, str], *extra_args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG), *extra_args,
-        env=env, cwd=str(REPO), start_new_session=True,
+        sys.executable,
+        "-m",
+        "jupyterhub",
+        "-f",
+        str(HUB_CONFIG),
+        *extra_args,
+        env=env,
+        cwd=str(REPO),
+        start_new_session=True,
     )
 
 
@@ -172,8 +179,9 @@ async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if proc.returncode not in (None, 0):
-            print(f"The hub exited with status {proc.returncode}; see its log above.",
-                  file=sys.stderr)
+            print(
+                f"The hub exited with status {proc.returncode}; see its log above.", file=sys.stderr
+            )
     finally:
         await stop_process_group(proc)
     return proc.returncode or 0
@@ -193,8 +201,10 @@ def run_hub(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     path = endpoints_path(state_dir)
     if not path.exists():
-        print(f"{path} not found: start the local cloud first (python -m localcloud serve)",
-              file=sys.stderr)
+        print(
+            f"{path} not found: start the local cloud first (python -m localcloud serve)",
+            file=sys.stderr,
+        )
         return 1
     return asyncio.run(_hub(args, state_dir, json.loads(path.read_text())))
 

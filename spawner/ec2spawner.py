@@ -18,8 +18,9 @@ class EC2Spawner(Spawner):
     """A dedicated EC2 instance per user server (not implemented yet: starts nothing)."""
 
     async def start(self) -> tuple[str, int]:
-        self.log.warning("EC2Spawner.start called for %s: spawning is not implemented yet",
-                         self.user.name)
+        self.log.warning(
+            "EC2Spawner.start called for %s: spawning is not implemented yet", self.user.name
+        )
         raise NotAvailableYet(NotAvailableYet.jupyterhub_message)
 
     async def poll(self) -> int | None:

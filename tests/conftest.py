@@ -1,0 +1,44 @@
+"""Fixtures shared by the integration and browser tests: the local cloud and a real hub."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.harness import (
+    free_port,
+    hub_env,
+    start_hub,
+    start_localcloud,
+    stop_group,
+    test_config,
+)
+
+
+@pytest.fixture(scope="session")
+def hub_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory, hub_url):
+    cloud = start_localcloud(tmp_path_factory.mktemp("localcloud"), hub_url)
+    yield cloud
+    stop_group(cloud.proc)
+
+
+@pytest.fixture(scope="module")
+def hub(cloud, tmp_path_factory):
+    """One hub per test module, on the session's public URL (the registered redirect URI)."""
+    state = tmp_path_factory.mktemp("hub")
+    env = hub_env(cloud, state, SNH_EXTRA_CONFIG=str(test_config(state)))
+    hub = start_hub(env, state / "hub.log")
+    yield hub
+    stop_group(hub.proc)
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left(request):
+    """Faults injected into the Synapse stand-in end with the test that injected them."""
+    yield
+    if "cloud" in request.fixturenames:
+        request.getfixturevalue("cloud").clear_faults()

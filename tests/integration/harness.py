@@ -1,0 +1,235 @@
+"""Running the real system for tests: the local cloud and a real JupyterHub with
+configurable-http-proxy, as separate processes talking over loopback HTTP.
+
+The hub is started exactly as an operator starts it (``jupyterhub -f jupyterhub_config.py``
+with the deployment's environment variables); the only test additions come through
+``SNH_EXTRA_CONFIG``: private ports, an API token with admin scopes for assertions, and a
+short ``auth_refresh_age`` so refreshes happen within a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_TOKEN = "integration-tests-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the leader, then SIGKILL the whole group: no process is left behind."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@dataclass
+class LocalCloud:
+    state_dir: Path
+    proc: subprocess.Popen
+    endpoints: dict[str, Any]
+
+    @property
+    def synapse(self) -> dict[str, str]:
+        return self.endpoints["synapse"]
+
+    def control(self, method: str, path: str, body: Any = None) -> requests.Response:
+        r = requests.request(method, f"{self.synapse['control_url']}{path}", json=body, timeout=10)
+        r.raise_for_status()
+        return r
+
+    def remove_member(self, team: str, userid: str) -> None:
+        self.control("DELETE", f"/teams/{team}/members/{userid}")
+
+    def add_member(self, team: str, userid: str) -> None:
+        self.control("PUT", f"/teams/{team}/members/{userid}")
+
+    def advance_clock(self, seconds: float) -> None:
+        self.control("POST", "/clock/advance", {"seconds": seconds})
+
+    def inject_fault(self, **fault: Any) -> None:
+        self.control("POST", "/faults", fault)
+
+    def clear_faults(self) -> None:
+        self.control("DELETE", "/faults")
+
+
+def start_localcloud(state_dir: Path, hub_url: str) -> LocalCloud:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    endpoints_file = state_dir / "endpoints.json"
+    endpoints_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "--state-dir",
+            str(state_dir),
+            "--hub-url",
+            hub_url,
+            "--synapse-port",
+            "0",
+            "serve",
+        ],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    wait_until(lambda: endpoints_file.exists() or proc.poll() is not None, 30, "the local cloud")
+    if proc.poll() is not None:
+        raise RuntimeError(f"python -m localcloud serve exited with {proc.returncode}")
+    return LocalCloud(state_dir, proc, json.loads(endpoints_file.read_text()))
+
+
+@dataclass
+class Hub:
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"token {SERVICE_TOKEN}", **kwargs.pop("headers", {})}
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kwargs
+        )
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        r = self.api("GET", f"/users/{name}")
+        return r.json() if r.status_code == 200 else None
+
+    def auth_state(self, name: str) -> dict[str, Any]:
+        user = self.user(name)
+        assert user is not None, f"no hub user {name}"
+        return user["auth_state"]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def hub_env(cloud: LocalCloud, state_dir: Path, **overrides: str) -> dict[str, str]:
+    from localcloud.launcher import hub_environment
+
+    env = hub_environment(cloud.endpoints, cloud.state_dir)
+    env["SNH_STATE_DIR"] = str(state_dir)
+    env.update(overrides)
+    return env
+
+
+def test_config(state_dir: Path, refresh_age: float = 1.0) -> Path:
+    hub_api_port, proxy_api_port = free_port(), free_port()
+    path = state_dir / "test_config.py"
+    path.write_text(
+        f"""
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_api_port}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.JupyterHub.services = [{{"name": "integration-tests", "api_token": "{SERVICE_TOKEN}"}}]
+c.JupyterHub.load_roles = [{{
+    "name": "integration-tests",
+    "scopes": ["admin:users", "admin:auth_state", "admin:groups", "admin:servers",
+               "list:users", "read:users", "read:groups"],
+    "services": ["integration-tests"],
+}}]
+c.Authenticator.auth_refresh_age = {refresh_age}
+c.SynapseOAuthenticator.min_rotation_interval = 1
+c.SynapseOAuthenticator.http_request_kwargs = {{"connect_timeout": 2.0, "request_timeout": 3.0}}
+c.JupyterHub.log_level = "DEBUG"
+"""
+    )
+    return path
+
+
+def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
+    url = env["SNH_PUBLIC_URL"]
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    hub = Hub(url, proc, log_path)
+    if wait:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the hub exited with {proc.returncode}:\n{hub.log()[-3000:]}")
+            with contextlib.suppress(requests.RequestException):
+                return requests.get(f"{url}/hub/health", timeout=2).status_code == 200
+            return False
+
+        wait_until(up, 60, "the hub to answer through the proxy", interval=0.2)
+    return hub
+
+
+class FormParser(HTMLParser):
+    """The first form of a page: its action and its fields (hidden ones included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+        self._in_form = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action, self._in_form = a.get("action") or "", True
+        elif tag == "input" and self._in_form and a.get("name"):
+            self.fields[a["name"]] = a.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._in_form = False
+
+
+def sign_in(
+    hub: Hub, username: str, consent: str = "allow", session: requests.Session | None = None
+) -> tuple[requests.Session, requests.Response]:
+    """The browser's path through the OAuth code flow, with the stand-in's sign-in form."""
+    s = session or requests.Session()
+    page = s.get(f"{hub.url}/hub/oauth_login", timeout=30)
+    assert page.status_code == 200 and 'name="username"' in page.text, page.text[:500]
+    form = FormParser()
+    form.feed(page.text)
+    fields = {**form.fields, "username": username, "consent": consent}
+    final = s.post(urljoin(page.url, form.action or ""), data=fields, timeout=30)
+    return s, final

@@ -1,0 +1,107 @@
+"""The hub as an operator starts it: the demo command, and start-up refusals that name the
+environment variable or the communities file, community and key at fault."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from .harness import REPO, free_port, hub_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def run_hub_expecting_failure(env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr
+
+
+def test_bad_communities_file_stops_the_hub_naming_file_community_and_key(cloud, tmp_path):
+    shipped = (REPO / "hub_config" / "communities.yaml").read_text()
+    bad = tmp_path / "communities.yaml"
+    bad.write_text(shipped.replace("default: t3.large", "default: t3.gigantic", 1))
+    output = run_hub_expecting_failure(hub_env(cloud, tmp_path, SNH_COMMUNITIES_FILE=str(bad)))
+    assert str(bad) in output
+    assert "community 'ad-portal' (team 3500001)" in output
+    assert "instance_types.default" in output
+    assert "Traceback" not in output
+
+
+def test_missing_environment_variable_stops_the_hub_naming_it(cloud, tmp_path):
+    env = hub_env(cloud, tmp_path)
+    del env["SYNAPSE_CLIENT_SECRET"]
+    output = run_hub_expecting_failure(env)
+    assert "SYNAPSE_CLIENT_SECRET is not set" in output
+    assert "Traceback" not in output
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_demo_runs_and_ctrl_c_leaves_no_process_behind(tmp_path):
+    hub_url = f"http://127.0.0.1:{free_port()}"
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "--state-dir",
+            str(tmp_path),
+            "--hub-url",
+            hub_url,
+            "--synapse-port",
+            "0",
+            "demo",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{hub_url}/hub/health", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(healthy, 60, "the demo hub")
+        endpoints = (tmp_path / "endpoints.json").read_text()
+        assert '"synapse"' in endpoints and hub_url in endpoints
+        login = requests.get(f"{hub_url}/hub/oauth_login", timeout=10)
+        assert 'name="username"' in login.text  # the stand-in's sign-in form
+        state = Path(tmp_path / "hub")
+        pids = [
+            int((state / name).read_text()) for name in ("jupyterhub.pid", "jupyterhub-proxy.pid")
+        ]
+        assert all(_alive(pid) for pid in pids)
+        time.sleep(0.5)
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output, _ = demo.communicate(timeout=60)
+        assert "Open " + hub_url in output and "alice" in output
+        wait_until(lambda: not any(_alive(pid) for pid in pids), 10, "hub and proxy to exit")
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
