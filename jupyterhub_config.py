@@ -8,6 +8,7 @@ either stops the hub here, with a message naming the variable or the file, commu
 import sys
 from pathlib import Path
 
+from authenticator import TEMPLATE_PATH
 from hub_config import CommunitiesError, load_communities
 from hub_config.settings import HubSettings, SettingsError
 
@@ -37,6 +38,7 @@ if local_proxy.exists():
 
 # -- sign-in with Synapse ----------------------------------------------------------------
 c.JupyterHub.authenticator_class = "synapse"
+c.JupyterHub.template_paths = [TEMPLATE_PATH]
 c.SynapseOAuthenticator.client_id = settings.client_id
 c.SynapseOAuthenticator.client_secret = settings.client_secret
 c.SynapseOAuthenticator.oauth_callback_url = settings.oauth_callback_url

@@ -494,11 +494,21 @@ class SynapseOAuthenticator(OAuthenticator):
             return False
         return force or state.get("expires_at", 0) - now < self.access_token_refresh_margin
 
+    def _refresh_request_params(self, refresh_token: str) -> dict[str, str]:
+        """RFC 6749 section 6; client credentials in the body unless HTTP Basic is used.
+
+        (oauthenticator has this only from 17.1 on.)
+        """
+        params = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if not self.basic_auth:
+            params.update(client_id=self.client_id, client_secret=self.client_secret)
+        return params
+
     async def _rotate(self, user: Any, state: dict[str, Any]) -> dict[str, Any] | None:
         """Exchange the refresh token; None if Synapse is unreachable (keep what we have)."""
         if not state.get("refresh_token"):
             raise SynapseCallError("token refresh", 400, "no_refresh_token")
-        params = self.build_refresh_token_request_params(state["refresh_token"])
+        params = self._refresh_request_params(state["refresh_token"])
         try:
             token_info = await self._token_request(params)
         except SynapseCallError as e:

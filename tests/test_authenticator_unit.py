@@ -10,6 +10,7 @@ import json
 import urllib.parse
 
 import pytest
+from oauthenticator.oauth2 import _serialize_state
 from traitlets.config import Config
 
 from authenticator import SynapseOAuthenticator
@@ -29,6 +30,7 @@ def make_authenticator(tmp_path, **overrides) -> SynapseOAuthenticator:
     c = Config()
     c.SynapseOAuthenticator.client_id = "client"
     c.SynapseOAuthenticator.client_secret = "secret"
+    c.SynapseOAuthenticator.oauth_callback_url = "http://hub.test/hub/oauth_callback"
     c.SynapseOAuthenticator.issuer = "http://synapse.test/auth/v1"
     c.SynapseOAuthenticator.signin_url = "http://synapse.test/signin"
     c.SynapseOAuthenticator.allowed_teams = {
@@ -69,14 +71,34 @@ def token_info(n: int = 1) -> dict:
     }
 
 
-async def login(auth: SynapseOAuthenticator, info: dict, tokens: dict | None = None) -> dict:
-    """What oauthenticator does after the code exchange, then JupyterHub's allow check."""
+class FakeCallbackHandler:
+    """The argument lookup oauthenticator makes on the OAuth callback request."""
+
+    def get_argument(self, name, default=None):
+        return {"code": "the-code"}.get(name, default)
+
+    def get_state_cookie(self):  # read for PKCE (oauthenticator >= 17.1)
+        return _serialize_state({"state_id": "s", "code_verifier": "v" * 43})
+
+
+async def authenticate(auth: SynapseOAuthenticator, info: dict, tokens: dict | None = None):
+    """oauthenticator's code flow with Synapse's two answers stubbed."""
+
+    async def fake_token_request(params):
+        assert params["code"] == "the-code" and params["grant_type"] == "authorization_code"
+        return dict(tokens or token_info())
 
     async def fake_userinfo(access_token):
         return info
 
+    auth._token_request = fake_token_request
     auth._userinfo = fake_userinfo
-    model = await auth._token_to_auth_model(tokens or token_info())
+    return await auth.authenticate(FakeCallbackHandler())
+
+
+async def login(auth: SynapseOAuthenticator, info: dict, tokens: dict | None = None) -> dict:
+    """Authentication, then JupyterHub's allow check."""
+    model = await authenticate(auth, info, tokens)
     assert await auth.check_allowed(model["name"], model)
     return model
 
@@ -239,12 +261,7 @@ async def test_admin_team_member_is_admin_and_allowed_without_a_community(tmp_pa
 
 async def test_non_member_is_refused_with_the_team_page(tmp_path):
     auth = make_authenticator(tmp_path, admin_contact="help@example.org")
-
-    async def fake_userinfo(access_token):
-        return userinfo("mallory", "3400003", ["3500099"])
-
-    auth._userinfo = fake_userinfo
-    model = await auth._token_to_auth_model(token_info())
+    model = await authenticate(auth, userinfo("mallory", "3400003", ["3500099"]))
     with pytest.raises(SignInError) as refused:
         await auth.check_allowed(model["name"], model)
     assert refused.value.status_code == 403
@@ -385,7 +402,7 @@ async def test_spawn_requests_force_a_rotation(tmp_path, monkeypatch):
 
 def test_refresh_request_params_use_the_configured_client_auth(tmp_path):
     auth = make_authenticator(tmp_path, basic_auth=False)
-    params = auth.build_refresh_token_request_params("r")
+    params = auth._refresh_request_params("r")
     assert params == {
         "grant_type": "refresh_token",
         "refresh_token": "r",

@@ -152,7 +152,7 @@ def hub_env(cloud: LocalCloud, state_dir: Path, **overrides: str) -> dict[str, s
     return env
 
 
-def test_config(state_dir: Path, refresh_age: float = 1.0) -> Path:
+def test_config(state_dir: Path, refresh_age: int = 1) -> Path:
     hub_api_port, proxy_api_port = free_port(), free_port()
     path = state_dir / "test_config.py"
     path.write_text(
