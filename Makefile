@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint deps chromium clean
+.PHONY: demo test lint bench deps chromium clean
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -36,6 +36,10 @@ lint: deps
 
 test: deps chromium lint
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Benchmarks print figures and the ratios between them, and check their limits (exit 1).
+bench: deps
+	$(PY) -m benchmarks.tunnel
 
 demo: deps
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m localcloud demo

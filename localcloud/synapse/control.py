@@ -28,74 +28,14 @@ DELETE  /_control/faults                            remove all faults -> 204
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import tornado.web
-
+from ..control_api import ControlError, ControlHandler
 from .directory import SynapseTeam, SynapseUser
-from .errors import dumps
 
 if TYPE_CHECKING:
     from .app import SynapseStandIn
-
-
-class ControlError(Exception):
-    """A control-API error: status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class ControlHandler(tornado.web.RequestHandler):
-    """Base: loopback only, JSON in and out."""
-
-    def initialize(self, standin: SynapseStandIn) -> None:
-        self.standin = standin
-
-    def prepare(self) -> None:
-        try:
-            loopback = ipaddress.ip_address(self.request.remote_ip or "").is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ControlError(403, "the control API answers loopback clients only")
-
-    def body_json(self) -> dict[str, Any]:
-        """The request body as a JSON object ({} when empty)."""
-        if not self.request.body:
-            return {}
-        try:
-            body = json.loads(self.request.body)
-        except ValueError as exc:
-            raise ControlError(400, f"invalid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise ControlError(400, "the body must be a JSON object")
-        return body
-
-    def reply(self, obj: Any, status: int = 200) -> None:
-        """Answer with JSON."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(dumps(obj))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ControlError):
-            status, message = exc.status, exc.message
-        else:
-            status, message = status_code, self._reason
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(dumps({"error": message}))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not isinstance(value, ControlError):
-            super().log_exception(typ, value, tb)
 
 
 def _user_json(user: SynapseUser) -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""A small HTTP + websocket server shaped like a notebook server, as the far end of tunnels.
+
+Tunnel tests and benchmarks need a target that behaves like ``jupyterhub-singleuser`` on the
+wire (keep-alive HTTP/1.1, large streamed responses, long-lived websockets) without a hub
+behind it. Run it alone: ``python -m localcloud.notebook_like --port 8888``; it prints
+``{"listening": "127.0.0.1:<port>"}`` when ready.
+
+Endpoints: ``GET /api`` (a JSON version, like Jupyter Server's), ``GET /small`` (two bytes),
+``GET /blob?size=N&seed=S`` (N deterministic bytes, see :func:`blob`), ``POST /sha256``
+(digest of the request body), ``GET /ws/echo`` (websocket echo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+
+import tornado.web
+import tornado.websocket
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+CHUNK = 256 * 1024
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    """The bytes ``/blob`` serves: reproducible anywhere, so a client can check a digest."""
+    return random.Random(seed).randbytes(size)
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write({"version": "2.0.0-notebook-like"})
+
+
+class SmallHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write(b"ok")
+
+
+class BlobHandler(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        size = int(self.get_argument("size", "0"))
+        data = blob(size, int(self.get_argument("seed", "0")))
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", str(size))
+        view = memoryview(data)
+        for start in range(0, size, CHUNK):
+            self.write(bytes(view[start : start + CHUNK]))
+            await self.flush()
+
+
+@tornado.web.stream_request_body
+class Sha256Handler(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+
+    def post(self) -> None:
+        self.write({"sha256": self.digest.hexdigest(), "size": self.size})
+
+
+class EchoSocket(tornado.websocket.WebSocketHandler):
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+def make_app() -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            (r"/api", ApiHandler),
+            (r"/small", SmallHandler),
+            (r"/blob", BlobHandler),
+            (r"/sha256", Sha256Handler),
+            (r"/ws/echo", EchoSocket),
+        ],
+        websocket_max_message_size=64 * 1024 * 1024,
+    )
+
+
+async def serve(port: int = 0, host: str = "127.0.0.1") -> tuple[HTTPServer, int]:
+    sockets = bind_sockets(port, host)
+    server = HTTPServer(make_app(), max_body_size=1 << 30)
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
+
+
+async def _main(port: int) -> None:
+    _, bound = await serve(port)
+    print(json.dumps({"listening": f"127.0.0.1:{bound}"}), flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(_main(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,725 @@
+"""One Session Manager session over asyncio: the I/O around the sans-I/O `ChannelConnection`.
+
+`DataChannel` owns exactly one SSM session: the ``StartSession`` call (boto3, in a thread pool,
+because boto3 blocks and the hub's event loop must not), the websocket to the ``StreamUrl``,
+the token frame, the timer that drives retransmission, and ``TerminateSession`` at the end.
+Everything protocol-shaped (sequencing, acks, handshake, payload cutting) lives in
+`spawner.ssm.channel`; this module only moves bytes and time into it and frames out of it.
+
+The layer above (smux or basic mode, in `spawner.ssm.tunnel`) sees a byte stream: it calls
+`DataChannel.write` / `DataChannel.send_flag` and receives `ChannelListener` callbacks. Flow
+control is asyncio-style in both directions: when too many messages wait for an ack the
+listener's ``pause_writing`` tells it to stop reading local sockets; when local sockets cannot
+take more, the listener calls `DataChannel.pause_reading` and the websocket is not read.
+
+A session is never resumed (``ResumeSession``): when it ends, its owner opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from . import channel as _channel
+from .channel import CLIENT_BUFFER_CAPACITY, ChannelConnection, Role
+from .messages import Flag, ProtocolError, token_frame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DOCUMENT = "AWS-StartPortForwardingSession"
+#: The version of the official plugin whose behaviour this client implements. It matters on the
+#: wire: the agent keeps its own smux keep-alive on (and closes a session silent for 30 s) for
+#: clients at or below 1.2.331.0, and the client sends NOPs only to agents at or below
+#: 3.1.1511.0 (see `spawner.ssm.smux.needs_keepalive`). With a modern agent an idle session
+#: therefore carries no traffic at all and ends at the account's idle timeout (20 min by
+#: default); the tunnel's supervisor then opens a new one on the same local port.
+DEFAULT_CLIENT_VERSION = "1.2.707.0"
+#: The official client pings every 5 minutes; a shorter interval keeps NAT and load-balancer
+#: idle timers (often 60-350 s) from dropping a quiet websocket.
+DEFAULT_PING_INTERVAL = 60.0
+#: SSM frames are at most 120 + 1024 bytes; a session's control messages are small JSON. The
+#: bound only keeps a misbehaving server from making us buffer without limit.
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: Messages in flight (unacknowledged) above which local sockets stop being read. 1 MiB of
+#: payload in flight covers 10 MB/s at 100 ms round trip while bounding memory and latency.
+DEFAULT_MAX_UNACKED = 1024
+#: The retransmission timer never fires sooner than this after it is armed (the channel's
+#: 10 ms clock granularity), so a deadline already in the past cannot make the loop spin.
+_MIN_TIMER_GAP = 0.01
+
+_shared_executor: ThreadPoolExecutor | None = None
+
+
+def shared_executor() -> Executor:
+    """The thread pool for boto3 calls of every tunnel that was not given one.
+
+    Separate from the loop's default executor so that a burst of StartSession calls after a
+    network blip cannot starve the hub's own DNS lookups and file I/O.
+    """
+    global _shared_executor
+    if _shared_executor is None:
+        _shared_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ssm-api")
+    return _shared_executor
+
+
+class SessionError(Exception):
+    """A session could not be opened; ``call`` names the step for the operator."""
+
+    def __init__(self, call: str, message: str, *, code: str | None = None) -> None:
+        super().__init__(f"{call} failed: {message}")
+        self.call = call
+        self.code = code
+        self.message = message
+
+
+def describe_error(exc: BaseException) -> tuple[str | None, str]:
+    """(error code, one-line message) of a boto3/botocore or other exception."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error") or {}
+        code = err.get("Code")
+        message = err.get("Message") or str(exc)
+        return code, f"{code}: {message}" if code else message
+    name = type(exc).__name__
+    text = str(exc) or name
+    if name == "NoCredentialsError":
+        return name, "no AWS credentials found (environment, profile or instance role)"
+    return name, text if name in text else f"{name}: {text}"
+
+
+class ChannelListener(Protocol):
+    """What the layer above a `DataChannel` implements (named like asyncio's protocols)."""
+
+    def data_received(self, data: bytes) -> None:
+        """Output payload bytes from the agent, in order, exactly once."""
+
+    def flag_received(self, flag: Flag) -> None:
+        """A Flag payload from the agent (e.g. ConnectToPortError)."""
+
+    def pause_writing(self) -> None:
+        """Too much is waiting for acks: stop reading local sockets."""
+
+    def resume_writing(self) -> None:
+        """Acks drained the resend buffer: read local sockets again."""
+
+
+class WebSocket(Protocol):
+    """The few websocket operations a `DataChannel` needs; a seam for tests."""
+
+    def start(self, on_message: Callable[[bytes | str], Awaitable[None] | None]) -> None:
+        """Deliver each later message to ``on_message``, synchronously, in order.
+
+        When ``on_message`` returns an awaitable, no further message is read until it is
+        done: that is how the receiving side applies backpressure.
+        """
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (by either side or by an error)."""
+
+    def send_text(self, text: str) -> None: ...
+
+    def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Send each element as one binary message, in order, without waiting."""
+
+    def close(self) -> None: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str | None: ...
+
+
+WebSocketConnector = Callable[[str], Awaitable[WebSocket]]
+
+
+class TornadoWebSocket:
+    """`WebSocket` over tornado's client connection.
+
+    Messages are taken from tornado's frame loop by replacing the connection's ``on_message``:
+    tornado then hands over every frame already buffered in one go (instead of one per loop
+    iteration through its read queue), which lets acks and local writes batch, and it awaits
+    what ``on_message`` returns before reading on, which is the receive backpressure.
+
+    Binary messages are framed here and handed to the connection's stream in one write per
+    batch: tornado's ``write_message`` creates a task per message and issues one ``send`` per
+    frame, which is most of the cost at thousands of 1 KiB messages per second. Anything that
+    does not look like the tornado internals this relies on falls back to ``write_message``.
+    """
+
+    __slots__ = ("_conn", "_mask", "_on_message", "_stream")
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._stream = None
+        self._mask: Callable[[bytes, bytes], bytes] | None = None
+        self._on_message: Callable[[bytes | str], Awaitable[None] | None] | None = None
+        protocol = getattr(conn, "protocol", None)
+        try:
+            from tornado.util import _websocket_mask
+
+            if getattr(protocol, "mask_outgoing", False) and not getattr(
+                protocol, "_compressor", None
+            ):
+                self._stream = protocol.stream
+                self._mask = _websocket_mask
+        except (ImportError, AttributeError):  # pragma: no cover - other tornado versions
+            self._stream = None
+        if protocol is not None:
+            try:
+                protocol.set_nodelay(True)  # acks and small requests must not wait for Nagle
+            except Exception:  # pragma: no cover - e.g. stream already closed
+                pass
+
+    def start(self, on_message: Callable[[bytes | str], Awaitable[None] | None]) -> None:
+        self._on_message = on_message
+        self._conn.on_message = on_message  # what tornado's protocol calls for each message
+
+    async def wait_closed(self) -> None:
+        # With on_message replaced, only the end of the connection (None) reaches the read
+        # queue, plus anything that arrived before start().
+        while True:
+            message = await self._conn.read_message()
+            if message is None:
+                return
+            if self._on_message is not None:
+                result = self._on_message(message)
+                if result is not None:
+                    await result
+
+    def send_text(self, text: str) -> None:
+        self._conn.write_message(text)
+
+    def send_frames(self, frames: Sequence[bytes]) -> None:
+        stream, mask = self._stream, self._mask
+        if stream is None or mask is None:
+            for frame in frames:
+                self._conn.write_message(frame, binary=True)
+            return
+        masks = os.urandom(4 * len(frames))
+        parts: list[bytes] = []
+        append = parts.append
+        for i, frame in enumerate(frames):
+            n = len(frame)
+            if n < 126:
+                append(bytes((0x82, 0x80 | n)))
+            elif n <= 0xFFFF:
+                append(struct.pack("!BBH", 0x82, 0xFE, n))
+            else:
+                append(struct.pack("!BBQ", 0x82, 0xFF, n))
+            key = masks[4 * i : 4 * i + 4]
+            append(key)
+            append(mask(key, frame))
+        stream.write(b"".join(parts))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @property
+    def close_code(self) -> int | None:
+        return getattr(self._conn, "close_code", None)
+
+    @property
+    def close_reason(self) -> str | None:
+        return getattr(self._conn, "close_reason", None)
+
+
+def tornado_connector(
+    *,
+    connect_timeout: float = 10.0,
+    ping_interval: float | None = DEFAULT_PING_INTERVAL,
+    ping_timeout: float | None = 0.0,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> WebSocketConnector:
+    """A connector dialling the StreamUrl exactly as given: no headers, no compression.
+
+    ``ping_timeout=0`` sends pings without requiring pongs, as the official client does; a
+    positive value closes the websocket when no pong arrives in time (a dead path is then
+    noticed within ``ping_interval + ping_timeout``).
+    """
+
+    import tornado
+
+    if not ping_timeout and tornado.version_info < (6, 5):
+        # Before 6.5 a zero timeout closed the connection at the second ping; a huge one
+        # never expires. From 6.5 on, 0 is the documented "no pong needed".
+        ping_timeout = 10.0 * 365 * 24 * 3600
+
+    async def connect(url: str) -> WebSocket:
+        from tornado.websocket import websocket_connect
+
+        conn = await websocket_connect(
+            url,
+            connect_timeout=connect_timeout,
+            compression_options=None,
+            ping_interval=ping_interval or None,
+            ping_timeout=ping_timeout,
+            max_message_size=max_message_size,
+        )
+        return TornadoWebSocket(conn)
+
+    return connect
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+def keep_task(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """Hold a reference to a fire-and-forget task until it ends (asyncio keeps weak ones)."""
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+class DataChannel:
+    """One SSM port-forwarding session, from StartSession to TerminateSession.
+
+    Use: ``await open()``; read `agent_version` to choose smux or basic mode; `set_listener`;
+    then `write` / `send_flag`; `wait_closed` tells how the session ended; `close` ends it.
+    A DataChannel is not reusable: a new session is a new object.
+    """
+
+    def __init__(
+        self,
+        ssm_client: Any,
+        target: str,
+        remote_port: int,
+        *,
+        executor: Executor | None = None,
+        document_name: str = DEFAULT_DOCUMENT,
+        parameters: dict[str, list[str]] | None = None,
+        client_version: str = DEFAULT_CLIENT_VERSION,
+        connector: WebSocketConnector | None = None,
+        connect_timeout: float = 10.0,
+        handshake_timeout: float = 20.0,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = 0.0,
+        max_unacked: int = DEFAULT_MAX_UNACKED,
+        terminate_timeout: float = 10.0,
+    ) -> None:
+        self.target = target
+        self.remote_port = remote_port
+        self.document_name = document_name
+        self.client_version = client_version
+        self.client_id = str(uuid.uuid4())
+        self.session_id: str | None = None
+        self.stream_url: str | None = None
+        self.agent_version: str | None = None
+        self._ssm = ssm_client
+        self._executor = executor
+        self._parameters = {"portNumber": [str(remote_port)], "localPortNumber": ["0"]}
+        if parameters:
+            self._parameters.update(parameters)
+        self._connector = connector or tornado_connector(
+            connect_timeout=connect_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout
+        )
+        self._connect_timeout = connect_timeout
+        self._handshake_timeout = handshake_timeout
+        self._terminate_timeout = terminate_timeout
+        self._high = max(1, min(max_unacked, CLIENT_BUFFER_CAPACITY - 1024))
+        self._low = self._high // 2
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ws: WebSocket | None = None
+        self._conn: ChannelConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._handshake: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[str] | None = None
+        self._closing = False
+        self._terminate_task: asyncio.Future[None] | None = None
+        self._starting: asyncio.Future[Any] | None = None
+        self._listener: ChannelListener | None = None
+        self._pending: list[Any] = []  # events that arrived before set_listener
+        self._out: list[bytes] = []  # bytes written since the last flush
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._local_paused = False
+        self._read_gate: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<DataChannel {self.target}:{self.remote_port} session={self.session_id}>"
+
+    # -- opening -------------------------------------------------------------------------
+
+    async def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor or shared_executor(), functools.partial(method, **kwargs)
+        )
+
+    async def open(self) -> None:
+        """StartSession, websocket, token frame, handshake: returns once data may flow.
+
+        Raises `SessionError` naming the step that failed; a session that was started is
+        terminated again before the error propagates.
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        starting = self._starting = loop.run_in_executor(
+            self._executor or shared_executor(),
+            functools.partial(
+                self._ssm.start_session,
+                Target=self.target,
+                DocumentName=self.document_name,
+                Parameters=self._parameters,
+            ),
+        )
+        try:
+            response = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The call goes on in its thread; a session it opens must not be left running.
+            starting.add_done_callback(lambda _: self._adopt_orphan())
+            self._finish("cancelled while opening", terminate=False)
+            raise
+        except Exception as exc:
+            code, message = describe_error(exc)
+            self._finish(f"StartSession failed: {message}", terminate=False)
+            raise SessionError("StartSession", message, code=code) from exc
+        self.session_id = response["SessionId"]
+        self.stream_url = response["StreamUrl"]
+        token = response["TokenValue"]
+        step = "websocket connect"
+        try:
+            self._ws = await asyncio.wait_for(
+                self._connector(self.stream_url), self._connect_timeout + 1.0
+            )
+            step = "handshake"
+            self._conn = ChannelConnection(
+                Role.CLIENT,
+                now=loop.time(),
+                client_version=self.client_version,
+                epoch_offset=time.time() - loop.time(),  # CreatedDate is epoch milliseconds
+                # The plugin drops duplicates silently; if one of its acks was lost, the agent
+                # (which resends only its oldest message) would stall. A second ack is harmless.
+                reack_duplicates=True,
+            )
+            self._ws.send_text(
+                token_frame(
+                    token,
+                    request_id=str(uuid.uuid4()),
+                    client_id=self.client_id,
+                    client_version=self.client_version,
+                )
+            )
+            self._handshake = loop.create_future()
+            self._ws.start(self._on_message)
+            self._reader = loop.create_task(self._watch())
+            await asyncio.wait_for(asyncio.shield(self._handshake), self._handshake_timeout)
+        except asyncio.CancelledError:
+            self._finish("cancelled while opening", terminate=True)
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+                message = f"no answer within {self._handshake_timeout:g} s"
+                if step != "handshake":
+                    message = f"no connection within {self._connect_timeout:g} s"
+            else:
+                message = describe_error(exc)[1]
+            self._finish(f"{step} failed: {message}", terminate=True)
+            raise SessionError(step, message) from exc
+        log.debug(
+            "session %s to %s port %s up, agent %s",
+            self.session_id,
+            self.target,
+            self.remote_port,
+            self.agent_version,
+        )
+
+    # -- the layer above -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def writable(self) -> bool:
+        """False while the resend buffer is above its high-water mark."""
+        return not self._local_paused
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent and not yet acknowledged."""
+        return self._conn.resend_buffer_size if self._conn is not None else 0
+
+    def set_listener(self, listener: ChannelListener) -> None:
+        """Attach the layer above; events received since the handshake are replayed to it."""
+        self._listener = listener
+        pending, self._pending = self._pending, []
+        for event in pending:
+            self._dispatch(event)
+        if self._local_paused:
+            listener.pause_writing()
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the agent; they leave at the end of this loop iteration."""
+        if self._closing or not data:
+            return
+        self._out.append(data)
+        self._schedule_flush()
+
+    def send_flag(self, flag: Flag) -> None:
+        """Queue a Flag message after any bytes written before it."""
+        if self._closing or self._conn is None:
+            return
+        now = self._now()
+        self._move_out(now)
+        self._conn.send_flag(flag, now)
+        self._schedule_flush()
+
+    def pause_reading(self) -> None:
+        """Stop reading the websocket (local sockets cannot take more); idempotent."""
+        if self._read_gate is None and self._loop is not None:
+            self._read_gate = self._loop.create_future()
+
+    def resume_reading(self) -> None:
+        gate, self._read_gate = self._read_gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+    async def wait_closed(self) -> str:
+        """Wait for the session to end; returns why it ended."""
+        assert self._closed is not None, "open() first"
+        return await asyncio.shield(self._closed)
+
+    @property
+    def close_reason(self) -> str | None:
+        if self._closed is not None and self._closed.done():
+            return self._closed.result()
+        return None
+
+    async def close(self, reason: str = "closed by client", *, terminate: bool = True) -> None:
+        """End the session: TerminateSession flag to the agent, then the API call.
+
+        Safe to call at any time and more than once; waits (bounded) for the API call.
+        """
+        if not self._closing and terminate and self._conn is not None and self._ws is not None:
+            if self._conn.handshake_complete:
+                try:
+                    self.send_flag(Flag.TERMINATE_SESSION)
+                    self._flush()
+                except Exception:  # the flag is a courtesy; the API call is what counts
+                    log.debug("%r: could not send TerminateSession flag", self, exc_info=True)
+        self._finish(reason, terminate=terminate)
+        starting = self._starting
+        if starting is not None and not starting.done():  # cancelled during StartSession
+            await asyncio.wait({starting}, timeout=self._terminate_timeout)
+            self._adopt_orphan()
+        task = self._terminate_task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self._terminate_timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                log.warning("%r: TerminateSession still running after close", self)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def _watch(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        try:
+            await ws.wait_closed()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = f"websocket error: {describe_error(exc)[1]}"
+        else:
+            code, why = ws.close_code, ws.close_reason
+            reason = f"websocket closed (code {code}{', ' + why if why else ''})"
+        if not self._closing:
+            self._finish(reason, terminate=True)
+
+    def _on_message(self, message: bytes | str) -> asyncio.Future[None] | None:
+        """Called by the websocket for every message; returns the read gate when paused."""
+        if self._closing:
+            return None
+        if isinstance(message, str):
+            log.debug("%r: ignoring text message %.200s", self, message)
+            return None
+        try:
+            self._on_frame(message)
+        except Exception as exc:  # a bug above us must not leave the session half-alive
+            log.exception("%r: error handling a message", self)
+            self._finish(f"internal error: {exc!r}", terminate=True)
+            return None
+        return self._read_gate
+
+    def _on_frame(self, frame: bytes) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            events = conn.receive(frame, self._now())
+        except ProtocolError as exc:
+            # The official client logs undecodable messages and carries on.
+            log.warning("%r: dropping invalid message: %s", self, exc)
+            return
+        for event in events:
+            self._dispatch(event)
+            if self._closing:
+                return
+        self._schedule_flush()  # acks
+        self._check_window()
+
+    def _dispatch(self, event: Any) -> None:
+        listener = self._listener
+        if isinstance(event, _channel.DataReceived):
+            if listener is None:
+                self._pending.append(event)
+            else:
+                listener.data_received(event.data)
+        elif isinstance(event, _channel.FlagReceived):
+            if listener is None:
+                self._pending.append(event)
+            else:
+                listener.flag_received(event.flag)
+        elif isinstance(event, _channel.HandshakeRequested):
+            self.agent_version = event.agent_version
+        elif isinstance(event, _channel.HandshakeCompleted):
+            if self.agent_version is None:
+                self.agent_version = getattr(self._conn, "agent_version", None)
+            if self._handshake is not None and not self._handshake.done():
+                self._handshake.set_result(None)
+        elif isinstance(event, _channel.ChannelClosed):
+            output = getattr(event, "output", "") or ""
+            self._finish(f"channel_closed{': ' + output if output else ''}", terminate=False)
+        elif isinstance(event, _channel.GaveUp):
+            # The official client terminates the session when a message was resent too often.
+            self._finish(f"gave up: {getattr(event, 'reason', '')}", terminate=True)
+        else:
+            log.debug("%r: %s", self, event)
+
+    def _move_out(self, now: float) -> None:
+        out = self._out
+        if out and self._conn is not None:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._conn.send_data(data, now)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._closing and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Move written bytes into the channel and the channel's frames onto the websocket."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        conn, ws = self._conn, self._ws
+        if self._closing or conn is None or ws is None:
+            return
+        now = self._now()
+        self._move_out(now)
+        frames = conn.frames_to_send()
+        if frames:
+            try:
+                ws.send_frames(frames)
+            except Exception as exc:
+                self._finish(f"websocket write failed: {describe_error(exc)[1]}", terminate=True)
+                return
+        self._arm_timer(now)
+        self._check_window()
+
+    def _arm_timer(self, now: float) -> None:
+        conn = self._conn
+        assert conn is not None and self._loop is not None
+        deadline = conn.next_deadline()
+        if deadline is None:
+            return  # a timer already armed fires once and finds nothing to do
+        deadline = max(deadline, now + _MIN_TIMER_GAP)
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires early, ticks for nothing, re-arms: cheaper than re-scheduling
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        if self._closing or self._conn is None:
+            return
+        events = self._conn.tick(self._now())
+        for event in events or ():
+            self._dispatch(event)
+            if self._closing:
+                return
+        if getattr(self._conn, "gave_up", False):
+            self._finish("gave up: retransmission limit reached", terminate=True)
+            return
+        self._flush()
+
+    def _check_window(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        n = conn.resend_buffer_size
+        if not self._local_paused:
+            if n >= self._high:
+                self._local_paused = True
+                if self._listener is not None:
+                    self._listener.pause_writing()
+        elif n <= self._low:
+            self._local_paused = False
+            if self._listener is not None:
+                self._listener.resume_writing()
+
+    def _finish(self, reason: str, *, terminate: bool) -> None:
+        """Tear down the I/O once; ``terminate`` also ends the session at the service."""
+        if self._closing:
+            return
+        self._closing = True
+        log.debug("%r ends: %s", self, reason)
+        for handle in (self._flush_handle, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._timer = None
+        self.resume_reading()
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # pragma: no cover - closing a broken socket
+                log.debug("%r: websocket close failed", self, exc_info=True)
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task() and not reader.done():
+            reader.cancel()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionError(reason))
+            self._handshake.exception()  # retrieved: open() reports it, or nobody waits
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(reason)
+        if terminate and self.session_id is not None and self._terminate_task is None:
+            self._terminate_task = keep_task(asyncio.ensure_future(self._terminate()))
+
+    def _adopt_orphan(self) -> None:
+        """Terminate the session of a StartSession call whose caller stopped waiting."""
+        starting = self._starting
+        if (
+            self.session_id is not None
+            or starting is None
+            or not starting.done()
+            or starting.cancelled()
+            or starting.exception() is not None
+        ):
+            return
+        self.session_id = starting.result().get("SessionId")
+        if self.session_id is not None and self._terminate_task is None:
+            self._terminate_task = keep_task(asyncio.ensure_future(self._terminate()))
+
+    async def _terminate(self) -> None:
+        try:
+            await self._call(self._ssm.terminate_session, SessionId=self.session_id)
+        except Exception as exc:
+            log.info("TerminateSession %s failed: %s", self.session_id, describe_error(exc)[1])

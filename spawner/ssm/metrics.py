@@ -1,0 +1,36 @@
+"""Counters of one tunnel, kept as plain integers so the data path pays one addition per event.
+
+The hub exports them to Prometheus by reading the fields (summed over tunnels or labelled by
+user); nothing here depends on prometheus_client, so the tunnel stays usable on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class TunnelMetrics:
+    """What an operator needs to tell a healthy tunnel from a flapping or saturated one."""
+
+    #: sessions whose handshake completed (the first one included)
+    sessions_opened: int = 0
+    #: sessions opened after the first one, i.e. recoveries by the supervisor
+    reconnects: int = 0
+    #: StartSession / websocket / handshake attempts that failed
+    session_failures: int = 0
+    #: payload bytes read from local connections and sent towards the instance
+    bytes_to_remote: int = 0
+    #: payload bytes received from the instance and written to local connections
+    bytes_from_remote: int = 0
+    #: local connections accepted
+    connections_accepted: int = 0
+    #: local connections reset (session ended under them, connect error, wait timeout)
+    connections_reset: int = 0
+    #: smux streams (or basic-mode connections) currently open: a gauge
+    streams_open: int = 0
+    #: how the last session ended (``None`` while the first one is up)
+    last_end_reason: str | None = None
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        return asdict(self)

@@ -1,0 +1,867 @@
+"""A local TCP port that stays put while SSM sessions behind it come and go.
+
+`Tunnel` listens on ``127.0.0.1:<port>`` and carries every accepted connection to the
+instance's remote port through a `DataChannel`. JupyterHub's proxy route points at that local
+port for the whole life of a user's server, so the port is chosen once and kept; what changes
+underneath is the session: the service ends sessions on idle timeout and maximum duration, an
+agent restart or a network error ends them too, and the supervisor then opens a new one with
+exponential backoff and jitter.
+
+Connections map onto the session as the official plugin maps them
+(``sessionmanagerplugin/session/portsession/``): with a multiplexing agent every connection is
+one smux stream (``muxportforwarding.go``); with an old agent one connection is served at a
+time and the next waits until it closes (``basicportforwarding.go``). A connection whose
+session ends under it is reset, not left hanging: bytes may have been lost and only the client
+can retry. A connection that arrives while no session is up waits for the next one (bounded).
+
+Local sockets are asyncio protocols (no task per connection) and an idle tunnel does nothing
+but its keep-alives, so a hub can hold hundreds of them on one loop and one thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from . import smux as _smux
+from .datachannel import (
+    DEFAULT_CLIENT_VERSION,
+    DEFAULT_DOCUMENT,
+    DEFAULT_MAX_UNACKED,
+    DEFAULT_PING_INTERVAL,
+    DataChannel,
+    SessionError,
+    WebSocketConnector,
+    describe_error,
+    keep_task,
+    shared_executor,
+)
+from .messages import Flag
+from .metrics import TunnelMetrics
+
+log = logging.getLogger(__name__)
+
+#: Error codes that retrying cannot fix: `Tunnel.start` reports them at once. After the first
+#: session the supervisor retries everything (an instance that reboots is TargetNotConnected
+#: for a minute).
+FATAL_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "InvalidDocument",
+        "InvalidDocumentAccess",
+        "InvalidTarget",
+        "TargetNotConnected",
+        "ValidationException",
+        "NoCredentialsError",
+        "NoRegionError",
+        "ProfileNotFound",
+        "PartialCredentialsError",
+    }
+)
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    initial: float,
+    cap: float,
+    factor: float = 2.0,
+    jitter: float = 0.5,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Delay before retry number ``attempt`` (0-based): exponential, capped, jittered.
+
+    The jitter takes up to ``jitter`` of the delay away at random, so that the tunnels of a
+    hub that all lost their sessions in the same network blip do not retry in lockstep.
+    """
+    base = min(cap, initial * factor**attempt)
+    return base * (1.0 - jitter * rng())
+
+
+_client_lock = threading.Lock()
+_clients: dict[tuple[str | None, str | None, str | None], Any] = {}
+
+
+def default_ssm_client(
+    region: str | None = None, endpoint_url: str | None = None, profile: str | None = None
+) -> Any:
+    """A boto3 SSM client, shared by every tunnel with the same region/endpoint/profile.
+
+    boto3 clients are thread-safe and weigh about a megabyte each, so hundreds of tunnels
+    share one. Blocking (it reads configuration files): call it in a thread.
+    """
+    key = (region, endpoint_url, profile)
+    with _client_lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            session = boto3.session.Session(profile_name=profile, region_name=region)
+            client = session.client(
+                "ssm",
+                endpoint_url=endpoint_url,
+                config=Config(
+                    connect_timeout=5,
+                    read_timeout=20,
+                    retries={"mode": "standard", "max_attempts": 3},
+                ),
+            )
+            _clients[key] = client
+        return client
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close with RST, so the client sees a failure instead of a clean (truncated) end."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()  # type: ignore[attr-defined]
+
+
+class _Local(asyncio.Protocol):
+    """One accepted local connection; the current session's handler drives it."""
+
+    __slots__ = (
+        "closed",
+        "eof",
+        "fin_sent",
+        "got_data",
+        "handler",
+        "pending",
+        "sid",
+        "transport",
+        "tunnel",
+        "wait_timer",
+        "write_paused",
+    )
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.transport: asyncio.Transport | None = None
+        self.handler: _MuxHandler | _BasicHandler | None = None
+        self.sid = 0
+        self.got_data = False
+        self.eof = False
+        self.fin_sent = False
+        self.closed = False
+        self.write_paused = False
+        self.wait_timer: asyncio.TimerHandle | None = None
+        self.pending: list[bytes] | None = None  # bytes for the client, written once per turn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=self.tunnel._local_write_limit)
+        self.tunnel._accept(self)
+
+    def data_received(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is not None:
+            self.tunnel.metrics.bytes_to_remote += len(data)
+            handler.local_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.handler is not None:
+            self.handler.local_eof(self)
+        else:
+            self.tunnel._forget_waiting(self)
+            self.close()
+        return True  # keep the write side open until the remote side is done
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
+        if self.write_paused:
+            self.write_paused = False
+            self.tunnel._local_write_resumed()
+        self.tunnel._forget_waiting(self)
+        if self.handler is not None:
+            self.handler.local_lost(self)
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self.tunnel._local_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self.tunnel._local_write_resumed()
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client: one socket write per loop turn, not per 1 KiB message."""
+        if self.closed or self.transport is None:
+            return
+        self.tunnel.metrics.bytes_from_remote += len(data)
+        pending = self.pending
+        if pending is None:
+            self.pending = [data]
+            self.tunnel._mark_dirty(self)
+        else:
+            pending.append(data)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending and not self.closed and self.transport is not None:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        """Clean close after pending writes (the remote side finished)."""
+        if not self.closed and self.transport is not None:
+            self.flush()
+            self.closed = True  # nothing more is written; connection_lost follows the drain
+            self.transport.close()
+
+    def reset(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.pending = None
+            self.tunnel.metrics.connections_reset += 1
+            _reset(self.transport)
+
+    def wait_expired(self) -> None:
+        self.wait_timer = None
+        self.tunnel._forget_waiting(self)
+        log.info("%s: no session within %gs, resetting", self.tunnel, self.tunnel.wait_timeout)
+        self.reset()
+
+
+class _MuxHandler:
+    """smux mode: one stream per local connection, all sharing the session's byte stream."""
+
+    def __init__(self, tunnel: Tunnel, dc: DataChannel, keepalive: float | None) -> None:
+        self.tunnel = tunnel
+        self.dc = dc
+        self.smux = _smux.SmuxSession(client=True)
+        self.streams: dict[int, _Local] = {}
+        self.connect_errors = 0  # ConnectToPortError flags not yet matched with a FIN
+        self.paused = not dc.writable
+        self.active = False  # sent something since the last keep-alive tick
+        self.keepalive = keepalive
+        self.keepalive_timer: asyncio.TimerHandle | None = None
+        if keepalive:
+            self.keepalive_timer = asyncio.get_running_loop().call_later(keepalive, self._keepalive)
+
+    def _push(self) -> None:
+        data = self.smux.data_to_send()
+        if data:
+            self.active = True
+            self.dc.write(data)
+
+    def _keepalive(self) -> None:
+        if not self.active:
+            self.smux.nop()
+            self._push()
+        self.active = False
+        assert self.keepalive is not None
+        self.keepalive_timer = asyncio.get_running_loop().call_later(
+            self.keepalive, self._keepalive
+        )
+
+    # local side
+
+    def attach(self, conn: _Local) -> None:
+        conn.handler = self
+        conn.sid = self.smux.open_stream()
+        self.streams[conn.sid] = conn
+        self.tunnel.metrics.streams_open += 1
+        self._push()
+        assert conn.transport is not None
+        if self.paused:
+            conn.transport.pause_reading()
+        else:
+            conn.transport.resume_reading()
+        if conn.eof:  # EOF arrived while waiting for the session
+            self.local_eof(conn)
+
+    def local_data(self, conn: _Local, data: bytes) -> None:
+        if conn.sid in self.streams and not conn.fin_sent:
+            self.smux.send(conn.sid, data)
+            self._push()
+
+    def local_eof(self, conn: _Local) -> None:
+        if conn.sid in self.streams and not conn.fin_sent:
+            conn.fin_sent = True
+            self.smux.close_stream(conn.sid)
+            self._push()
+
+    def local_lost(self, conn: _Local) -> None:
+        if self.streams.pop(conn.sid, None) is None:
+            return
+        self.tunnel.metrics.streams_open -= 1
+        if not conn.fin_sent:
+            conn.fin_sent = True
+            self.smux.close_stream(conn.sid)
+            self._push()
+
+    # ChannelListener
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.smux.receive(data)
+        except _smux.SmuxError as exc:
+            # smux closes the whole session on a protocol error; so do we.
+            log.warning("%s: %s", self.tunnel, exc)
+            keep_task(asyncio.ensure_future(self.dc.close(str(exc))))
+            return
+        for event in events:
+            if isinstance(event, _smux.StreamData):
+                conn = self.streams.get(event.stream_id)
+                if conn is not None:
+                    conn.got_data = True
+                    conn.write(event.data)
+            elif isinstance(event, _smux.StreamEnded):
+                conn = self.streams.get(event.stream_id)
+                if conn is None:
+                    continue
+                if self.connect_errors and not conn.got_data:
+                    # The agent could not reach the remote port for this stream: it sent
+                    # ConnectToPortError, then closed the stream. Only this one fails.
+                    self.connect_errors -= 1
+                    conn.reset()
+                else:
+                    # The plugin closes the local connection once the stream ends (io.Copy
+                    # returns, conn.Close()); pending bytes are written first.
+                    conn.close()
+            elif isinstance(event, _smux.StreamOpened):
+                log.debug("%s: agent opened stream %s; closing it", self.tunnel, event.stream_id)
+                self.smux.close_stream(event.stream_id)
+        self._push()
+
+    def flag_received(self, flag: Flag) -> None:
+        if flag == Flag.CONNECT_TO_PORT_ERROR:
+            self.connect_errors += 1
+            log.warning(
+                "%s: agent could not connect to %s port %s",
+                self.tunnel,
+                self.tunnel.target,
+                self.tunnel.remote_port,
+            )
+        else:
+            log.debug("%s: flag %s from agent", self.tunnel, flag)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        for conn in self.streams.values():
+            if conn.transport is not None and not conn.closed:
+                conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for conn in self.streams.values():
+            if conn.transport is not None and not conn.closed:
+                conn.transport.resume_reading()
+
+    def session_lost(self) -> list[_Local]:
+        """Reset every connection: bytes in flight may be lost, only the client can retry."""
+        if self.keepalive_timer is not None:
+            self.keepalive_timer.cancel()
+            self.keepalive_timer = None
+        conns = list(self.streams.values())
+        self.streams.clear()
+        self.tunnel.metrics.streams_open -= len(conns)
+        for conn in conns:
+            conn.reset()
+        return []
+
+
+class _BasicHandler:
+    """Basic mode: raw bytes of one connection at a time, DisconnectToPort when it closes.
+
+    The plugin accepts the next connection only after the current one ended, so the others
+    wait (here: accepted but not read). The agent never says that the remote side closed: a
+    connection ends when its local client closes it.
+    """
+
+    def __init__(self, tunnel: Tunnel, dc: DataChannel) -> None:
+        self.tunnel = tunnel
+        self.dc = dc
+        self.current: _Local | None = None
+        self.queue: deque[_Local] = deque()
+        self.paused = not dc.writable
+
+    def attach(self, conn: _Local) -> None:
+        conn.handler = self
+        assert conn.transport is not None
+        if self.current is None:
+            self._serve(conn)
+        else:
+            conn.transport.pause_reading()
+            self.queue.append(conn)
+
+    def _serve(self, conn: _Local) -> None:
+        self.current = conn
+        self.tunnel.metrics.streams_open += 1
+        assert conn.transport is not None
+        if self.paused:
+            conn.transport.pause_reading()
+        else:
+            conn.transport.resume_reading()
+        if conn.eof:
+            self.local_eof(conn)
+
+    def _end(self, conn: _Local) -> None:
+        if self.current is not conn:
+            return
+        self.current = None
+        self.tunnel.metrics.streams_open -= 1
+        self.dc.send_flag(Flag.DISCONNECT_TO_PORT)
+        while self.queue:
+            nxt = self.queue.popleft()
+            if not nxt.closed:
+                self._serve(nxt)
+                break
+
+    def local_data(self, conn: _Local, data: bytes) -> None:
+        if conn is self.current:
+            self.dc.write(data)
+
+    def local_eof(self, conn: _Local) -> None:
+        # As the plugin: a read error on the local connection ends it (DisconnectToPort).
+        self._end(conn)
+        conn.close()
+
+    def local_lost(self, conn: _Local) -> None:
+        if conn is self.current:
+            self._end(conn)
+        else:
+            try:
+                self.queue.remove(conn)
+            except ValueError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.current is not None:
+            self.current.write(data)
+        else:
+            log.debug("%s: %d bytes with no connection to take them", self.tunnel, len(data))
+
+    def flag_received(self, flag: Flag) -> None:
+        log.debug("%s: flag %s from agent", self.tunnel, flag)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.current is not None and self.current.transport is not None:
+            self.current.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.current is not None and self.current.transport is not None:
+            self.current.transport.resume_reading()
+
+    def session_lost(self) -> list[_Local]:
+        """Reset the connection in flight; hand back the waiting ones (nothing was sent)."""
+        current, self.current = self.current, None
+        if current is not None:
+            self.tunnel.metrics.streams_open -= 1
+            current.reset()
+        waiting = [c for c in self.queue if not c.closed]
+        self.queue.clear()
+        for conn in waiting:
+            conn.handler = None
+        return waiting
+
+
+class Tunnel:
+    """``127.0.0.1:<local_port>`` → SSM session → ``<target>:<remote_port>``, supervised.
+
+    ``await start()`` binds the port and returns once the first session is up (raising
+    `SessionError` if it cannot be opened); from then on the supervisor keeps a session up
+    until ``await stop()``. `metrics` counts what happened; `session_id` names the current
+    session (``None`` while reconnecting).
+
+    The boto3 client comes from ``ssm_client``, else ``ssm_client_factory()``, else
+    `default_ssm_client` (``region`` / ``endpoint_url`` / ``profile``); it is built and
+    called in ``executor`` (default: a pool shared by all tunnels).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        remote_port: int,
+        *,
+        local_port: int = 0,
+        local_host: str = "127.0.0.1",
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+        ssm_client: Any = None,
+        ssm_client_factory: Callable[[], Any] | None = None,
+        executor: Executor | None = None,
+        document_name: str = DEFAULT_DOCUMENT,
+        client_version: str = DEFAULT_CLIENT_VERSION,
+        connector: WebSocketConnector | None = None,
+        connect_timeout: float = 10.0,
+        handshake_timeout: float = 20.0,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = 0.0,
+        keepalive_interval: float = 10.0,
+        max_unacked: int = DEFAULT_MAX_UNACKED,
+        local_write_limit: int = 4 * 1024 * 1024,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        backoff_factor: float = 2.0,
+        backoff_jitter: float = 0.5,
+        stable_after: float = 30.0,
+        start_timeout: float = 60.0,
+        wait_timeout: float = 30.0,
+        metrics: TunnelMetrics | None = None,
+        datachannel_factory: Callable[[], DataChannel] | None = None,
+        rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.target = target
+        self.remote_port = remote_port
+        self.local_host = local_host
+        self.local_port = local_port
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.profile = profile
+        self.document_name = document_name
+        self.client_version = client_version
+        self.keepalive_interval = keepalive_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.backoff_factor = backoff_factor
+        self.backoff_jitter = backoff_jitter
+        self.stable_after = stable_after
+        self.start_timeout = start_timeout
+        self.wait_timeout = wait_timeout
+        self.metrics = metrics if metrics is not None else TunnelMetrics()
+        self.session_id: str | None = None
+        self.agent_version: str | None = None
+        self.last_error: BaseException | None = None
+        self._ssm_client = ssm_client
+        self._ssm_client_factory = ssm_client_factory
+        self._executor = executor
+        self._dc_options = {
+            "document_name": document_name,
+            "client_version": client_version,
+            "connector": connector,
+            "connect_timeout": connect_timeout,
+            "handshake_timeout": handshake_timeout,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "max_unacked": max_unacked,
+        }
+        self._datachannel_factory = datachannel_factory
+        self._local_write_limit = local_write_limit
+        self._rng = rng
+        self._sleep = sleep
+
+        self._server: asyncio.Server | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._first: asyncio.Future[None] | None = None
+        self._dc: DataChannel | None = None
+        self._opening: DataChannel | None = None
+        self._handler: _MuxHandler | _BasicHandler | None = None
+        self._waiting: dict[_Local, None] = {}  # insertion-ordered set
+        self._session_waiters: list[asyncio.Future[str]] = []
+        self._write_paused = 0
+        self._dirty: list[_Local] = []
+        self._dirty_handle: asyncio.Handle | None = None
+        self._ever_connected = False
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"<Tunnel {self.local_host}:{self.local_port} -> {self.target}:{self.remote_port}>"
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """A session is up and carrying connections."""
+        return self._handler is not None and self._dc is not None and not self._dc.closed
+
+    @property
+    def mode(self) -> str | None:
+        """``"smux"``, ``"basic"``, or ``None`` while no session is up."""
+        if isinstance(self._handler, _MuxHandler):
+            return "smux"
+        if isinstance(self._handler, _BasicHandler):
+            return "basic"
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.local_host}:{self.local_port}"
+
+    async def start(self) -> None:
+        """Bind the local port and open the first session.
+
+        Errors that retrying cannot fix (access denied, target not connected, bad document,
+        no credentials) raise `SessionError` at once; others are retried for
+        ``start_timeout`` seconds. On failure the port is released again.
+        """
+        if self._server is not None:
+            raise RuntimeError("tunnel already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            functools.partial(_Local, self), self.local_host, self.local_port, backlog=256
+        )
+        self.local_port = self._server.sockets[0].getsockname()[1]
+        self._first = loop.create_future()
+        self._supervisor = loop.create_task(self._supervise())
+        try:
+            await asyncio.shield(self._first)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("%r up (session %s)", self, self.session_id)
+
+    async def stop(self) -> None:
+        """Close the port, reset open connections and terminate the session."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        sup = self._supervisor
+        if sup is not None and not sup.done():
+            sup.cancel()
+            await asyncio.gather(sup, return_exceptions=True)
+        handler, dc, opening = self._handler, self._dc, self._opening
+        self._handler = self._dc = self._opening = None
+        self.session_id = None
+        if opening is not None:  # cancelled mid-open: wait for its TerminateSession
+            await opening.close("tunnel stopped", terminate=True)
+        if handler is not None:
+            for conn in handler.session_lost():
+                conn.reset()
+        for conn in list(self._waiting):
+            conn.reset()
+        self._waiting.clear()
+        if dc is not None:
+            await dc.close("tunnel stopped", terminate=True)
+        for fut in self._session_waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("tunnel stopped"))
+        self._session_waiters.clear()
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(ConnectionError("tunnel stopped"))
+            self._first.exception()
+        log.info("%r stopped", self)
+
+    async def drop_session(self, reason: str = "dropped by request") -> None:
+        """End the current session (TerminateSession) so that the supervisor opens another."""
+        dc = self._dc
+        if dc is not None:
+            await dc.close(reason, terminate=True)
+
+    async def wait_for_session(
+        self, *, newer_than: str | None = None, timeout: float | None = None
+    ) -> str:
+        """Wait until a session other than ``newer_than`` is up; returns its id."""
+        if self.connected and self.session_id is not None and self.session_id != newer_than:
+            return self.session_id
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._session_waiters.append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if fut in self._session_waiters:
+                self._session_waiters.remove(fut)
+
+    async def __aenter__(self) -> Tunnel:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- supervisor -------------------------------------------------------------------------
+
+    def backoff_delay(self, attempt: int) -> float:
+        return backoff_delay(
+            attempt,
+            initial=self.backoff_initial,
+            cap=self.backoff_max,
+            factor=self.backoff_factor,
+            jitter=self.backoff_jitter,
+            rng=self._rng,
+        )
+
+    async def _client(self) -> Any:
+        if self._ssm_client is None:
+            factory = self._ssm_client_factory or functools.partial(
+                default_ssm_client, self.region, self.endpoint_url, self.profile
+            )
+            loop = asyncio.get_running_loop()
+            try:
+                self._ssm_client = await loop.run_in_executor(
+                    self._executor or shared_executor(), factory
+                )
+            except Exception as exc:
+                code, message = describe_error(exc)
+                raise SessionError("creating the SSM client", message, code=code) from exc
+        return self._ssm_client
+
+    async def _new_datachannel(self) -> DataChannel:
+        if self._datachannel_factory is not None:
+            return self._datachannel_factory()
+        return DataChannel(
+            await self._client(),
+            self.target,
+            self.remote_port,
+            executor=self._executor,
+            **self._dc_options,  # type: ignore[arg-type]
+        )
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._first is not None
+        start_deadline = loop.time() + self.start_timeout
+        attempt = 0
+        while not self._stopping:
+            try:
+                dc = self._opening = await self._new_datachannel()
+                await dc.open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._opening = None
+                self.metrics.session_failures += 1
+                self.last_error = exc
+                code = getattr(exc, "code", None) or describe_error(exc)[0]
+                if not self._first.done() and (
+                    code in FATAL_CODES or loop.time() >= start_deadline
+                ):
+                    self._first.set_exception(exc)
+                    return
+                delay = self.backoff_delay(attempt)
+                attempt += 1
+                log.warning("%r: %s; retrying in %.1fs", self, exc, delay)
+                await self._sleep(delay)
+                continue
+            self._opening = None
+            opened_at = loop.time()
+            self._install(dc)
+            reason = await dc.wait_closed()
+            self._uninstall(reason)
+            if self._stopping:
+                return
+            if loop.time() - opened_at >= self.stable_after:
+                attempt = 0
+            delay = self.backoff_delay(attempt)
+            attempt += 1
+            log.info("%r: session ended (%s); new session in %.1fs", self, reason, delay)
+            await self._sleep(delay)
+
+    def _install(self, dc: DataChannel) -> None:
+        agent_version = dc.agent_version or ""
+        handler: _MuxHandler | _BasicHandler
+        if _smux.use_smux(agent_version):
+            keepalive = None
+            if _smux.needs_keepalive(agent_version, self.client_version):
+                keepalive = self.keepalive_interval or None
+            handler = _MuxHandler(self, dc, keepalive)
+        else:
+            handler = _BasicHandler(self, dc)
+        dc.set_listener(handler)
+        if self._write_paused:
+            dc.pause_reading()
+        self._dc, self._handler = dc, handler
+        self.session_id, self.agent_version = dc.session_id, dc.agent_version
+        self.metrics.sessions_opened += 1
+        if self._ever_connected:
+            self.metrics.reconnects += 1
+        self._ever_connected = True
+        assert self._first is not None
+        if not self._first.done():
+            self._first.set_result(None)
+        waiters, self._session_waiters = self._session_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(dc.session_id or "")
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for conn in waiting:
+            if conn.wait_timer is not None:
+                conn.wait_timer.cancel()
+                conn.wait_timer = None
+            if not conn.closed:
+                handler.attach(conn)
+
+    def _uninstall(self, reason: str) -> None:
+        handler = self._handler
+        self._handler = self._dc = None
+        self.session_id = None
+        self.metrics.last_end_reason = reason
+        if handler is not None:
+            for conn in handler.session_lost():
+                self._park(conn)
+
+    # -- local connections ------------------------------------------------------------------
+
+    def _accept(self, conn: _Local) -> None:
+        self.metrics.connections_accepted += 1
+        if self._stopping:
+            conn.reset()
+            return
+        handler, dc = self._handler, self._dc
+        if handler is not None and dc is not None and not dc.closed:
+            handler.attach(conn)
+        else:
+            self._park(conn)
+
+    def _park(self, conn: _Local) -> None:
+        """Hold a connection until the next session is up, at most ``wait_timeout``."""
+        assert conn.transport is not None
+        conn.transport.pause_reading()
+        self._waiting[conn] = None
+        if conn.wait_timer is None:
+            conn.wait_timer = asyncio.get_running_loop().call_later(
+                self.wait_timeout, conn.wait_expired
+            )
+
+    def _mark_dirty(self, conn: _Local) -> None:
+        self._dirty.append(conn)
+        if self._dirty_handle is None:
+            self._dirty_handle = asyncio.get_running_loop().call_soon(self._flush_local)
+
+    def _flush_local(self) -> None:
+        self._dirty_handle = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    def _forget_waiting(self, conn: _Local) -> None:
+        self._waiting.pop(conn, None)
+
+    def _local_write_paused(self) -> None:
+        self._write_paused += 1
+        if self._write_paused == 1 and self._dc is not None:
+            self._dc.pause_reading()
+
+    def _local_write_resumed(self) -> None:
+        self._write_paused -= 1
+        if self._write_paused == 0 and self._dc is not None:
+            self._dc.resume_reading()

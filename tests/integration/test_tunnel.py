@@ -1,0 +1,230 @@
+"""The SSM tunnel end to end: hub side (`spawner.ssm.Tunnel`, in this process) → the SSM
+stand-in's service and agent (another process) → a notebook-like HTTP + websocket server (a
+third process)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+import tornado.escape
+import tornado.websocket
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from localcloud.notebook_like import blob
+from localcloud.ssm import fixed_resolver
+from localcloud.ssm.app import serve, shutdown
+from spawner.ssm.tunnel import Tunnel
+
+from .ssm_harness import INSTANCE_ID, ssm_control, start_notebook_like, start_ssm_standin
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    server = start_notebook_like()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ssm(notebook):
+    standin = start_ssm_standin(notebook.address)
+    yield standin
+    standin.stop()
+
+
+def client() -> AsyncHTTPClient:
+    return AsyncHTTPClient(force_instance=True, max_clients=64, max_body_size=1 << 30)
+
+
+async def test_fifty_concurrent_connections(ssm):
+    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address) as tunnel:
+        http = client()
+
+        async def one(i: int) -> bytes:
+            r = await http.fetch(
+                f"{tunnel.url}/blob?size={10_000 + i}&seed={i}", request_timeout=60
+            )
+            return r.body
+
+        bodies = await asyncio.gather(*(one(i) for i in range(50)))
+        assert all(body == blob(10_000 + i, i) for i, body in enumerate(bodies))
+        http.close()
+        assert tunnel.metrics.sessions_opened == 1
+
+
+async def test_fifty_megabytes_with_matching_sha256(ssm):
+    size = 50 * 1024 * 1024
+    expected = hashlib.sha256(blob(size, 7)).hexdigest()
+    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address) as tunnel:
+        digest, received = hashlib.sha256(), 0
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal received
+            digest.update(chunk)
+            received += len(chunk)
+
+        http = client()
+        await http.fetch(
+            HTTPRequest(
+                f"{tunnel.url}/blob?size={size}&seed=7",
+                streaming_callback=on_chunk,
+                request_timeout=120,
+            )
+        )
+        upload = blob(size // 5, 8)
+        answer = await http.fetch(
+            f"{tunnel.url}/sha256", method="POST", body=upload, request_timeout=120
+        )
+        http.close()
+    assert received == size and digest.hexdigest() == expected
+    assert tornado.escape.json_decode(answer.body)["sha256"] == hashlib.sha256(upload).hexdigest()
+
+
+async def test_websocket_across_a_forced_session_end(ssm):
+    """The service ends a session (idle timeout, channel_closed): the open websocket fails
+    cleanly, the browser-side client reconnects on the same local port, requests succeed."""
+    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address, backoff_initial=0.05) as tunnel:
+        port, first_session = tunnel.local_port, tunnel.session_id
+        ws = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws/echo")
+        await ws.write_message("before")
+        assert await ws.read_message() == "before"
+
+        ssm_control(ssm, "POST", f"/sessions/{first_session}/idle")
+        assert await asyncio.wait_for(ws.read_message(), 10) is None  # closed, not hung
+
+        await tunnel.wait_for_session(newer_than=first_session, timeout=10)
+        ws = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws/echo")
+        await ws.write_message(b"\x00after" * 1000, binary=True)
+        assert await ws.read_message() == b"\x00after" * 1000
+        http = client()
+        assert (await http.fetch(f"{tunnel.url}/api")).code == 200
+        http.close()
+        ws.close()
+        assert tunnel.local_port == port and tunnel.session_id != first_session
+        assert tunnel.metrics.reconnects >= 1 and tunnel.metrics.sessions_opened >= 2
+
+
+async def test_agent_restart_and_dropped_websocket_are_survived(ssm):
+    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address, backoff_initial=0.05) as tunnel:
+        http = client()
+        for action in ("drop", "restart"):
+            session = tunnel.session_id
+            if action == "drop":
+                ssm_control(ssm, "POST", f"/sessions/{session}/drop")
+            else:
+                ssm_control(ssm, "POST", f"/instances/{INSTANCE_ID}/restart")
+            await tunnel.wait_for_session(newer_than=session, timeout=10)
+            assert (await http.fetch(f"{tunnel.url}/small")).body == b"ok"
+        http.close()
+
+
+async def test_refused_target_port_fails_one_stream_while_others_go_on(notebook):
+    """port_mux.go: a failed dial is reported with Flag ConnectToPortError and a FIN for that
+    stream only; the session and its other streams continue."""
+    host, port = notebook.address.split(":")
+    target = {"resolver": fixed_resolver(host, int(port))}
+    standin, server, url = await serve(0)
+    standin.register(INSTANCE_ID, lambda remote: target["resolver"](remote))
+    try:
+        async with Tunnel(INSTANCE_ID, 8888, endpoint_url=url) as tunnel:
+            size, received = 20 * 1024 * 1024, asyncio.Event()
+            digest = hashlib.sha256()
+
+            def on_chunk(chunk: bytes) -> None:
+                digest.update(chunk)
+                received.set()
+
+            http = client()
+            download = asyncio.ensure_future(
+                http.fetch(
+                    HTTPRequest(
+                        f"{tunnel.url}/blob?size={size}&seed=3",
+                        streaming_callback=on_chunk,
+                        request_timeout=120,
+                    )
+                )
+            )
+            await received.wait()
+
+            def refuse(remote_port: int) -> tuple[str, int]:
+                raise LookupError("nothing listens there")
+
+            target["resolver"] = refuse
+            reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.local_port)
+            writer.write(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:  # reset (or closed without an answer), promptly: never a hang
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+
+            target["resolver"] = fixed_resolver(host, int(port))
+            assert (await http.fetch(f"{tunnel.url}/small")).body == b"ok"
+            await download
+            assert digest.hexdigest() == hashlib.sha256(blob(size, 3)).hexdigest()
+            assert tunnel.metrics.sessions_opened == 1
+            http.close()
+    finally:
+        await shutdown(standin, server)
+
+
+async def test_basic_mode_with_an_old_agent(notebook):
+    standin = start_ssm_standin(notebook.address, "--agent-version", "3.0.196.0")
+    try:
+        async with Tunnel(INSTANCE_ID, 8888, endpoint_url=standin.address) as tunnel:
+            assert tunnel.mode == "basic"
+            http = client()
+            for _ in range(3):
+                assert (await http.fetch(f"{tunnel.url}/small")).body == b"ok"
+            http.close()
+    finally:
+        standin.stop()
+
+
+async def test_lossy_channel_still_delivers_every_byte_once_in_order(ssm):
+    """streaming.go / datachannel.go: sequence numbers, acks and retransmission repair lost,
+    repeated and reordered messages in both directions."""
+    size = 1024 * 1024
+    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address) as tunnel:
+        for seed, kind in enumerate(("drop", "duplicate", "reorder", "delay")):
+            ssm_control(
+                ssm,
+                "POST",
+                "/faults",
+                {
+                    "kind": kind,
+                    "direction": "both",
+                    "sessionId": tunnel.session_id,
+                    "probability": 0.01,
+                    "count": None,
+                    "delay": 0.05,
+                    "seed": seed,
+                },
+            )
+        http = client()
+        response = await http.fetch(f"{tunnel.url}/blob?size={size}&seed=11", request_timeout=120)
+        upload = blob(size // 3, 12)
+        answer = await http.fetch(
+            f"{tunnel.url}/sha256", method="POST", body=upload, request_timeout=120
+        )
+        http.close()
+        assert response.body == blob(size, 11)
+        assert tornado.escape.json_decode(answer.body)["sha256"] == (
+            hashlib.sha256(upload).hexdigest()
+        )
+        assert tunnel.metrics.sessions_opened == 1  # repaired in-session, no reconnect
+    ssm_control(ssm, "DELETE", "/faults")
