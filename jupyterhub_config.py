@@ -59,8 +59,17 @@ c.SynapseOAuthenticator.identity_db_url = (
     else f"sqlite:///{settings.state_dir / 'synapse-identities.sqlite'}"
 )
 
-# -- servers -----------------------------------------------------------------------------
+# -- servers: one EC2 instance each, reached through SSM Session Manager ------------------
 c.JupyterHub.spawner_class = "ec2"
+c.EC2Spawner.communities_file = str(settings.communities_file)
+c.EC2Spawner.hub_id = settings.hub_id
+c.EC2Spawner.aws_endpoint_url = settings.aws_endpoint_url
+c.JupyterHub.allow_named_servers = True
+# Instances call the hub's API (activity, OAuth) over the VPC, never through the proxy.
+c.JupyterHub.hub_bind_url = settings.hub_bind_url
+c.JupyterHub.hub_connect_url = settings.hub_connect_url
+# Stopping or restarting the hub must never stop users' instances.
+c.JupyterHub.cleanup_servers = False
 
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

@@ -80,7 +80,7 @@ class IdentityStore:
 
     def resolve(self, userid: str, wanted_name: str, synapse_user_name: str) -> Binding:
         """Apply the binding rule; returns the binding to use or raises :class:`NameTaken`."""
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(identities).where(identities.c.userid == userid)

@@ -314,7 +314,7 @@ class SynapseOAuthenticator(OAuthenticator):
                 except (ValueError, AttributeError):
                     pass
             raise SynapseCallError(call, e.code, error, description) from None
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             self.log.error("Synapse %s failed: %s", call, e)
             raise SynapseCallError(call, 599, "unreachable", str(e)) from None
         if not isinstance(answer, dict):

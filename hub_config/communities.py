@@ -18,7 +18,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -42,8 +42,8 @@ INSTANCE_TYPES_SCHEMA_PATH = PACKAGE_DIR / "instance_types.schema.json"
 #: Tag-key prefixes admins may not use: ``aws:`` is AWS's own, the others are the hub's, which
 #: finds and authorises its instances by them (a community tag must not be able to forge one).
 RESERVED_TAG_PREFIXES = ("aws:", "synapse:", "jupyterhub:")
-#: EC2 allows 50 tags per resource; the hub keeps the rest for its own tags.
-MAX_EXTRA_TAGS = 40
+#: EC2 allows 50 tags per resource; the hub's own take 11 (``spawner.launch``).
+MAX_EXTRA_TAGS = 39
 _TAG_PUNCTUATION = frozenset("_.:/=+-@ ")
 
 #: Values a community gets when neither it nor ``defaults`` sets the key.
@@ -68,7 +68,7 @@ _REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[1-9][0-9]?")
 # --------------------------------------------------------------------------------------------
 
 
-class ImageKind(str, Enum):
+class ImageKind(StrEnum):
     """What an image runs; the spawner starts and probes each kind differently."""
 
     JUPYTER = "jupyter"

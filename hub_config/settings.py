@@ -9,6 +9,7 @@ instead of a failure much later (at the first sign-in) that names nothing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,23 @@ VARIABLES: dict[str, tuple[bool, str]] = {
     ),
     "SNH_DB_URL": (False, "JupyterHub database URL (default: sqlite in SNH_STATE_DIR)"),
     "SNH_ADMIN_CONTACT": (False, "who refused users should contact, shown on the refusal page"),
+    "SNH_HUB_ID": (
+        False,
+        "this hub's id in tags and parameter paths (default: synapse-notebook-hub)",
+    ),
+    "SNH_HUB_BIND_URL": (
+        False,
+        "where the hub's API listens for notebook servers (default: http://127.0.0.1:8081)",
+    ),
+    "SNH_HUB_CONNECT_URL": (
+        False,
+        "how notebook instances reach the hub's API, e.g. http://10.0.1.5:8081 "
+        "(default: SNH_HUB_BIND_URL)",
+    ),
+    "SNH_AWS_ENDPOINT_URL": (
+        False,
+        "one endpoint for every AWS service; only for the local cloud, unset on AWS",
+    ),
     "SNH_EXTRA_CONFIG": (False, "a further Python config file loaded after this one"),
     "JUPYTERHUB_CRYPT_KEY": (
         True,
@@ -78,6 +96,10 @@ class HubSettings:
     db_url: str
     admin_contact: str
     extra_config: Path | None
+    hub_id: str = "synapse-notebook-hub"
+    hub_bind_url: str = "http://127.0.0.1:8081"
+    hub_connect_url: str = ""
+    aws_endpoint_url: str | None = None
 
     @property
     def oauth_callback_url(self) -> str:
@@ -126,6 +148,18 @@ class HubSettings:
             problems.append(f"SNH_EXTRA_CONFIG={extra!r}: no such file")
 
         db_url = get("SNH_DB_URL", f"sqlite:///{state_dir / 'jupyterhub.sqlite'}")
+        hub_id = get("SNH_HUB_ID", "synapse-notebook-hub")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", hub_id):
+            problems.append(f"SNH_HUB_ID={hub_id!r}: lowercase letters, digits and '-' only")
+        hub_bind_url = _url(
+            "SNH_HUB_BIND_URL", get("SNH_HUB_BIND_URL", "http://127.0.0.1:8081"), problems
+        )
+        hub_connect_url = get("SNH_HUB_CONNECT_URL")
+        if hub_connect_url:
+            hub_connect_url = _url("SNH_HUB_CONNECT_URL", hub_connect_url, problems)
+        aws_endpoint_url = get("SNH_AWS_ENDPOINT_URL")
+        if aws_endpoint_url:
+            aws_endpoint_url = _url("SNH_AWS_ENDPOINT_URL", aws_endpoint_url, problems)
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -140,4 +174,8 @@ class HubSettings:
             db_url=db_url,
             admin_contact=get("SNH_ADMIN_CONTACT"),
             extra_config=extra_config,
+            hub_id=hub_id,
+            hub_bind_url=hub_bind_url,
+            hub_connect_url=hub_connect_url or hub_bind_url,
+            aws_endpoint_url=aws_endpoint_url or None,
         )

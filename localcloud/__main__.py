@@ -1,7 +1,10 @@
 """``python -m localcloud serve | hub | demo`` — the whole system on one machine.
 
-- ``serve``: the stand-ins (today: Synapse) in this process, until Ctrl-C; their URLs are
-  written to ``.localcloud/endpoints.json``.
+- ``serve``: the stand-ins in this process, until Ctrl-C: Synapse, and AWS (moto for EC2, SSM
+  parameters, IAM and STS; the SSM Session Manager stand-in; one AWS endpoint in front of
+  both; the instance simulator, which runs a real ``jupyterhub-singleuser`` for each running
+  instance). Their URLs are written to ``.localcloud/endpoints.json``, the communities file
+  with the ids that exist in moto to ``.localcloud/communities.yaml``.
 - ``hub``: JupyterHub (with configurable-http-proxy) against the stand-ins named in that
   file, so the hub can be stopped and restarted while the local cloud keeps running.
 - ``demo``: both, and a banner that says what to open and who to sign in as.
@@ -13,6 +16,7 @@ import argparse
 import sys
 
 from .launcher import run_demo, run_hub, run_serve
+from .simulator import DEFAULT_BOOT_DELAY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=8100,
         help="port of the Synapse stand-in (0: any free port)",
+    )
+    parser.add_argument(
+        "--aws-port",
+        type=int,
+        default=0,
+        help="port of the AWS front, the endpoint_url of every AWS service (0: any free port)",
+    )
+    parser.add_argument(
+        "--boot-delay",
+        type=float,
+        default=DEFAULT_BOOT_DELAY,
+        help="seconds a simulated instance takes to boot before its notebook starts",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the stand-ins until interrupted")

@@ -1,8 +1,11 @@
 """Starting and stopping the local cloud and the hub, for the demo and the tests.
 
-The hub runs as a child process in its own session (it starts configurable-http-proxy as its
-own child), so that stopping the demo can stop the hub first, let it stop its proxy, and then
-kill whatever is left of that session: Ctrl-C leaves no process behind.
+The local cloud runs in one process: the Synapse stand-in, and the AWS half
+(``localcloud.aws_stack``: moto, the SSM stand-in, the AWS front, the communities' resources,
+the instance simulator and its notebook processes). The hub runs as a child process in its own
+session (it starts configurable-http-proxy as its own child), so that stopping the demo can
+stop the hub first, let it stop its proxy, and then kill whatever is left of that session;
+then the local cloud stops every simulated notebook: Ctrl-C leaves no process behind.
 """
 
 from __future__ import annotations
@@ -15,11 +18,19 @@ import os
 import secrets
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tornado.httpclient import AsyncHTTPClient
+
+from .simulator import DEFAULT_BOOT_DELAY
+
+if TYPE_CHECKING:
+    from tornado.httpserver import HTTPServer
+
+    from .aws_stack import LocalAws
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_CONFIG = REPO / "jupyterhub_config.py"
@@ -45,8 +56,33 @@ def crypt_key(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
-async def start_standins(state_dir: Path, hub_url: str, synapse_port: int) -> dict[str, Any]:
-    """Start the stand-ins on this loop; returns the endpoints (also written to disk)."""
+@dataclass
+class LocalCloud:
+    """The running stand-ins: their endpoints (as written to ``endpoints.json``) and handles."""
+
+    endpoints: dict[str, Any]
+    aws: LocalAws
+    synapse_server: HTTPServer
+
+    async def close(self) -> None:
+        """Stop everything, simulated notebooks included."""
+        try:
+            await self.aws.close()
+        finally:
+            self.synapse_server.stop()
+            await self.synapse_server.close_all_connections()
+
+
+async def start_standins(
+    state_dir: Path,
+    hub_url: str,
+    synapse_port: int,
+    *,
+    aws_port: int = 0,
+    boot_delay: float = DEFAULT_BOOT_DELAY,
+) -> LocalCloud:
+    """Start the stand-ins on this loop; the endpoints are also written to disk."""
+    from .aws_stack import start_aws
     from .synapse import serve as serve_synapse
     from .synapse.directory import OAuthClient
 
@@ -56,7 +92,14 @@ async def start_standins(state_dir: Path, hub_url: str, synapse_port: int) -> di
         name="Synapse Notebook Hub (demo)",
         redirect_uris=[f"{hub_url.rstrip('/')}/hub/oauth_callback"],
     )
-    _standin, _server, base_url = await serve_synapse(synapse_port, clients=[client])
+    _standin, synapse_server, base_url = await serve_synapse(synapse_port, clients=[client])
+    try:
+        aws = await start_aws(
+            state_dir, front_port=aws_port, synapse_base_url=base_url, boot_delay=boot_delay
+        )
+    except BaseException:
+        synapse_server.stop()
+        raise
     endpoints = {
         "synapse": {
             "base_url": base_url,
@@ -67,11 +110,12 @@ async def start_standins(state_dir: Path, hub_url: str, synapse_port: int) -> di
             "client_id": client.client_id,
             "client_secret": client.client_secret,
         },
+        "aws": aws.endpoints(),
         "hub": {"public_url": hub_url.rstrip("/")},
         "pid": os.getpid(),
     }
     endpoints_path(state_dir).write_text(json.dumps(endpoints, indent=2) + "\n")
-    return endpoints
+    return LocalCloud(endpoints, aws, synapse_server)
 
 
 def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str]:
@@ -79,7 +123,7 @@ def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str
     synapse = endpoints["synapse"]
     public_url = endpoints["hub"]["public_url"]
     parsed = urlparse(public_url)
-    return {
+    env = {
         **os.environ,
         "SYNAPSE_CLIENT_ID": synapse["client_id"],
         "SYNAPSE_CLIENT_SECRET": synapse["client_secret"],
@@ -91,6 +135,22 @@ def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str
         "JUPYTERHUB_CRYPT_KEY": crypt_key(state_dir),
         "PATH": f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    aws = endpoints.get("aws")
+    if aws:
+        # The hub's boto3 talks to the AWS front with test credentials; a developer's own
+        # AWS profile or session must not leak into it.
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            env.pop(name, None)
+        env.update(
+            {
+                "SNH_AWS_ENDPOINT_URL": aws["endpoint_url"],
+                "SNH_COMMUNITIES_FILE": aws["communities_file"],
+                "AWS_ACCESS_KEY_ID": aws.get("access_key_id", "testing"),
+                "AWS_SECRET_ACCESS_KEY": aws.get("secret_access_key", "testing"),
+                "AWS_DEFAULT_REGION": aws["region"],
+            }
+        )
+    return env
 
 
 async def start_hub(env: dict[str, str], *extra_args: str) -> asyncio.subprocess.Process:
@@ -107,23 +167,23 @@ async def start_hub(env: dict[str, str], *extra_args: str) -> asyncio.subprocess
     )
 
 
-async def stop_process_group(proc: asyncio.subprocess.Process, timeout: float = 20) -> None:
+async def stop_process_group(proc: asyncio.subprocess.Process, grace: float = 20) -> None:
     """SIGTERM the leader (the hub stops its proxy), then SIGKILL whatever is left."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
             pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()
 
 
-async def wait_for_url(url: str, proc: asyncio.subprocess.Process, timeout: float = 60) -> bool:
+async def wait_for_url(url: str, proc: asyncio.subprocess.Process, within: float = 60) -> bool:
     client = AsyncHTTPClient()
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline and proc.returncode is None:
         try:
             await client.fetch(url, request_timeout=2)
@@ -141,12 +201,29 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
+def _print_endpoints(endpoints: dict[str, Any]) -> None:
+    aws = endpoints["aws"]
+    print(f"Synapse stand-in: {endpoints['synapse']['base_url']}")
+    print(f"AWS endpoint_url: {aws['endpoint_url']} (EC2, SSM, IAM, STS; region {aws['region']})")
+    print(f"Communities file: {aws['communities_file']}")
+    print(f"Simulated instances: {aws['instances_log']}")
+
+
 async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
     stop = _stop_event()
-    endpoints = await start_standins(state_dir, args.hub_url, args.synapse_port)
-    print(f"Synapse stand-in: {endpoints['synapse']['base_url']}")
-    print(f"Endpoints written to {endpoints_path(state_dir)}. Ctrl-C stops.", flush=True)
-    await stop.wait()
+    cloud = await start_standins(
+        state_dir,
+        args.hub_url,
+        args.synapse_port,
+        aws_port=args.aws_port,
+        boot_delay=args.boot_delay,
+    )
+    try:
+        _print_endpoints(cloud.endpoints)
+        print(f"Endpoints written to {endpoints_path(state_dir)}. Ctrl-C stops.", flush=True)
+        await stop.wait()
+    finally:
+        await cloud.close()
     return 0
 
 
@@ -163,8 +240,19 @@ async def _hub(args: argparse.Namespace, state_dir: Path, endpoints: dict[str, A
 
 async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
     stop = _stop_event()
-    endpoints = await start_standins(state_dir, args.hub_url, args.synapse_port)
-    proc = await start_hub(hub_environment(endpoints, state_dir))
+    cloud = await start_standins(
+        state_dir,
+        args.hub_url,
+        args.synapse_port,
+        aws_port=args.aws_port,
+        boot_delay=args.boot_delay,
+    )
+    endpoints = cloud.endpoints
+    try:
+        proc = await start_hub(hub_environment(endpoints, state_dir))
+    except BaseException:
+        await cloud.close()
+        raise
     try:
         public_url = endpoints["hub"]["public_url"]
         if await wait_for_url(f"{public_url}/hub/health", proc):
@@ -183,7 +271,10 @@ async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
                 f"The hub exited with status {proc.returncode}; see its log above.", file=sys.stderr
             )
     finally:
-        await stop_process_group(proc)
+        try:
+            await stop_process_group(proc)
+        finally:
+            await cloud.close()
     return proc.returncode or 0
 
 

@@ -1,31 +1,845 @@
-"""The EC2Spawner placeholder; see the package docstring."""
+"""EC2Spawner: each server is a dedicated EC2 instance, reached through SSM Session Manager.
+
+The lifecycle follows dockerspawner's stop-versus-remove: *stop* stops the instance and keeps
+its home volume, the next *start* resumes the same instance; only deleting a named server (or
+the user) terminates it. What identifies the instance is written to the hub database as soon
+as it is known, before anything slow happens, so a hub restart finds every instance again.
+
+The request path of a start is in ``docs/spawner.md``; the pure parts (form, validation,
+launch request, user data) live in ``options``, ``launch`` and ``bootstrap``, and the shared
+parts (AWS clients, the instance poller, the tunnel) in ``aws``, ``poller`` and ``ssm``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import random
+import re
+import time
+import uuid
+from typing import Any
+
 from jupyterhub.spawner import Spawner
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Enum, Float, Integer, Unicode, default, validate
+
+from hub_config import CommunitiesConfig, Community, load_communities
+
+from .aws import Aws, AwsError, ErrorKind
+from .bootstrap import BootstrapConfig, render_user_data
+from .launch import (
+    DEFAULT_SERVER_TAG,
+    HOME_DEVICE,
+    ROOT_DEVICE,
+    TAG_COMMUNITY,
+    TAG_IMAGE,
+    TAG_SERVER,
+    TAG_USER,
+    ServerIdentity,
+    client_token,
+    run_instances_request,
+    subnet_order,
+)
+from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
+from .parameters import ParameterStore, ServerParameters
+from .poller import UNKNOWN, InstancePoller
+from .ssm.datachannel import SessionError
+from .ssm.tunnel import Tunnel
+
+STATE_VERSION = 1
+_HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_subnet_zones: dict[tuple[int, str], str] = {}
+_ami_root_devices: dict[tuple[int, str], str] = {}
+#: communities files, loaded once per process (the objects are frozen and shared)
+_communities: dict[str, CommunitiesConfig] = {}
 
 
-class NotAvailableYet(Exception):
-    """Raised by :meth:`EC2Spawner.start`; JupyterHub shows its message on the spawn page."""
+class StartFailed(web.HTTPError):
+    """A start that cannot succeed; the message is for the user (JupyterHub shows it on the
+    progress page and in REST answers). An HTTPError, so JupyterHub logs it without a
+    traceback: the admin's details were logged where the failure was understood."""
 
-    jupyterhub_message = (
-        "Notebook servers cannot be started yet: this hub's EC2 spawner is not installed. "
-        "Signing in works; starting servers arrives with the next release."
-    )
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(status, message)
+        self.jupyterhub_message = message
+
+    def __str__(self) -> str:
+        return self.jupyterhub_message
 
 
 class EC2Spawner(Spawner):
-    """A dedicated EC2 instance per user server (not implemented yet: starts nothing)."""
+    """A dedicated EC2 instance per server, with the user's Synapse token usable inside."""
 
-    async def start(self) -> tuple[str, int]:
-        self.log.warning(
-            "EC2Spawner.start called for %s: spawning is not implemented yet", self.user.name
+    hub_id = Unicode(
+        config=True,
+        help="""
+        Identifies this hub's instances and parameters: the ``jupyterhub:hub`` tag on every
+        instance and volume, and a segment of every parameter path. Two hubs in one account
+        must have different ids; changing it orphans existing servers. Lowercase letters,
+        digits and ``-``. Environment: ``SNH_HUB_ID``.
+        """,
+    )
+
+    @default("hub_id")
+    def _hub_id_default(self) -> str:
+        return os.environ.get("SNH_HUB_ID", "synapse-notebook-hub")
+
+    @validate("hub_id")
+    def _validate_hub_id(self, proposal: dict[str, Any]) -> str:
+        if not _HUB_ID.match(proposal["value"]):
+            raise ValueError(
+                f"EC2Spawner.hub_id must be lowercase letters, digits and '-' (at most 63), "
+                f"got {proposal['value']!r}"
+            )
+        return proposal["value"]
+
+    communities_file = Unicode(
+        "",
+        config=True,
+        help="""
+        The communities file: what each community's servers get (instance types, images,
+        disk sizes, network, instance profile). Read once per hub process; the hub checks it at
+        start-up (``jupyterhub_config.py``), so an error here means the file changed since.
+        Environment: ``SNH_COMMUNITIES_FILE``.
+        """,
+    )
+
+    aws_endpoint_url = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        One endpoint for every AWS service (the local cloud's AWS front). Leave unset on AWS.
+        Environment: ``SNH_AWS_ENDPOINT_URL``.
+        """,
+    )
+
+    @default("aws_endpoint_url")
+    def _aws_endpoint_url_default(self) -> str | None:
+        return os.environ.get("SNH_AWS_ENDPOINT_URL") or None
+
+    parameter_prefix = Unicode(
+        "/synapse-notebook-hub",
+        config=True,
+        help="""
+        SSM Parameter Store path under which each server's settings and secrets are written
+        (``<prefix>/<hub_id>/<user>/<server>/``). The hub's IAM role must be allowed to write
+        and delete under it; each instance role to read its own server's parameters only.
+        """,
+    )
+
+    parameter_kms_key_id = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="KMS key for the SecureString parameters; default: the account's alias/aws/ssm.",
+    )
+
+    notebook_port = Integer(
+        8888,
+        config=True,
+        help="Port of the notebook server on the instance (bound to 127.0.0.1 there).",
+    )
+
+    instance_poll_interval = Float(
+        30.0,
+        config=True,
+        help="""
+        Seconds between the shared poller's DescribeInstances calls in steady state (one call
+        for all servers of the hub). While a server starts, the poller runs every 2 s.
+        """,
+    )
+
+    failed_start_action = Enum(
+        ["stop", "terminate"],
+        "stop",
+        config=True,
+        help="""
+        What happens to an instance whose start failed after it was launched or started:
+        ``stop`` keeps it and its volume (the next start resumes it); ``terminate`` removes
+        it (its home volume follows the community's volume policy). Either way nothing is left
+        running unseen.
+        """,
+    )
+
+    token_refresh_margin = Float(
+        3600.0,
+        config=True,
+        help="""
+        While a server runs, when the user's Synapse access token is within this many seconds
+        of expiry, the hub refreshes it and rewrites the server's token parameter, so
+        ``synapseclient`` inside keeps working past the token's 24 hours.
+        """,
+    )
+
+    tunnel_backoff_max = Float(
+        30.0,
+        config=True,
+        help="Longest wait between attempts to reopen a server's SSM session.",
+    )
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        # EC2: minutes, not seconds (a cold boot, the SSM agent, pulling an image).
+        return 15 * 60
+
+    @default("http_timeout")
+    def _http_timeout_default(self) -> int:
+        return 5 * 60
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        # What the notebook on the instance listens on; the hub reaches it through the tunnel.
+        return "127.0.0.1"
+
+    @default("port")
+    def _port_default(self) -> int:
+        return self.notebook_port
+
+    @default("env_keep")
+    def _env_keep_default(self) -> list[str]:
+        # The hub's PATH, LANG and the like mean nothing on the instance, whose image has its
+        # own; and nothing of the hub's environment should reach a user's parameters.
+        return []
+
+    @default("options_form")
+    def _options_form_default(self) -> Any:
+        return self._render_options_form
+
+    # -- state ------------------------------------------------------------------------------
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.instance_id: str | None = None
+        self.region: str | None = None
+        self.volume_id: str | None = None
+        self.tunnel_port: int | None = None
+        self.launch_id: str | None = None
+        self.last_options: dict[str, Any] | None = None
+        self.tunnel: Tunnel | None = None
+        self._events: list[dict[str, Any]] = []
+        self._events_changed = asyncio.Event()
+        self._token_written: str | None = None
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if state.get("version", STATE_VERSION) > STATE_VERSION:
+            self.log.warning("%s: state from a newer hub version: %s", self._log_name, state)
+        self.instance_id = state.get("instance_id")
+        self.region = state.get("region")
+        self.volume_id = state.get("volume_id")
+        self.tunnel_port = state.get("tunnel_port")
+        self.launch_id = state.get("launch_id")
+        self.last_options = state.get("options")
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.instance_id or self.launch_id:
+            state.update(
+                version=STATE_VERSION,
+                instance_id=self.instance_id,
+                region=self.region,
+                volume_id=self.volume_id,
+                tunnel_port=self.tunnel_port,
+                launch_id=self.launch_id,
+                options=self.last_options,
+            )
+        return state
+
+    def clear_state(self) -> None:
+        """Stop is not delete: the instance, its volume and the tunnel's port are kept."""
+        super().clear_state()
+
+    def _save_state(self) -> None:
+        """Write the state to the hub database now (JupyterHub saves it only after start)."""
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    # -- configuration helpers --------------------------------------------------------------
+
+    @property
+    def communities_config(self) -> CommunitiesConfig:
+        if not self.communities_file:
+            raise StartFailed("The hub has no communities configured; ask an admin.")
+        if self.communities_file not in _communities:
+            _communities[self.communities_file] = load_communities(self.communities_file)
+        return _communities[self.communities_file]
+
+    def aws_for(self, region: str) -> Aws:
+        return Aws.shared(region, self.aws_endpoint_url)
+
+    def poller_for(self, region: str) -> InstancePoller:
+        return InstancePoller.shared(
+            self.aws_for(region), self.hub_id, interval=self.instance_poll_interval
         )
-        raise NotAvailableYet(NotAvailableYet.jupyterhub_message)
+
+    def _parameters(self) -> ServerParameters:
+        return ServerParameters.for_server(
+            self.parameter_prefix, self.hub_id, self.user.name, self.name
+        )
+
+    async def _user_communities(self) -> list[Community]:
+        auth_state = await self.user.get_auth_state() or {}
+        return self.communities_config.for_teams(auth_state.get("teams", []))
+
+    async def _render_options_form(self, spawner: Spawner) -> str:
+        communities = await self._user_communities()
+        if not communities:
+            return (
+                "<p>You are not a member of any community of this hub, so there is nothing to "
+                "start. Sign out and in again if you joined a team recently.</p>"
+            )
+        current = None
+        if self.last_options:
+            with contextlib.suppress(OptionsError):
+                current = validate_options(self.last_options, communities)
+        return options_form(communities, current=current)
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        return options_from_form(formdata)
+
+    # -- progress ---------------------------------------------------------------------------
+
+    def _emit(self, progress: int, message: str) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+        self._events_changed.set()
+
+    async def progress(self) -> Any:
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            self._events_changed.clear()
+            await self._events_changed.wait()
+
+    # -- start ------------------------------------------------------------------------------
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self.region:
+            env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = self.region
+        # The container reads the token itself, at each use, with the instance role: the hub
+        # rewrites the parameter when it refreshes the token. SYNAPSE_AUTH_TOKEN is *not*
+        # set: it would outrank the parameter in synapseclient's lookup and go stale after
+        # the token's 24 hours, and environment variables leak into every child process.
+        env["SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME"] = self._parameters().synapse_token
+        return env
+
+    async def start(self) -> str:
+        self._events = []
+        self._emit(0, "Preparing your server…")
+        communities = await self._user_communities()
+        try:
+            options = validate_options(self.user_options or self.last_options or {}, communities)
+        except OptionsError as e:
+            raise StartFailed(str(e), status=400) from None
+        community = self.communities_config.by_id(options.community_id)
+        assert community is not None  # validate_options only returns known communities
+        auth_state = await self.user.get_auth_state() or {}
+        if not auth_state.get("access_token") or not auth_state.get("userid"):
+            raise StartFailed("Your Synapse sign-in has expired: sign out and sign in again.")
+        identity = ServerIdentity(
+            hub_id=self.hub_id,
+            user=self.user.name,
+            server=self.name,
+            synapse_userid=str(auth_state["userid"]),
+            synapse_user_name=str(auth_state.get("user_name", self.user.name)),
+            email=str(auth_state.get("email", "")),
+        )
+        self.region = community.region
+        self.last_options = {
+            "community": options.community_id,
+            "image": options.image_id,
+            "instance_type": options.instance_type,
+            "disk_gb": options.disk_gb,
+        }
+        aws = self.aws_for(community.region)
+        poller = self.poller_for(community.region)
+        await self._check_server_limit(community, poller)
+
+        params = self._parameters()
+        store = ParameterStore(aws, self.parameter_kms_key_id)
+        image = community.image(options.image_id)
+        assert image is not None
+        self._emit(10, "Writing your server's settings…")
+        try:
+            await store.write(
+                params,
+                config={
+                    "image": image.image,
+                    "image_kind": str(image.kind),
+                    "port": self.notebook_port,
+                    "user": self.user.name,
+                    "server": self.name,
+                },
+                env=self.get_env(),
+                synapse_token=auth_state["access_token"],
+            )
+        except AwsError as e:
+            raise self._aws_failure(e, community, "writing the server's parameters") from None
+        self._token_written = auth_state["access_token"]
+
+        launched_now = False
+        try:
+            launched_now = await self._ensure_instance(community, identity, options, aws, poller)
+            await store.tag_for_instance(params, self._instance_arn(community))
+            self._emit(40, "Instance is booting…")
+            await self._wait_running(poller)
+            self._emit(60, "Waiting for the instance to connect to Systems Manager…")
+            await self._wait_agent_online(aws)
+            self._emit(75, "Opening a secure tunnel to the instance…")
+            await self._open_tunnel()
+            kind = "RStudio" if str(image.kind) == "rstudio" else "Jupyter"
+            self._emit(85, f"Starting {kind}…")
+            await self._wait_notebook()
+        except BaseException as e:
+            await self._cleanup_failed_start(aws, launched_now, e)
+            if isinstance(e, AwsError):
+                raise self._aws_failure(e, community, e.operation) from None
+            if isinstance(e, SessionError):
+                self.log.error(
+                    "%s: Session Manager %s failed for %s: %s — check the hub role's "
+                    "ssm:StartSession permission and the instance's SSM agent",
+                    self._log_name,
+                    getattr(e, "call", "session"),
+                    self.instance_id,
+                    e,
+                )
+                raise StartFailed(
+                    "The hub could not open a Session Manager connection to your instance. "
+                    "It has been stopped; an admin has the details in the hub's log."
+                ) from None
+            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
+                self.log.exception("%s: unexpected error during start", self._log_name)
+                raise StartFailed(
+                    "Starting your server failed unexpectedly; an admin has the details in "
+                    "the hub's log. Please try again."
+                ) from None
+            raise
+        return self.tunnel_url
+
+    @property
+    def tunnel_url(self) -> str:
+        return f"http://127.0.0.1:{self.tunnel_port}"
+
+    async def _check_server_limit(self, community: Community, poller: InstancePoller) -> None:
+        if not poller.fresh:
+            with contextlib.suppress(AwsError):
+                await poller.refresh()
+        running = [
+            v
+            for v in poller.find(**{TAG_USER: self.user.name, TAG_COMMUNITY: community.id})
+            if v.state in ("pending", "running") and v.instance_id != self.instance_id
+        ]
+        if len(running) >= community.max_servers_per_user:
+            raise StartFailed(
+                f"You already have {len(running)} running server(s) in {community.name}, the "
+                f"most this community allows. Stop one before starting another."
+            )
+
+    async def _ensure_instance(
+        self,
+        community: Community,
+        identity: ServerIdentity,
+        options: SpawnOptions,
+        aws: Aws,
+        poller: InstancePoller,
+    ) -> bool:
+        """Resume, adopt or launch; True when this call launched a new instance."""
+        view = await self._find_instance(aws, poller)
+        if view is not None and view.state not in ("terminated", "shutting-down"):
+            self.instance_id = view.instance_id
+            self.volume_id = view.volumes.get(HOME_DEVICE, self.volume_id)
+            self._save_state()
+            if view.tags.get(TAG_IMAGE) != options.image_id:
+                # An image switch: the bootstrap reads the image from the config parameter at
+                # boot; the tag follows so cost reports see what runs.
+                await aws.call(
+                    "ec2",
+                    "create_tags",
+                    Resources=[view.instance_id],
+                    Tags=[{"Key": TAG_IMAGE, "Value": options.image_id}],
+                )
+            if view.state in ("stopped", "stopping"):
+                if view.state == "stopping":
+                    self._emit(20, f"Waiting for {view.instance_id} to finish stopping…")
+                    async with asyncio.timeout(300):
+                        await poller.wait_for(view.instance_id, {"stopped"})
+                if view.instance_type != options.instance_type:
+                    await aws.call(
+                        "ec2",
+                        "modify_instance_attribute",
+                        InstanceId=view.instance_id,
+                        InstanceType={"Value": options.instance_type},
+                    )
+                self._emit(20, f"Starting your stopped instance {view.instance_id}…")
+                await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+            else:
+                self._emit(20, f"Reconnecting to your running instance {view.instance_id}…")
+            poller.kick()
+            return False
+        await self._launch(community, identity, options, aws)
+        poller.kick()
+        return True
+
+    async def _find_instance(self, aws: Aws, poller: InstancePoller) -> Any:
+        """This server's instance: by the id in the state, else by its tags."""
+        if self.instance_id:
+            view = poller.get(self.instance_id)
+            if view is UNKNOWN or view is None:
+                await poller.refresh()
+                view = poller.get(self.instance_id)
+            if view is not None and view is not UNKNOWN:
+                return view
+        else:
+            await poller.refresh()
+        mine = [
+            v
+            for v in poller.find(
+                **{TAG_USER: self.user.name, TAG_SERVER: self.name or DEFAULT_SERVER_TAG}
+            )
+            if v.state not in ("terminated", "shutting-down")
+        ]
+        mine.sort(key=lambda v: v.launch_time or 0, reverse=True)
+        return mine[0] if mine else None
+
+    async def _launch(
+        self, community: Community, identity: ServerIdentity, options: SpawnOptions, aws: Aws
+    ) -> None:
+        if not self.launch_id:
+            self.launch_id = uuid.uuid4().hex
+            self._save_state()
+        user_data = render_user_data(
+            BootstrapConfig(
+                parameter_path=self._parameters().path,
+                region=community.region,
+                port=self.notebook_port,
+            )
+        )
+        token = client_token(identity, self.launch_id)
+        root_device = await self._root_device(aws, community.ami)
+        tried: list[str] = []
+        for subnet in subnet_order(community, identity):
+            zone = await self._zone_of(aws, subnet)
+            self._emit(20, f"Requesting an {options.instance_type} in {zone}…")
+            request = run_instances_request(
+                community,
+                identity,
+                options,
+                subnet=subnet,
+                client_token=token,
+                user_data=user_data,
+                root_device=root_device,
+            )
+            try:
+                answer = await self._run_instances(aws, request)
+            except AwsError as e:
+                if e.kind is not ErrorKind.CAPACITY:
+                    raise
+                self.log.warning("%s: no capacity in %s (%s): %s", self._log_name, subnet, zone, e)
+                tried.append(zone)
+                # A new token for the next subnet: the same one would replay this failure.
+                token = client_token(identity, f"{self.launch_id}-{len(tried)}")
+                continue
+            instance = answer["Instances"][0]
+            self.instance_id = instance["InstanceId"]
+            self.volume_id = next(
+                (
+                    b["Ebs"]["VolumeId"]
+                    for b in instance.get("BlockDeviceMappings", [])
+                    if b.get("DeviceName") == HOME_DEVICE and "Ebs" in b
+                ),
+                None,
+            )
+            self.launch_id = None
+            self._save_state()
+            self.log.info("%s: launched %s in %s", self._log_name, self.instance_id, subnet)
+            return
+        raise StartFailed(
+            f"AWS has no {options.instance_type} capacity right now in "
+            f"{', '.join(tried)}. Pick another instance type, or try again in a few minutes."
+        )
+
+    async def _run_instances(self, aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
+        """One subnet's RunInstances: throttling and transient errors retried here, with
+        backoff and the same client token (EC2 answers a repeat with the same instance)."""
+        delay = 1.0
+        for attempt in range(1, 9):
+            try:
+                return await aws.call("ec2", "run_instances", retry=False, **request)
+            except AwsError as e:
+                if e.kind not in (ErrorKind.THROTTLED, ErrorKind.TRANSIENT) or attempt == 8:
+                    raise
+                self.log.warning(
+                    "%s: RunInstances %s, retrying in %.0fs", self._log_name, e.code, delay
+                )
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 20.0)
+        raise AssertionError("unreachable")
+
+    async def _root_device(self, aws: Aws, ami: str) -> str:
+        """The AMI's root device name (cached: AMIs do not change)."""
+        key = (id(aws), ami)
+        if key not in _ami_root_devices:
+            answer = await aws.call("ec2", "describe_images", ImageIds=[ami])
+            images = answer.get("Images", [])
+            if not images:
+                raise AwsError(
+                    "DescribeImages", "InvalidAMIID.NotFound", ami, ErrorKind.CONFIGURATION
+                )
+            _ami_root_devices[key] = images[0].get("RootDeviceName") or ROOT_DEVICE
+        return _ami_root_devices[key]
+
+    async def _zone_of(self, aws: Aws, subnet: str) -> str:
+        key = (id(aws), subnet)
+        if key not in _subnet_zones:
+            try:
+                answer = await aws.call("ec2", "describe_subnets", SubnetIds=[subnet])
+                _subnet_zones[key] = answer["Subnets"][0]["AvailabilityZone"]
+            except (AwsError, LookupError):
+                return aws.region
+        return _subnet_zones[key]
+
+    def _instance_arn(self, community: Community) -> str:
+        """The instance's ARN; partition and account are the instance profile's (the loader
+        checked its form), which are necessarily the instance's own."""
+        _, partition, _, _, account, _ = community.instance_profile_arn.split(":", 5)
+        return f"arn:{partition}:ec2:{community.region}:{account}:instance/{self.instance_id}"
+
+    async def _wait_running(self, poller: InstancePoller) -> None:
+        assert self.instance_id
+        view = await poller.wait_for(self.instance_id, {"running"})
+        if view.state != "running":
+            raise StartFailed(
+                f"The instance {self.instance_id} did not start ({view.state}"
+                f"{': ' + view.state_reason if view.state_reason else ''}). Try again; if it "
+                "keeps happening, ask an admin."
+            )
+        self.volume_id = view.volumes.get(HOME_DEVICE, self.volume_id)
+        self._save_state()
+
+    async def _wait_agent_online(self, aws: Aws) -> None:
+        delay = 1.0
+        while True:
+            answer = await aws.call(
+                "ssm",
+                "describe_instance_information",
+                Filters=[{"Key": "InstanceIds", "Values": [self.instance_id]}],
+            )
+            info = answer.get("InstanceInformationList", [])
+            if info and info[0].get("PingStatus") == "Online":
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+
+    def _new_tunnel(self, local_port: int) -> Tunnel:
+        assert self.instance_id and self.region
+        aws = self.aws_for(self.region)
+        return Tunnel(
+            self.instance_id,
+            self.notebook_port,
+            local_port=local_port,
+            region=self.region,
+            ssm_client_factory=lambda: aws.client("ssm"),
+            backoff_max=self.tunnel_backoff_max,
+        )
+
+    async def _open_tunnel(self) -> None:
+        """The tunnel on the server's saved port, so an existing proxy route stays valid."""
+        if self.tunnel is not None:
+            if self.tunnel.connected:
+                return
+            await self._close_tunnel()
+        tunnel = self._new_tunnel(self.tunnel_port or 0)
+        try:
+            await tunnel.start()
+        except OSError:
+            # The saved port is taken by something else: any port will do for a new route.
+            self.log.warning("%s: port %s taken, tunnel moves", self._log_name, self.tunnel_port)
+            tunnel = self._new_tunnel(0)
+            await tunnel.start()
+        self.tunnel = tunnel
+        self.tunnel_port = tunnel.local_port
+        self._save_state()
+
+    async def _wait_notebook(self) -> None:
+        """The notebook's /api through the tunnel: up once it answers at all (even 4xx)."""
+        client = AsyncHTTPClient()
+        url = url_path_join(self.tunnel_url, self.server.base_url if self.server else "/", "api")
+        delay = 0.5
+        while True:
+            try:
+                await client.fetch(url, request_timeout=10, follow_redirects=False)
+                return
+            except HTTPClientError as e:
+                if e.code not in (599, 502, 503, 504):
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+
+    async def _cleanup_failed_start(
+        self, aws: Aws, launched_now: bool, error: BaseException
+    ) -> None:
+        """Nothing may be left running unseen after a failed start."""
+        self.log.warning("%s: start failed (%r); cleaning up", self._log_name, error)
+        await self._close_tunnel()
+        with contextlib.suppress(AwsError):
+            await ParameterStore(aws).delete(self._parameters())
+        if not self.instance_id:
+            return
+        action = self.failed_start_action
+        try:
+            if action == "terminate" and launched_now:
+                await aws.call("ec2", "terminate_instances", InstanceIds=[self.instance_id])
+                self.instance_id = self.volume_id = None
+            else:
+                await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
+            self.log.info("%s: %s instance after failed start", self._log_name, action)
+        except AwsError as e:
+            self.log.error(
+                "%s: could not %s %s after a failed start: %s",
+                self._log_name,
+                action,
+                self.instance_id,
+                e,
+            )
+        self._save_state()
+
+    def _aws_failure(self, e: AwsError, community: Community, doing: str) -> StartFailed:
+        """A message for the user, and a log line naming the call and setting for the admin."""
+        setting = {
+            "InvalidAMIID.NotFound": "ami",
+            "InvalidAMIID.Malformed": "ami",
+            "InvalidSubnetID.NotFound": "subnets",
+            "InvalidGroup.NotFound": "security_groups",
+            "InvalidParameterValue": "instance_profile_arn (or another launch setting)",
+        }.get(e.code, "")
+        self.log.error(
+            "%s: %s failed for community %r: %s: %s%s",
+            self._log_name,
+            e.operation,
+            community.id,
+            e.code,
+            e.message,
+            f" — check the community's {setting!s} in the communities file"
+            if setting
+            else (" — check the hub's IAM role" if e.kind is ErrorKind.PERMISSION else ""),
+        )
+        if e.kind is ErrorKind.PERMISSION:
+            return StartFailed(
+                "The hub is not allowed to start this server (an AWS permission is missing). "
+                "An admin has been told in the hub's log; please try again later."
+            )
+        if e.kind is ErrorKind.CONFIGURATION:
+            return StartFailed(
+                f"{community.name} is misconfigured ({e.code}), so servers cannot start. "
+                "An admin has been told in the hub's log."
+            )
+        if e.kind is ErrorKind.THROTTLED:
+            return StartFailed("AWS is busy right now (throttling). Please try again in a minute.")
+        return StartFailed(f"AWS failed while {doing} ({e.code}). Please try again.")
+
+    # -- poll, stop, delete -------------------------------------------------------------------
 
     async def poll(self) -> int | None:
-        # Nothing is ever started, so there is never anything running.
+        if not self.instance_id or not self.region:
+            return 0
+        poller = self.poller_for(self.region)
+        view = poller.get(self.instance_id)
+        if view is UNKNOWN:
+            return None  # cannot tell: an AWS error is not "stopped"
+        if view is None:
+            return await self._confirm_gone()
+        if view.state in ("pending", "running"):
+            if self.tunnel is None:
+                # e.g. after a hub restart: reopen on the saved port, the route stays valid
+                try:
+                    await self._open_tunnel()
+                except (SessionError, AwsError, OSError) as e:
+                    self.log.warning("%s: cannot reopen the tunnel yet: %s", self._log_name, e)
+            await self._refresh_token_if_needed()
+            return None
+        await self._close_tunnel()
         return 0
 
+    async def _confirm_gone(self) -> int | None:
+        """The describe did not list it: make sure before saying so (eventual consistency)."""
+        try:
+            answer = await self.aws_for(self.region).call(
+                "ec2", "describe_instances", InstanceIds=[self.instance_id]
+            )
+        except AwsError as e:
+            return 0 if e.kind is ErrorKind.NOT_FOUND else None
+        states = [i["State"]["Name"] for r in answer["Reservations"] for i in r["Instances"]]
+        return None if states and states[0] in ("pending", "running") else 0
+
+    async def _refresh_token_if_needed(self) -> None:
+        """Keep the token parameter of a running server current (Synapse tokens live 24 h)."""
+        state = await self.user.get_auth_state() or {}
+        expires = state.get("expires_at")
+        refresh = getattr(self.authenticator, "refresh_tokens", None)
+        if refresh is not None and expires and expires - time.time() < self.token_refresh_margin:
+            model = await refresh(self.user, force=True)
+            if isinstance(model, dict):
+                state = model["auth_state"]
+            else:
+                self.log.warning("%s: could not refresh the Synapse token", self._log_name)
+        token = state.get("access_token")
+        if not token or token == self._token_written:
+            return
+        try:
+            await ParameterStore(
+                self.aws_for(self.region), self.parameter_kms_key_id
+            ).write_synapse_token(self._parameters(), token)
+        except AwsError as e:
+            self.log.warning("%s: could not rewrite the token parameter: %s", self._log_name, e)
+            return
+        if self._token_written is not None:
+            self.log.info("%s: rewrote the Synapse token parameter", self._log_name)
+        self._token_written = token
+
+    async def _close_tunnel(self) -> None:
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            with contextlib.suppress(Exception):
+                await tunnel.stop()
+
     async def stop(self, now: bool = False) -> None:
-        return None
+        await self._close_tunnel()
+        if not self.region:
+            return
+        aws = self.aws_for(self.region)
+        await ParameterStore(aws).delete(self._parameters())
+        if self.instance_id:
+            try:
+                await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
+            except AwsError as e:
+                if e.kind is not ErrorKind.NOT_FOUND:
+                    raise
+                self.instance_id = None
+            self.poller_for(self.region).kick()
+        self.log.info("%s: stopped %s (volume kept)", self._log_name, self.instance_id)
+
+    async def delete_forever(self) -> None:
+        """Deleting a named server (or the user) terminates its instance."""
+        if not self.instance_id or not self.region:
+            return
+        aws = self.aws_for(self.region)
+        with contextlib.suppress(AwsError):
+            await ParameterStore(aws).delete(self._parameters())
+        try:
+            await aws.call("ec2", "terminate_instances", InstanceIds=[self.instance_id])
+        except AwsError as e:
+            if e.kind is not ErrorKind.NOT_FOUND:
+                raise
+        self.log.info("%s: terminated %s", self._log_name, self.instance_id)
+        self.instance_id = self.volume_id = self.tunnel_port = None

@@ -355,7 +355,7 @@ def _mixed_arch(data: dict[str, Any]) -> None:
 
 
 def _too_many_tags(data: dict[str, Any]) -> None:
-    _ad(data)["tags"] = {f"Key{i}": "v" for i in range(39)}  # + Project from defaults = 40
+    _ad(data)["tags"] = {f"Key{i}": "v" for i in range(38)}  # + Project from defaults = 39
     _ad(data)["tags"]["OneTooMany"] = "v"
 
 
@@ -459,7 +459,7 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], tuple[Any, Any], str
      "tags.CostCenter", "has characters EC2 does not allow"),
     ("tag-value-number", _set("communities.0.tags.CostCenter", 123), AD, "tags.CostCenter",
      "quote it in YAML"),
-    ("too-many-tags", _too_many_tags, AD, "tags", "41 tags together with defaults.tags"),
+    ("too-many-tags", _too_many_tags, AD, "tags", "40 tags together with defaults.tags"),
     ("bad-region", _set("communities.0.region", "us-east"), AD, "region",
      "'us-east' is not a valid AWS region name"),
     ("bad-region-case", _set("communities.0.region", "US-EAST-1"), AD, "region", "not a valid"),

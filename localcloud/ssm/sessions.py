@@ -16,11 +16,11 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """``SessionStatus`` in service-2.json. The stand-in uses ``Failed`` for a session its
     agent could not run (handshake or port failure) and never ``Terminating``."""
 

@@ -518,7 +518,7 @@ class DataChannel:
         if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), self._terminate_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 log.warning("%r: TerminateSession still running after close", self)
 
     # -- internals -------------------------------------------------------------------------

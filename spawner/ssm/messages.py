@@ -19,7 +19,7 @@ import re
 import struct
 import uuid
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import Enum, IntEnum, StrEnum
 from typing import Any
 
 HEADER_LENGTH = 116  # value of the HeaderLength field: the offset of PayloadLength
@@ -32,7 +32,7 @@ SYN, FIN = 1, 2  # bits of the Flags field
 ACK_FLAGS = SYN | FIN  # acks (and other control messages) carry Flags=3 in both Go peers
 
 
-class MessageType(str, Enum):
+class MessageType(StrEnum):
     INPUT_STREAM_DATA = "input_stream_data"
     OUTPUT_STREAM_DATA = "output_stream_data"
     ACKNOWLEDGE = "acknowledge"

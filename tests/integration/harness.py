@@ -157,13 +157,14 @@ def test_config(state_dir: Path, refresh_age: int = 1) -> Path:
     path = state_dir / "test_config.py"
     path.write_text(
         f"""
-c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_api_port}"
+c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = "http://127.0.0.1:{hub_api_port}"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.services = [{{"name": "integration-tests", "api_token": "{SERVICE_TOKEN}"}}]
 c.JupyterHub.load_roles = [{{
     "name": "integration-tests",
     "scopes": ["admin:users", "admin:auth_state", "admin:groups", "admin:servers",
-               "list:users", "read:users", "read:groups"],
+               "admin:server_state", "servers", "access:servers", "list:users", "read:users",
+               "read:groups"],
     "services": ["integration-tests"],
 }}]
 c.Authenticator.auth_refresh_age = {refresh_age}

@@ -1,0 +1,112 @@
+"""moto 5 in server mode, in a thread of this process, and what it does for this hub.
+
+The local cloud keeps every AWS resource (instances, volumes, parameters, roles) in one moto
+server, reached over HTTP like AWS, so the hub's boto3 code runs unchanged. What moto 5.2
+does, found by running it (``tests/test_localcloud_aws.py`` pins the parts we rely on):
+
+Instance states
+  There are no transitions: RunInstances *answers* ``pending`` but the instance is
+  ``running`` at the next DescribeInstances; StopInstances answers ``stopping`` and it is
+  ``stopped`` at once; StartInstances answers ``pending``, then ``running``; TerminateInstances
+  answers ``shutting-down``, then ``terminated`` (and the instance stays listed). moto's state
+  manager (``moto_api``) has no EC2 model, so there is no setting for delays. LaunchTime is not
+  updated by StartInstances. The instance simulator therefore adds the only delay that
+  matters to the hub, the boot (notebook up, agent online), itself.
+``ClientToken``
+  Stored but not honoured: a second RunInstances with the same token launches a second
+  instance. The front implements AWS's idempotency (``idempotency``).
+Tags and block devices
+  ``TagSpecifications`` of ``ResourceType=volume`` tag every volume created by the launch.
+  ``BlockDeviceMappings`` create one volume per mapping (size, type, ``Encrypted``,
+  ``DeleteOnTermination`` kept) and DescribeInstances lists them under the requested device
+  names (``/dev/sdf`` stays ``/dev/sdf``). With mappings given, moto adds no default root
+  volume. Stop keeps the volumes attached; terminate detaches them all and deletes those with
+  ``DeleteOnTermination`` (DescribeVolumes then answers ``InvalidVolume.NotFound``), so after
+  termination DescribeInstances shows no block devices any more.
+User data
+  ``DescribeInstanceAttribute(Attribute="userData")`` returns the base64 text sent with
+  RunInstances.
+Instance profiles
+  ``IamInstanceProfile={"Arn": ...}`` must name an existing profile; if not, moto answers
+  IAM's ``NoSuchEntity`` with HTTP 404, where EC2 answers ``InvalidParameterValue`` (400):
+  the front rewrites it (``corrections``). The association appears in DescribeInstances as
+  ``IamInstanceProfile: {Arn, Id}``. Profile and role must be created in IAM first.
+AMIs
+  moto ships about 1300 AMIs of 2017-2026 (ids of 8 and 17 hex digits; e.g. Amazon Linux 2023
+  ``al2023-ami-2023.*-kernel-6.1-x86_64``, root ``/dev/xvda``). By default RunInstances accepts
+  *any* ImageId; with ``ENABLE_AMI_VALIDATION`` an unknown one is ``InvalidAMIID.NotFound``
+  (400), as on AWS. ``start_moto`` turns that validation on.
+Instance types
+  Accepted whatever they are unless ``EC2_ENABLE_INSTANCE_TYPE_VALIDATION``; then an unknown
+  type is ``InvalidInstanceType.NotFound``, where AWS says ``InvalidParameterValue`` ("Invalid
+  value 'x' for InstanceType."): ``start_moto`` turns the validation on and the front
+  rewrites the code.
+Subnets and security groups
+  Validated: ``InvalidSubnetID.NotFound`` and ``InvalidGroup.NotFound`` (400). A new security
+  group has no inbound rule and the default egress rule (all traffic to 0.0.0.0/0).
+STS and IAM
+  ``AssumeRole`` of any existing role returns well-formed temporary credentials (``ASIA...``
+  key, secret, session token, one hour); moto does not check the trust policy, and requests
+  signed with those credentials are accepted (caller identity: ``assumed-role/<role>/<session
+  name>``). IAM policies are not enforced: any credentials may do anything. SigV4 signatures
+  are not checked.
+SSM Parameter Store
+  Put/Get/Delete, ``SecureString`` (``WithDecryption`` returns the value), tags on
+  parameters; a missing parameter is ``ParameterNotFound`` (400). Session Manager operations
+  do not exist in moto: the SSM stand-in answers those.
+Dispatch
+  In server mode one port serves every service: moto picks the service from the SigV4
+  credential scope in ``Authorization`` (``.../us-east-1/ec2/aws4_request``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+#: moto settings this module switches on while a server runs (restored by ``stop``).
+VALIDATIONS = ("ENABLE_AMI_VALIDATION", "EC2_ENABLE_INSTANCE_TYPE_VALIDATION")
+
+
+@dataclass
+class MotoServer:
+    """A running moto server: its URL, and ``stop()``."""
+
+    url: str
+    _server: Any
+    _saved: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop serving and put back the moto settings ``start_moto`` changed."""
+        from moto import settings
+
+        with contextlib.suppress(Exception):
+            self._server.stop()
+        for name, value in self._saved.items():
+            setattr(settings, name, value)
+        self._saved.clear()
+
+
+def start_moto(port: int = 0, host: str = "127.0.0.1", *, validate: bool = True) -> MotoServer:
+    """Start moto's threaded server (``port=0``: a free port) and return it once it listens.
+
+    ``validate`` turns on moto's AMI and instance-type validation, so a community file naming
+    an AMI or type that does not exist fails as it would on AWS. These are process-wide moto
+    settings (read when a request is served), so they are restored by ``stop``.
+    """
+    from moto import settings
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    saved: dict[str, Any] = {}
+    if validate:
+        for name in VALIDATIONS:
+            saved[name] = getattr(settings, name)
+            setattr(settings, name, True)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    bound_host, bound_port = server.get_host_and_port()
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return MotoServer(url=f"http://{url_host}:{bound_port}", _server=server, _saved=saved)

@@ -1,0 +1,9 @@
+"""Pieces of the instance simulator (``localcloud.simulator``): what runs "on" an instance.
+
+- ``userdata``: ``server.conf`` out of the ``#cloud-config`` user data;
+- ``notebook``: the notebook "container" as a local ``jupyterhub-singleuser`` process;
+- ``rstudio_page``: the jupyter-server extension standing in for RStudio Server;
+- ``die_with_parent``: exec wrapper so no notebook outlives the local cloud;
+- ``activity``: the simulator's one-line-per-action log (``.localcloud/instances.log``);
+- ``control``: the simulator's ``/_control/`` routes (served by the AWS front).
+"""

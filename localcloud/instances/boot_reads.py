@@ -1,0 +1,118 @@
+"""What a booting instance reads from AWS, straight from moto (blocking; run in threads).
+
+These are the instance's own calls, not the hub's, so they go to moto directly and not
+through the AWS front: they neither count in its call log nor meet its fault rules.
+
+- user data: ``DescribeInstanceAttribute(userData)`` (cloud-init reads it from IMDS);
+- the role's credentials: the instance profile's role, ``AssumeRole``'d in moto (IMDS serves
+  them on AWS);
+- the server's parameters, read *with those credentials* as the bootstrap does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .notebook import RoleCredentials
+from .userdata import decode_user_data, read_server_conf
+
+CONFIG = botocore.config.Config(
+    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30
+)
+TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class BootError(Exception):
+    """The bootstrap cannot go on (what would leave a real instance without a notebook)."""
+
+
+@dataclass
+class ServerParameters:
+    """The ``config`` and ``jupyterhub-env`` parameters of one server."""
+
+    config: dict[str, Any]
+    env: dict[str, str]
+
+
+class MotoReader:
+    """Clients on moto for the simulator (thread-safe once built)."""
+
+    def __init__(self, moto_url: str, region: str) -> None:
+        self.moto_url = moto_url
+        self.region = region
+        session = boto3.session.Session(region_name=region, **TEST_CREDENTIALS)
+        self.ec2 = session.client("ec2", endpoint_url=moto_url, config=CONFIG)
+        self.iam = session.client("iam", endpoint_url=moto_url, config=CONFIG)
+        self.sts = session.client("sts", endpoint_url=moto_url, config=CONFIG)
+
+    def describe_instances(self) -> list[dict[str, Any]]:
+        instances = []
+        for page in self.ec2.get_paginator("describe_instances").paginate():
+            for reservation in page.get("Reservations", []):
+                instances.extend(reservation.get("Instances", []))
+        return instances
+
+    def server_conf(self, instance_id: str) -> dict[str, str]:
+        answer = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        raw = (answer.get("UserData") or {}).get("Value")
+        if not raw:
+            raise BootError("the instance has no user data")
+        return read_server_conf(decode_user_data(raw))
+
+    def role_credentials(self, instance_id: str, profile_arn: str) -> tuple[str, RoleCredentials]:
+        """(role ARN, credentials) of the instance profile's role."""
+        name = profile_arn.rpartition("/")[2]
+        try:
+            roles = self.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"][
+                "Roles"
+            ]
+        except botocore.exceptions.ClientError as exc:
+            raise BootError(f"instance profile {name}: {exc}") from exc
+        if not roles:
+            raise BootError(f"instance profile {name} has no role")
+        role_arn = roles[0]["Arn"]
+        creds = self.sts.assume_role(RoleArn=role_arn, RoleSessionName=instance_id)["Credentials"]
+        return role_arn, RoleCredentials(
+            creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
+        )
+
+    def read_parameters(
+        self, path: str, credentials: RoleCredentials
+    ) -> ServerParameters | list[str]:
+        """The server's parameters, or the names still missing (the hub writes them around
+        the launch)."""
+        ssm = boto3.session.Session(
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            aws_session_token=credentials.session_token,
+            region_name=self.region,
+        ).client("ssm", endpoint_url=self.moto_url, config=CONFIG)
+        names = [f"{path.rstrip('/')}/config", f"{path.rstrip('/')}/jupyterhub-env"]
+        answer = ssm.get_parameters(Names=names, WithDecryption=True)
+        found = {p["Name"]: p["Value"] for p in answer.get("Parameters", [])}
+        missing = [n for n in names if n not in found]
+        if missing:
+            return missing
+        try:
+            config = json.loads(found[names[0]])
+            env = json.loads(found[names[1]])
+        except ValueError as exc:
+            raise BootError(f"a parameter under {path} is not JSON") from exc
+        if not isinstance(config, dict) or not isinstance(env, dict):
+            raise BootError(f"the parameters under {path} are not JSON objects")
+        return ServerParameters(config, {str(k): str(v) for k, v in env.items()})
+
+    def volume_exists(self, volume_id: str) -> bool:
+        try:
+            volumes = self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidVolume.NotFound":
+                return False
+            raise
+        return bool(volumes)

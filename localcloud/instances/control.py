@@ -1,0 +1,95 @@
+"""The instance simulator's control routes, served by the AWS front under ``/_control/``.
+
+======  ======================================  ===============================================
+method  path                                    body / answer
+======  ======================================  ===============================================
+GET     /_control/instances                     ``{"instances": [...], "bootDelay": s}``: id,
+                                                state, phase, port, pid, volume directory, ...
+PUT     /_control/simulator                     ``{"bootDelay": s}`` -> current settings
+POST    /_control/instances/{id}/fail-boot      ``{"fail": true|false}``: its boots fail (no
+                                                notebook, agent offline) -> the instance
+POST    /_control/boot-failures                 ``{"count": n}``: the next n boots fail
+POST    /_control/instances/{id}/kill-notebook  SIGKILL its notebook (a crash; the restart
+                                                policy starts it again) -> ``{"pid": n}``
+======  ======================================  ===============================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..control_api import ControlError, ControlHandler
+
+if TYPE_CHECKING:
+    from ..simulator import InstanceSimulator
+
+
+def _settings(simulator: InstanceSimulator) -> dict[str, Any]:
+    return {"bootDelay": simulator.boot_delay, "pollInterval": simulator.poll_interval}
+
+
+class InstancesHandler(ControlHandler):
+    standin: InstanceSimulator
+
+    def get(self) -> None:
+        self.reply({"instances": self.standin.instances(), **_settings(self.standin)})
+
+
+class SettingsHandler(ControlHandler):
+    standin: InstanceSimulator
+
+    def put(self) -> None:
+        body = self.body_json()
+        if "bootDelay" in body:
+            try:
+                delay = float(body["bootDelay"])
+            except (TypeError, ValueError) as exc:
+                raise ControlError(400, "bootDelay must be a number of seconds") from exc
+            if delay < 0:
+                raise ControlError(400, "bootDelay cannot be negative")
+            self.standin.boot_delay = delay
+        self.reply(_settings(self.standin))
+
+
+class FailBootHandler(ControlHandler):
+    standin: InstanceSimulator
+
+    def post(self, instance_id: str) -> None:
+        fail = self.body_json().get("fail", True)
+        if not isinstance(fail, bool):
+            raise ControlError(400, "fail must be true or false")
+        self.standin.fail_boot(instance_id, fail)
+        sim = self.standin.get(instance_id)
+        self.reply(sim.to_json() if sim else {"instanceId": instance_id, "failBoot": fail})
+
+
+class BootFailuresHandler(ControlHandler):
+    standin: InstanceSimulator
+
+    def post(self) -> None:
+        count = self.body_json().get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ControlError(400, "count must be a non-negative integer")
+        self.standin.fail_next_boots(count)
+        self.reply({"count": count})
+
+
+class KillNotebookHandler(ControlHandler):
+    standin: InstanceSimulator
+
+    def post(self, instance_id: str) -> None:
+        pid = self.standin.kill_notebook(instance_id)
+        if pid is None:
+            raise ControlError(409, f"{instance_id} has no running notebook")
+        self.reply({"instanceId": instance_id, "pid": pid})
+
+
+def control_routes(simulator: InstanceSimulator) -> list[tuple[str, type, dict[str, Any]]]:
+    args = {"standin": simulator}
+    return [
+        (r"/_control/instances", InstancesHandler, args),
+        (r"/_control/simulator", SettingsHandler, args),
+        (r"/_control/instances/([^/]+)/fail-boot", FailBootHandler, args),
+        (r"/_control/boot-failures", BootFailuresHandler, args),
+        (r"/_control/instances/([^/]+)/kill-notebook", KillNotebookHandler, args),
+    ]

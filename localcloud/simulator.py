@@ -1,0 +1,574 @@
+"""The instance simulator: does on this machine what the bootstrap does on a real instance.
+
+moto keeps instances as records; nothing runs on them. The simulator watches them
+(DescribeInstances on moto directly every ``poll_interval``, and at once when the AWS front
+answers a RunInstances, StartInstances, StopInstances, TerminateInstances or RebootInstances)
+and, for each instance:
+
+running (launched or started)
+    after ``boot_delay`` (default 2 s, 0 for benchmarks): reads the user data's
+    ``server.conf``, assumes the instance profile's role, reads the ``config`` and
+    ``jupyterhub-env`` parameters with it (retrying until the hub has written them), makes the
+    home volume's directory ``<state>/volumes/<volume id>/`` (the volume attached at
+    ``HOME_DEVICE``), and starts a real ``jupyterhub-singleuser`` on a free port standing in
+    for the instance's 8888 (``localcloud.instances.notebook``). Only once it listens is the
+    instance registered with the SSM stand-in (remote port 8888 -> that port): until then
+    StartSession answers ``TargetNotConnected``, as for an agent that has not come online.
+    A notebook process that exits on its own is started again (docker's ``--restart
+    unless-stopped``), with a short backoff; the agent stays online meanwhile.
+stopping / stopped / shutting-down / terminated
+    deregisters the instance (its sessions drop) and stops the process group (SIGTERM, then
+    SIGKILL). The volume directory stays; after termination it is removed if moto deleted the
+    volume (``DeleteOnTermination``), kept otherwise.
+reboot
+    both of the above.
+
+Every action is one line in ``<state>/instances.log`` (never a secret). Tests and the demo
+steer it through this object or the AWS front's ``/_control/`` routes
+(``localcloud.instances.control``): ``boot_delay``, ``instances()``, ``fail_boot(id)`` (the
+instance never comes up: no notebook, no agent), ``fail_next_boots(n)``, ``kill_notebook(id)``
+(the process dies as in a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .aws.calls import CallRecord
+from .instances.activity import ActivityLog
+from .instances.boot_reads import BootError, MotoReader, ServerParameters
+from .instances.notebook import (
+    NotebookProcess,
+    RoleCredentials,
+    notebook_environment,
+    write_synapse_config,
+)
+from .instances.userdata import UserDataError
+
+if TYPE_CHECKING:
+    from .ssm import SsmStandIn
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_BOOT_DELAY = 2.0
+POLL_INTERVAL = 0.5
+LISTEN_TIMEOUT = 90.0
+PARAMETER_RETRY = (0.2, 2.0)  # first and longest wait between parameter reads
+RESTART_BACKOFF = (0.5, 10.0)
+HALTED = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+WATCHED_ACTIONS = frozenset(
+    {"RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "RebootInstances"}
+)
+
+
+@dataclass
+class BootPlan:
+    """What a boot found out, enough to (re)start the notebook."""
+
+    conf: dict[str, str]
+    env: dict[str, str]
+    home: Path
+    runtime_dir: Path
+    kind: str
+    port: int  # the instance's notebook port (8888)
+
+
+@dataclass
+class SimulatedInstance:
+    instance_id: str
+    state: str = "unknown"  # moto's, as last seen
+    #: the simulator's: new, booting, running, restarting, failed, stopping, stopped,
+    #: terminated
+    phase: str = "new"
+    detail: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    devices: dict[str, str] = field(default_factory=dict)  # device name -> volume id
+    home_volume: str | None = None
+    volume_dir: Path | None = None
+    process: NotebookProcess | None = None
+    registered: bool = False
+    fail_boot: bool = False
+    boots: int = 0
+    restarts: int = 0
+    task: asyncio.Task[None] | None = None
+    halting: asyncio.Task[None] | None = None
+    #: the simulator's call generation when the hub last stopped/rebooted it
+    halted_at: int = 0
+
+    @property
+    def port(self) -> int | None:
+        return self.process.port if self.process and self.process.returncode is None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.returncode is None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instanceId": self.instance_id,
+            "state": self.state,
+            "phase": self.phase,
+            "detail": self.detail,
+            "port": self.port,
+            "pid": self.pid,
+            "volumeId": self.home_volume,
+            "volumeDir": str(self.volume_dir) if self.volume_dir else None,
+            "agentOnline": self.registered,
+            "boots": self.boots,
+            "restarts": self.restarts,
+            "failBoot": self.fail_boot,
+        }
+
+
+class InstanceSimulator:
+    """See the module docstring. ``start()`` on a running loop, ``close()`` to stop all."""
+
+    def __init__(
+        self,
+        *,
+        moto_url: str,
+        ssm: SsmStandIn,
+        state_dir: Path,
+        aws_endpoint_url: str = "",
+        synapse_base_url: str | None = None,
+        region: str = "us-east-1",
+        boot_delay: float = DEFAULT_BOOT_DELAY,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.moto_url = moto_url
+        self.ssm = ssm
+        self.state_dir = state_dir
+        #: what the notebooks get as AWS_ENDPOINT_URL (the AWS front); moto if unset
+        self.aws_endpoint_url = aws_endpoint_url or moto_url
+        self.synapse_base_url = synapse_base_url
+        self.region = region
+        self.boot_delay = boot_delay
+        self.poll_interval = poll_interval
+        self.volumes_dir = state_dir / "volumes"
+        self.runtime_root = state_dir / "runtime"
+        self.consoles_dir = state_dir / "consoles"
+        self.activity = ActivityLog(state_dir / "instances.log")
+        self._reader: MotoReader | None = None
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="simulator")
+        self._instances: dict[str, SimulatedInstance] = {}
+        self._fail_ids: set[str] = set()
+        self._fail_next = 0
+        self._wake = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._closed = False
+        self._poll_errors = 0
+        self._generation = 0  # bumped by every instance call of the hub
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def reader(self) -> MotoReader:
+        if self._reader is None:
+            raise RuntimeError("the simulator has not been started")
+        return self._reader
+
+    async def start(self) -> None:
+        """Start watching moto (the first look happens before this returns)."""
+        self._reader = await self._in_thread(MotoReader, self.moto_url, self.region)
+        await self.poll_once()
+        self._poller = asyncio.create_task(self._poll_loop())
+
+    async def close(self) -> None:
+        """Stop watching, stop every notebook process, deregister every instance."""
+        self._closed = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for sim in self._instances.values():
+            if sim.task is not None:
+                self._start_halt(sim, "local cloud shutting down")
+        halts = [sim.halting for sim in self._instances.values() if sim.halting is not None]
+        await asyncio.gather(*halts, *self._background, return_exceptions=True)
+        for sim in self._instances.values():  # anything a failed halt left behind
+            if sim.process is not None:
+                sim.process.kill_now()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def poke(self) -> None:
+        """Look at moto now instead of at the next interval."""
+        self._wake.set()
+
+    def instances(self) -> list[dict[str, Any]]:
+        """The simulated instances (id, states, port, pid, volume directory, ...)."""
+        return [sim.to_json() for sim in self._instances.values()]
+
+    def get(self, instance_id: str) -> SimulatedInstance | None:
+        return self._instances.get(instance_id)
+
+    def fail_boot(self, instance_id: str, fail: bool = True) -> None:
+        """Make (or stop making) every boot of ``instance_id`` fail: it runs in EC2, but no
+        notebook starts and its agent never comes online. Takes effect at its next boot."""
+        if fail:
+            self._fail_ids.add(instance_id)
+        else:
+            self._fail_ids.discard(instance_id)
+        sim = self._instances.get(instance_id)
+        if sim is not None:
+            sim.fail_boot = fail
+
+    def fail_next_boots(self, count: int = 1) -> None:
+        """The next ``count`` boots, of whichever instances, fail as with ``fail_boot``."""
+        self._fail_next = max(0, count)
+
+    def kill_notebook(self, instance_id: str) -> int | None:
+        """SIGKILL the instance's notebook (a crash); the restart policy starts it again.
+        Returns the killed pid, None if there was no process."""
+        sim = self._instances.get(instance_id)
+        if sim is None or sim.process is None or sim.process.returncode is not None:
+            return None
+        pid = sim.process.pid
+        sim.process.kill_now()
+        return pid
+
+    async def wait_for(
+        self, instance_id: str, phase: str | tuple[str, ...], within: float = 30.0
+    ) -> SimulatedInstance:
+        """Wait until the instance reaches ``phase`` (for tests); raises ``TimeoutError``."""
+        phases = (phase,) if isinstance(phase, str) else phase
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
+            sim = self._instances.get(instance_id)
+            if sim is not None and sim.phase in phases:
+                return sim
+            await asyncio.sleep(0.05)
+        sim = self._instances.get(instance_id)
+        raise TimeoutError(
+            f"{instance_id} not {'/'.join(phases)} after {within}s "
+            f"(now {sim.phase if sim else 'unknown'}: {sim.detail if sim else ''})"
+        )
+
+    def on_aws_call(self, record: CallRecord) -> None:
+        """Listener for the AWS front: react to the hub's instance calls without waiting."""
+        if record.service != "ec2" or record.action not in WATCHED_ACTIONS:
+            return
+        if record.status != 200 or self._closed:
+            return
+        self._generation += 1
+        if record.action in ("StopInstances", "TerminateInstances", "RebootInstances"):
+            for name, value in record.params.items():
+                if name.startswith("InstanceId."):
+                    sim = self._instances.get(value)
+                    if sim is not None:
+                        sim.halted_at = self._generation
+                    if sim is not None and sim.task is not None:
+                        what = record.action.removesuffix("Instances").lower()
+                        self._start_halt(sim, f"{what} requested")
+        self.poke()
+
+    # -- watching ------------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """One look at moto, and what follows from it."""
+        generation = self._generation
+        try:
+            items = await self._in_thread(self.reader.describe_instances)
+        except Exception as exc:
+            self._poll_errors += 1
+            if self._poll_errors in (1, 10) or self._poll_errors % 120 == 0:
+                log.warning(
+                    "DescribeInstances on moto failed (%s times): %s", self._poll_errors, exc
+                )
+            return
+        self._poll_errors = 0
+        for item in items:
+            self._reconcile(item, generation)
+
+    def _reconcile(self, item: dict[str, Any], generation: int) -> None:
+        instance_id = item["InstanceId"]
+        state = item.get("State", {}).get("Name", "unknown")
+        sim = self._instances.get(instance_id)
+        if sim is None:
+            sim = self._instances[instance_id] = SimulatedInstance(
+                instance_id, fail_boot=instance_id in self._fail_ids
+            )
+        previous, sim.state, sim.info = sim.state, state, item
+        devices = {
+            m["DeviceName"]: m["Ebs"]["VolumeId"]
+            for m in item.get("BlockDeviceMappings", [])
+            if "Ebs" in m
+        }
+        if devices:
+            sim.devices = devices
+        if self._closed:
+            return
+        halting = sim.halting is not None and not sim.halting.done()
+        # A look that began before the hub stopped this instance may still say "running".
+        stale = generation < sim.halted_at
+        if state == "running" and sim.task is None and not halting and not stale:
+            sim.task = asyncio.create_task(self._lifecycle(sim))
+        elif state in HALTED:
+            if sim.task is not None:
+                self._start_halt(sim, state)
+            elif not halting:
+                self._set_halted(sim)
+            if state == "terminated" and previous != "terminated" and previous != "unknown":
+                task = asyncio.create_task(self._after_termination(sim))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    # -- one boot: from running to the notebook answering, and restarts ------------------------
+    async def _lifecycle(self, sim: SimulatedInstance) -> None:
+        sim.boots += 1
+        sim.phase, sim.detail = "booting", f"boot {sim.boots}"
+        self.activity.write(sim.instance_id, f"running: booting (boot delay {self.boot_delay:g}s)")
+        try:
+            if self.boot_delay > 0:
+                await asyncio.sleep(self.boot_delay)
+            injected = sim.fail_boot or self._fail_next > 0
+            if injected:
+                if not sim.fail_boot:
+                    self._fail_next -= 1
+                sim.phase, sim.detail = "failed", "boot failure injected"
+                self.activity.write(
+                    sim.instance_id,
+                    "boot failed (injected): no notebook will start, the agent stays offline",
+                )
+                return
+            try:
+                plan = await self._prepare(sim)
+            except (BootError, UserDataError) as exc:
+                sim.phase, sim.detail = "failed", str(exc)
+                self.activity.write(sim.instance_id, f"bootstrap failed: {exc}")
+                return
+            await self._run_notebook(sim, plan)
+        finally:
+            await self._cleanup(sim)
+
+    async def _prepare(self, sim: SimulatedInstance) -> BootPlan:
+        iid = sim.instance_id
+        conf = await self._in_thread(self.reader.server_conf, iid)
+        path = conf["NOTEBOOK_PARAMETER_PATH"]
+        self.activity.write(
+            iid,
+            f"user data: server.conf parameter path {path}, port {conf['NOTEBOOK_PORT']}, "
+            f"home device {conf['HOME_DEVICE']}",
+        )
+        profile = (sim.info.get("IamInstanceProfile") or {}).get("Arn")
+        if not profile:
+            raise BootError("the instance has no instance profile: it cannot read parameters")
+        role_arn, credentials = await self._in_thread(
+            self.reader.role_credentials, iid, str(profile)
+        )
+        self.activity.write(iid, f"instance role {role_arn}: temporary credentials obtained")
+        params = await self._read_parameters(sim, path, credentials)
+        kind = str(params.config.get("image_kind", "jupyter"))
+        image = str(params.config.get("image", ""))
+        self.activity.write(
+            iid,
+            f"parameters read: config (image {image or '?'}, kind {kind}) and jupyterhub-env "
+            f"({len(params.env)} variables)",
+        )
+        home = self._home_volume(sim, conf["HOME_DEVICE"])
+        if self.synapse_base_url and write_synapse_config(home, self.synapse_base_url):
+            self.activity.write(iid, "wrote ~/.synapseConfig (endpoints of the Synapse stand-in)")
+        runtime_dir = self.runtime_root / iid
+        runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = notebook_environment(
+            params.env,
+            home=home,
+            runtime_dir=runtime_dir,
+            aws_endpoint_url=self.aws_endpoint_url,
+            region=conf.get("AWS_REGION") or self.region,
+            credentials=credentials,
+            image=image,
+        )
+        port = int(conf.get("NOTEBOOK_PORT") or params.config.get("port") or 8888)
+        return BootPlan(conf, env, home, runtime_dir, kind, port)
+
+    async def _read_parameters(
+        self, sim: SimulatedInstance, path: str, credentials: RoleCredentials
+    ) -> ServerParameters:
+        """Retry until the hub has written them (it writes and tags them around the launch)."""
+        wait, longest = PARAMETER_RETRY
+        said = False
+        while True:
+            try:
+                answer = await self._in_thread(self.reader.read_parameters, path, credentials)
+            except BootError:
+                raise
+            except Exception as exc:  # AccessDenied before the tag, throttling, ...
+                answer = [f"({type(exc).__name__})"]
+            if isinstance(answer, ServerParameters):
+                return answer
+            if not said:
+                said = True
+                sim.detail = "waiting for parameters"
+                self.activity.write(
+                    sim.instance_id, f"waiting for parameters: {', '.join(answer)} not readable"
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest)
+
+    def _home_volume(self, sim: SimulatedInstance, device: str) -> Path:
+        volume = sim.devices.get(device) or sim.devices.get(_alias(device))
+        if volume is None:
+            raise BootError(f"no volume attached at {device}: cannot mount the home directory")
+        sim.home_volume = volume
+        sim.volume_dir = self.volumes_dir / volume
+        fresh = not sim.volume_dir.exists()
+        sim.volume_dir.mkdir(parents=True, exist_ok=True)
+        self.activity.write(
+            sim.instance_id,
+            f"home volume {volume} at {device}: "
+            f"{'formatted (first use)' if fresh else 'mounted'} {sim.volume_dir}",
+        )
+        return sim.volume_dir
+
+    async def _run_notebook(self, sim: SimulatedInstance, plan: BootPlan) -> None:
+        iid = sim.instance_id
+        loop = asyncio.get_running_loop()
+        backoff = RESTART_BACKOFF[0]
+        while True:
+            process = await NotebookProcess.start(
+                env=plan.env,
+                home=plan.home,
+                kind=plan.kind,
+                console=self.consoles_dir / f"{iid}.log",
+            )
+            sim.process = process
+            page = ", RStudio launcher page" if plan.kind == "rstudio" else ""
+            self.activity.write(
+                iid,
+                f"started jupyterhub-singleuser pid {process.pid} on 127.0.0.1:{process.port} "
+                f"(the instance's {plan.port}{page})",
+            )
+            started = loop.time()
+            if await process.wait_listening(LISTEN_TIMEOUT):
+                sim.phase, sim.detail = "running", f"notebook on 127.0.0.1:{process.port}"
+                if not sim.registered:
+                    self._register(sim, plan.port)
+                else:
+                    self.activity.write(iid, f"notebook listening again on port {process.port}")
+                code = await process.proc.wait()
+            else:
+                code = process.returncode
+                if code is None:
+                    self.activity.write(iid, f"notebook did not listen within {LISTEN_TIMEOUT:g}s")
+                    code = await process.stop()
+            sim.phase, sim.detail = "restarting", f"notebook exited with status {code}"
+            sim.restarts += 1
+            if loop.time() - started > 30:
+                backoff = RESTART_BACKOFF[0]
+            self.activity.write(
+                iid,
+                f"notebook pid {process.pid} exited with status {code}: restarting in "
+                f"{backoff:g}s (restart policy unless-stopped)",
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF[1])
+
+    def _register(self, sim: SimulatedInstance, remote_port: int) -> None:
+        def resolve(port: int) -> tuple[str, int]:
+            local = sim.port
+            if port != remote_port or local is None:
+                raise LookupError(f"nothing listens on port {port} of {sim.instance_id}")
+            return "127.0.0.1", local
+
+        address = sim.info.get("PrivateIpAddress")
+        details = {"ip_address": address} if address else {}
+        self.ssm.register(sim.instance_id, resolve, **details)
+        sim.registered = True
+        self.activity.write(
+            sim.instance_id, f"agent online: sessions to port {remote_port} reach the notebook"
+        )
+
+    # -- stopping --------------------------------------------------------------------------------
+    def _start_halt(self, sim: SimulatedInstance, reason: str) -> None:
+        if sim.halting is not None and not sim.halting.done():
+            return
+        sim.phase, sim.detail = "stopping", reason
+        sim.halting = asyncio.create_task(self._halt(sim, reason))
+
+    async def _halt(self, sim: SimulatedInstance, reason: str) -> None:
+        task, sim.task = sim.task, None
+        if task is not None:
+            if not task.done():
+                self.activity.write(sim.instance_id, f"{reason}: shutting down")
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set_halted(sim)
+        if not self._closed:
+            self.poke()  # it may have been started again meanwhile
+
+    def _set_halted(self, sim: SimulatedInstance) -> None:
+        if sim.state == "terminated":
+            sim.phase, sim.detail = "terminated", ""
+        elif sim.state in HALTED:
+            sim.phase, sim.detail = "stopped", ""
+        else:
+            sim.phase, sim.detail = "stopped", "rebooting"
+
+    async def _cleanup(self, sim: SimulatedInstance) -> None:
+        """Deregister the agent and stop the notebook (what the end of a boot leaves)."""
+        if sim.registered:
+            self.ssm.deregister(sim.instance_id)
+            sim.registered = False
+            self.activity.write(sim.instance_id, "agent offline (deregistered)")
+        process, sim.process = sim.process, None
+        if process is not None:
+            code = await process.stop()
+            self.activity.write(
+                sim.instance_id, f"notebook pid {process.pid} stopped (status {code})"
+            )
+        shutil.rmtree(self.runtime_root / sim.instance_id, ignore_errors=True)
+
+    async def _after_termination(self, sim: SimulatedInstance) -> None:
+        """Remove the home volume's directory if the volume went with the instance."""
+        if sim.halting is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await sim.halting
+        volume = sim.home_volume or sim.devices.get("/dev/sdf")
+        if volume is None:
+            self.activity.write(sim.instance_id, "terminated")
+            return
+        try:
+            exists = await self._in_thread(self.reader.volume_exists, volume)
+        except Exception as exc:
+            self.activity.write(sim.instance_id, f"terminated; volume {volume} unknown: {exc}")
+            return
+        directory = self.volumes_dir / volume
+        if exists:
+            self.activity.write(
+                sim.instance_id,
+                f"terminated; home volume {volume} kept (not deleted on termination)",
+            )
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+            self.activity.write(
+                sim.instance_id, f"terminated; home volume {volume} deleted: removed {directory}"
+            )
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+
+def _alias(device: str) -> str:
+    """``/dev/sdf`` <-> ``/dev/xvdf`` (the names Xen and Nitro instances show for one disk)."""
+    if device.startswith("/dev/sd"):
+        return "/dev/xvd" + device[len("/dev/sd") :]
+    if device.startswith("/dev/xvd"):
+        return "/dev/sd" + device[len("/dev/xvd") :]
+    return device

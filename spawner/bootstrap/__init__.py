@@ -1,0 +1,184 @@
+"""The user data of a server's instance: what makes a plain AMI run the notebook at every boot.
+
+``render_user_data`` writes a ``#cloud-config`` document that installs three files and enables
+the bootstrap unit; the unit then runs ``notebook-bootstrap`` at every boot (cloud-init's own
+modules run once per instance, but a stopped server's instance must come back by itself when
+the hub starts it again). The document holds no secret, and the renderer takes none: the
+instance reads the server's parameters with its own role, so user data (readable by anyone
+allowed ``DescribeInstanceAttribute``, and kept for the instance's lifetime) never needs one.
+
+The script and the unit are real files next to this module, so that shellcheck and
+``systemd-analyze verify`` check exactly what is shipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+
+#: Where the user data puts things on the instance (the script and unit refer to these).
+SERVER_CONF_PATH = "/etc/notebook-hub/server.conf"
+SCRIPT_PATH = "/usr/local/sbin/notebook-bootstrap"
+UNIT_NAME = "notebook-bootstrap.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+#: EC2's limit on user data (before the base64 encoding boto3 adds).
+MAX_USER_DATA_BYTES = 16 * 1024
+
+#: The keys of ``server.conf``, in the order they are written.
+SERVER_CONF_KEYS = ("NOTEBOOK_PARAMETER_PATH", "AWS_REGION", "NOTEBOOK_PORT", "HOME_DEVICE")
+
+# SSM parameter names: letters, digits and _ . - / (no spaces, no quotes). Restricting values
+# to such characters keeps server.conf plain KEY=value lines that the script parses (it never
+# sources the file) and the simulator reads, with nothing to quote.
+_PARAMETER_PATH_RE = re.compile(r"/[A-Za-z0-9_.\-/]{1,1000}")
+_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[1-9][0-9]?")
+_DEVICE_RE = re.compile(r"/dev/[a-z][a-z0-9]{1,15}")
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """What an instance must know before it can ask for anything: where, and which disk."""
+
+    #: The server's parameter path, e.g. ``/notebook-hub/<hub>/<user>/_/``.
+    parameter_path: str
+    region: str
+    #: Host port the notebook listens on (127.0.0.1 only); the tunnel's target.
+    port: int = 8888
+    #: Attachment name of the home volume (``run_instances_request``'s ``HOME_DEVICE``).
+    home_device: str = "/dev/sdf"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parameter_path, str) or not _PARAMETER_PATH_RE.fullmatch(
+            self.parameter_path
+        ):
+            raise ValueError(
+                "parameter_path must be an SSM parameter path: '/' then up to 1000 letters, "
+                f"digits and _ . - / (got {self.parameter_path!r:.60})"
+            )
+        if not isinstance(self.region, str) or not _REGION_RE.fullmatch(self.region):
+            raise ValueError(f"region must be an AWS region name (got {self.region!r:.40})")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise ValueError(f"port must be an integer (got {self.port!r:.40})")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be from 1 to 65535 (got {self.port})")
+        if not isinstance(self.home_device, str) or not _DEVICE_RE.fullmatch(self.home_device):
+            raise ValueError(f"home_device must be like /dev/sdf (got {self.home_device!r:.40})")
+
+
+def bootstrap_script() -> str:
+    """The bootstrap script as shipped (``notebook-bootstrap.sh``)."""
+    return _resource("notebook-bootstrap.sh")
+
+
+def bootstrap_unit() -> str:
+    """The systemd unit as shipped (``notebook-bootstrap.service``)."""
+    return _resource("notebook-bootstrap.service")
+
+
+def _resource(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def server_conf(config: BootstrapConfig) -> str:
+    """The text of ``/etc/notebook-hub/server.conf`` for ``config``."""
+    values = (config.parameter_path, config.region, str(config.port), config.home_device)
+    return "".join(f"{key}={value}\n" for key, value in zip(SERVER_CONF_KEYS, values, strict=True))
+
+
+def render_user_data(config: BootstrapConfig) -> str:
+    """The instance's user data: a ``#cloud-config`` document, the same for the same config.
+
+    The script travels gzip-compressed and base64-encoded (``encoding: gz+b64``, decoded by
+    cloud-init's ``write_files``): as text, with the unit and YAML around it, it would come
+    close to EC2's 16 KB limit. The unit is enabled and started without waiting (``--no-block``)
+    so cloud-init finishes while the bootstrap still waits for parameters or pulls the image.
+    """
+    document = {
+        "write_files": [
+            {
+                "path": SERVER_CONF_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": server_conf(config),
+            },
+            {
+                "path": SCRIPT_PATH,
+                "owner": "root:root",
+                "permissions": "0755",
+                "encoding": "gz+b64",
+                "content": _gzip_b64(bootstrap_script()),
+            },
+            {
+                "path": UNIT_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": bootstrap_unit(),
+            },
+        ],
+        "runcmd": [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", "--no-block", UNIT_NAME],
+        ],
+    }
+    text = "#cloud-config\n" + yaml.dump(
+        document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100
+    )
+    size = len(text.encode("utf-8"))
+    if size > MAX_USER_DATA_BYTES:  # pragma: no cover - a test keeps a wide margin
+        raise AssertionError(f"user data is {size} bytes; EC2 allows {MAX_USER_DATA_BYTES}")
+    return text
+
+
+def _gzip_b64(text: str) -> str:
+    # mtime=0: the same script gives the same bytes, so the same config gives the same user data.
+    return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")
+
+
+def parse_server_conf(user_data: str | bytes) -> dict[str, str]:
+    """The ``server.conf`` settings in user data from :func:`render_user_data`.
+
+    For the local cloud's instance simulator, which must do what the real bootstrap does with
+    the real user data. Raises ValueError when the user data is not ours.
+    """
+    if isinstance(user_data, bytes):
+        user_data = user_data.decode("utf-8")
+    if not user_data.startswith("#cloud-config\n"):
+        raise ValueError("user data is not a #cloud-config document")
+    try:
+        document = yaml.safe_load(user_data)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"user data is not valid YAML: {exc}") from exc
+    files = document.get("write_files") if isinstance(document, dict) else None
+    entry = next(
+        (f for f in files or [] if isinstance(f, dict) and f.get("path") == SERVER_CONF_PATH),
+        None,
+    )
+    if entry is None or not isinstance(entry.get("content"), str):
+        raise ValueError(f"user data does not write {SERVER_CONF_PATH}")
+    settings: dict[str, str] = {}
+    for line in entry["content"].splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"{SERVER_CONF_PATH}: not a KEY=value line: {line[:60]!r}")
+        settings[key] = value
+    return settings
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings as literal blocks, so the unit and server.conf read as files."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> Any:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)

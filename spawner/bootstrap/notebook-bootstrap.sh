@@ -1,0 +1,364 @@
+#!/bin/bash
+# notebook-bootstrap: start this instance's notebook server. Synapse Notebook Hub.
+#
+# Run by notebook-bootstrap.service at every boot, not only the first: the hub issues a new
+# API token at every start of a server and writes it to Parameter Store before it starts (or
+# launches) the instance, so the container is re-created each time from the parameters.
+#
+#   notebook-bootstrap start   read /etc/notebook-hub/server.conf and the server's parameters,
+#                              mount the home volume, run the notebook container
+#   notebook-bootstrap stop    remove the container (at shutdown: the next boot must not find
+#                              a container that docker would restart with a stale token)
+#
+# Secrets (the hub API token) only ever sit in /run/notebook-hub (tmpfs, mode 0700, files
+# 0600), reach docker through --env-file, and are never in arguments or logs; the Synapse
+# token never comes here at all: the container reads it with the instance role. Never add
+# `set -x` to this script.
+#
+# Needs: bash, curl, the AWS CLI, python3 (cloud-init's own), docker, util-linux, e2fsprogs.
+
+set -euo pipefail
+umask 077
+
+# Tests run the script against a scratch directory with stub commands; on an instance this
+# is empty (the unit sets nothing).
+readonly ROOT=${NOTEBOOK_BOOTSTRAP_ROOT:-}
+readonly CONF=${ROOT}/etc/notebook-hub/server.conf
+readonly RUN_DIR=${ROOT}/run/notebook-hub
+readonly HOME_MOUNT=${ROOT}/srv/notebook-home
+readonly CONTAINER=notebook
+readonly CONTAINER_PORT=8888
+readonly IMDS=http://169.254.169.254/latest
+# jovyan in the Jupyter docker stacks (and the RStudio image's user): owner of a new home.
+readonly HOME_UID=1000
+readonly HOME_GID=100
+# The hub writes the parameters before it launches the instance, but tags them with the
+# instance's ARN (which the instance role's policy requires) only once it knows the id.
+readonly PARAMETER_WAIT_SECONDS=600
+readonly DEVICE_WAIT_SECONDS=120
+
+PARAMETER_PATH=""
+REGION=""
+PORT=8888
+HOME_DEVICE=/dev/sdf
+INSTANCE_ID=""
+IMAGE=""
+IMAGE_KIND=""
+
+log() {
+  printf '%s\n' "$*" >&2
+}
+
+die() {
+  # <3> is journald's "error" priority.
+  printf '<3>%s\n' "$*" >&2
+  exit 1
+}
+
+cleanup() {
+  # The env file is only needed by `docker run`; the raw parameter values not even that long.
+  rm -f "$RUN_DIR/jupyterhub.env" "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/config.json" \
+    "$RUN_DIR/imds-header" "$RUN_DIR/aws-error" "$RUN_DIR"/*.tmp
+}
+
+require_commands() {
+  local cmd
+  for cmd in aws curl docker python3 blkid lsblk findmnt mountpoint mkfs.ext4 resize2fs; do
+    command -v "$cmd" >/dev/null || die "required command $cmd is not installed"
+  done
+}
+
+read_conf() {
+  local key value
+  [[ -r $CONF ]] || die "$CONF is missing: this instance was not launched by the hub"
+  # Parsed, not sourced: the file is data, and nothing in it should be able to run.
+  while IFS='=' read -r key value || [[ -n $key ]]; do
+    case $key in
+      '' | '#'*) ;;
+      NOTEBOOK_PARAMETER_PATH) PARAMETER_PATH=$value ;;
+      AWS_REGION) REGION=$value ;;
+      NOTEBOOK_PORT) PORT=$value ;;
+      HOME_DEVICE) HOME_DEVICE=$value ;;
+      *) log "ignoring unknown key ${key:0:40} in $CONF" ;;
+    esac
+  done <"$CONF"
+  [[ $PARAMETER_PATH =~ ^/[A-Za-z0-9_./-]+$ ]] ||
+    die "NOTEBOOK_PARAMETER_PATH in $CONF is missing or not a parameter path"
+  PARAMETER_PATH=${PARAMETER_PATH%/}
+  [[ -z $REGION || $REGION =~ ^[a-z]{2}(-[a-z]+)+-[1-9][0-9]?$ ]] ||
+    die "AWS_REGION in $CONF is not a region name"
+  if [[ ! $PORT =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
+    die "NOTEBOOK_PORT in $CONF is not a port number"
+  fi
+  [[ $HOME_DEVICE =~ ^/dev/[a-z][a-z0-9]+$ ]] || die "HOME_DEVICE in $CONF is not a device name"
+}
+
+prepare_run_dir() {
+  local fstype
+  install -d -m 0700 "$RUN_DIR"
+  # Never let a secret reach a persistent disk, even on an image where /run is not tmpfs.
+  fstype=$(stat -f -c %T "$RUN_DIR")
+  [[ $fstype == tmpfs ]] || die "$RUN_DIR is on $fstype, not tmpfs"
+}
+
+imds_token() {
+  local token
+  token=$(curl -fsS --retry 10 --retry-connrefused --max-time 5 -X PUT \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/api/token")
+  # In a header file, so the token is not in curl's arguments (printf is a builtin).
+  printf 'X-aws-ec2-metadata-token: %s\n' "$token" >"$RUN_DIR/imds-header"
+}
+
+imds_get() {
+  curl -fsS --retry 10 --retry-connrefused --max-time 5 -H "@$RUN_DIR/imds-header" \
+    "$IMDS/meta-data/$1"
+}
+
+read_instance_identity() {
+  imds_token
+  INSTANCE_ID=$(imds_get instance-id)
+  [[ $INSTANCE_ID =~ ^i-[0-9a-f]+$ ]] || die "unexpected instance id from the metadata service"
+  if [[ -z $REGION ]]; then
+    REGION=$(imds_get placement/region)
+  fi
+  log "instance $INSTANCE_ID in $REGION, parameters under $PARAMETER_PATH/"
+}
+
+# fetch_parameter NAME FILE: the decrypted value of NAME into FILE, retrying until readable.
+fetch_parameter() {
+  local name=$1 dest=$2 delay=2 deadline=$((SECONDS + PARAMETER_WAIT_SECONDS)) reason
+  while true; do
+    # --query/--output text and a redirect: the value never passes through an argument.
+    if aws ssm get-parameter --region "$REGION" --name "$name" --with-decryption \
+      --query Parameter.Value --output text >"$dest.tmp" 2>"$RUN_DIR/aws-error"; then
+      mv -f "$dest.tmp" "$dest"
+      return 0
+    fi
+    reason=$(tr -s '\n' ' ' <"$RUN_DIR/aws-error" | cut -c1-300)
+    if ((SECONDS >= deadline)); then
+      die "cannot read parameter $name: $reason"
+    fi
+    log "parameter $name not readable yet ($reason); retrying in ${delay}s"
+    sleep "$delay"
+    delay=$((delay < 30 ? delay * 2 : 30))
+  done
+}
+
+read_parameters() {
+  local fields
+  fetch_parameter "$PARAMETER_PATH/config" "$RUN_DIR/config.json"
+  fetch_parameter "$PARAMETER_PATH/jupyterhub-env" "$RUN_DIR/jupyterhub-env.json"
+  # config: {"image": "<ref@sha256:...>", "image_kind": "jupyter"|"rstudio", ...}
+  fields=$(
+    python3 - "$RUN_DIR/config.json" <<'PY'
+import json, re, sys
+config = json.load(open(sys.argv[1], encoding="utf-8"))
+image, kind = config.get("image"), config.get("image_kind", "jupyter")
+if not isinstance(image, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}", image):
+    sys.exit("config: 'image' is missing or not an image reference")
+if kind not in ("jupyter", "rstudio"):
+    sys.exit("config: 'image_kind' must be jupyter or rstudio")
+print(image)
+print(kind)
+PY
+  )
+  IMAGE=${fields%%$'\n'*}
+  IMAGE_KIND=${fields#*$'\n'}
+  # jupyterhub-env: a JSON object of the single-user server's environment, as a docker
+  # --env-file (KEY=value lines, taken literally). Written 0600 on tmpfs.
+  python3 - "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/jupyterhub.env" "$REGION" <<'PY'
+import json, os, re, sys
+source, dest, region = sys.argv[1:4]
+env = json.load(open(source, encoding="utf-8"))
+if not isinstance(env, dict):
+    sys.exit("jupyterhub-env: not a JSON object")
+env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region, **env}
+lines = []
+for key, value in env.items():
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        sys.exit("jupyterhub-env: a variable name is not valid")
+    if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+        sys.exit(f"jupyterhub-env: the value of {key} is not a one-line string")
+    lines.append(f"{key}={value}\n")
+fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, "w", encoding="utf-8") as out:
+    out.writelines(lines)
+PY
+  rm -f "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/config.json"
+  log "image $IMAGE ($IMAGE_KIND)"
+}
+
+# remove_container REASON: remove the notebook container, if there is one; REASON is logged.
+remove_container() {
+  local old
+  if old=$(docker container inspect --format '{{.Config.Image}}' "$CONTAINER" 2>/dev/null); then
+    log "removing the notebook container of image $old ($1)"
+    docker stop --time 30 "$CONTAINER" >/dev/null || true
+    docker rm --force "$CONTAINER" >/dev/null
+  fi
+}
+
+# The volume id attached as HOME_DEVICE; empty or "None" when unknown (e.g. not allowed).
+home_volume_id() {
+  local query="Reservations[0].Instances[0].BlockDeviceMappings"
+  query+="[?DeviceName=='$HOME_DEVICE'].Ebs.VolumeId | [0]"
+  aws ec2 describe-instances --region "$REGION" --instance-ids "$INSTANCE_ID" \
+    --query "$query" --output text 2>"$RUN_DIR/aws-error" || true
+}
+
+is_block() {
+  [[ -b $1 ]]
+}
+
+# The block device of the home volume. On Nitro instances EBS volumes are NVMe devices whose
+# serial is the volume id (without its dash); on Xen ones the name is sdX or xvdX.
+find_home_device() {
+  local volume serial name reason byid deadline=$((SECONDS + DEVICE_WAIT_SECONDS))
+  local device=${ROOT}${HOME_DEVICE} xvd=${ROOT}/dev/xvd${HOME_DEVICE#/dev/sd}
+  volume=$(home_volume_id)
+  if [[ ! $volume =~ ^vol-[0-9a-f]+$ ]]; then
+    reason=$(tr -s '\n' ' ' <"$RUN_DIR/aws-error" | cut -c1-200)
+    log "home volume id unknown (${reason:-no such device}); looking for $HOME_DEVICE"
+    volume=""
+  fi
+  serial=${volume/-/}
+  byid=${ROOT}/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${serial}
+  while true; do
+    if [[ -n $serial ]] && is_block "$byid"; then
+      readlink -f "$byid"
+      return 0
+    fi
+    if [[ -n $serial ]]; then
+      name=$(lsblk -dn -o NAME,SERIAL | awk -v s="$serial" '$2 == s { print $1; exit }')
+      if [[ -n $name ]] && is_block "${ROOT}/dev/${name}"; then
+        printf '%s\n' "${ROOT}/dev/${name}"
+        return 0
+      fi
+    fi
+    # Xen instances, and Amazon Linux, whose udev rules link the attachment name to the NVMe.
+    if is_block "$device"; then
+      readlink -f "$device"
+      return 0
+    fi
+    if is_block "$xvd"; then
+      printf '%s\n' "$xvd"
+      return 0
+    fi
+    ((SECONDS < deadline)) || die "home volume ${volume:-$HOME_DEVICE} is not attached"
+    sleep 2
+  done
+}
+
+mount_home() {
+  local device status=0 fstype nonzero
+  install -d -m 0755 "$HOME_MOUNT"
+  if mountpoint -q "$HOME_MOUNT"; then
+    log "home volume already mounted at $HOME_MOUNT"
+    return 0
+  fi
+  device=$(find_home_device)
+  blkid -p "$device" >/dev/null || status=$?
+  case $status in
+    0) ;;
+    2)
+      # blkid also answers 2 when it cannot read the device: format only a volume that reads
+      # as zeros (a new EBS volume), never one with data blkid does not recognise.
+      nonzero=$(head -c 1048576 "$device" | tr -d '\0' | wc -c)
+      ((nonzero == 0)) ||
+        die "$device has data but no filesystem blkid recognises; refusing to format it"
+      log "formatting the new home volume $device"
+      mkfs.ext4 -q -L notebook-home -m 0 "$device"
+      ;;
+    *) die "cannot tell whether $device has a filesystem (blkid exit status $status)" ;;
+  esac
+  mount -o nodev,nosuid "$device" "$HOME_MOUNT"
+  if ((status == 2)); then
+    chown "$HOME_UID:$HOME_GID" "$HOME_MOUNT"
+  fi
+  fstype=$(findmnt -n -o FSTYPE --target "$HOME_MOUNT")
+  if [[ $fstype == ext4 ]]; then
+    # The volume may have been enlarged while the server was stopped.
+    resize2fs "$device" >/dev/null 2>&1 || log "could not grow the filesystem on $device"
+  fi
+  log "home volume $device mounted at $HOME_MOUNT"
+}
+
+pull_image() {
+  local attempt registry
+  if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    return 0
+  fi
+  registry=${IMAGE%%/*}
+  if [[ $registry =~ ^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$ ]]; then
+    # A private ECR registry: log in with the instance role; docker keeps the login in
+    # DOCKER_CONFIG, which is on tmpfs, and reads the password from a pipe, not an argument.
+    export DOCKER_CONFIG=$RUN_DIR/docker
+    aws ecr get-login-password --region "$REGION" |
+      docker login --username AWS --password-stdin "$registry" >/dev/null
+  fi
+  for attempt in 1 2 3 4 5; do
+    log "pulling $IMAGE (attempt $attempt)"
+    if docker pull --quiet "$IMAGE" >/dev/null; then
+      return 0
+    fi
+    sleep $((attempt * 10))
+  done
+  die "cannot pull $IMAGE"
+}
+
+run_container() {
+  local -a args=(
+    run --detach --name "$CONTAINER" --restart unless-stopped
+    --publish "127.0.0.1:$PORT:$CONTAINER_PORT"
+    --volume "$HOME_MOUNT:/home/jovyan"
+    --env-file "$RUN_DIR/jupyterhub.env"
+    # jupyter-server writes the hub API token into its runtime dir (jpserver-*.json), by
+    # default under the home directory, i.e. on the persistent volume: keep it in memory.
+    --tmpfs "/run/jupyter:rw,nosuid,nodev,mode=1777"
+    --env JUPYTER_RUNTIME_DIR=/run/jupyter
+    --log-driver journald --log-opt tag=notebook
+  )
+  if command -v nvidia-container-cli >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    args+=(--gpus all)
+  fi
+  args+=("$IMAGE" jupyterhub-singleuser --ip=0.0.0.0 "--port=$CONTAINER_PORT")
+  if [[ $IMAGE_KIND == rstudio ]]; then
+    # jupyter-rsession-proxy serves RStudio under /rstudio; open it instead of Jupyter.
+    args+=(--ServerApp.default_url=/rstudio)
+  fi
+  docker "${args[@]}" >/dev/null
+  log "notebook container started, listening on 127.0.0.1:$PORT"
+}
+
+start() {
+  trap cleanup EXIT
+  require_commands
+  read_conf
+  prepare_run_dir
+  # First, before the home volume is mounted: a container docker restarted at boot (after an
+  # unclean shutdown) would write to the empty mount point, with a token no longer valid. The
+  # server may also have been switched to another image while stopped.
+  remove_container "left from the previous start"
+  read_instance_identity
+  read_parameters
+  mount_home
+  pull_image
+  run_container
+}
+
+stop() {
+  remove_container "the instance is shutting down"
+}
+
+main() {
+  case ${1:-start} in
+    start) start ;;
+    stop) stop ;;
+    *) die "usage: notebook-bootstrap [start|stop]" ;;
+  esac
+}
+
+# Run, unless sourced (by the tests, which replace a function or two).
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

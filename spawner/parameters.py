@@ -1,0 +1,116 @@
+"""The server's secrets and settings in SSM Parameter Store, where only its instance reads them.
+
+Secrets never travel in user data, tags, command parameters or process arguments: the hub
+writes them here as ``SecureString`` before the instance boots, the instance's bootstrap reads
+them with the instance role at every boot, and stop deletes them. The Synapse token has its
+own parameter because it changes while the server runs: the hub refreshes it (Synapse access
+tokens live 24 h) and rewrites just that parameter; the notebook reads it on demand through
+``SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .aws import Aws, AwsError, ErrorKind
+
+#: SSM parameter names allow ``a-zA-Z0-9_.-/``; anything else in a user or server name is
+#: escaped as ``_xHH`` so two different names can never share a path.
+_UNSAFE = re.compile(r"[^a-zA-Z0-9.-]")
+
+INSTANCE_ARN_TAG = "jupyterhub:instance-arn"
+
+
+def _segment(name: str) -> str:
+    return _UNSAFE.sub(lambda m: "".join(f"_x{b:02x}" for b in m.group().encode()), name) or "_"
+
+
+@dataclass(frozen=True)
+class ServerParameters:
+    """The three parameters of one server, under ``/<prefix>/<hub>/<user>/<server>/``."""
+
+    path: str
+
+    @classmethod
+    def for_server(cls, prefix: str, hub_id: str, user: str, server: str) -> ServerParameters:
+        parts = [p for p in prefix.strip("/").split("/") if p]
+        parts += [_segment(hub_id), _segment(user), _segment(server) if server else "_"]
+        return cls("/" + "/".join(parts))
+
+    @property
+    def config(self) -> str:
+        return f"{self.path}/config"
+
+    @property
+    def env(self) -> str:
+        return f"{self.path}/jupyterhub-env"
+
+    @property
+    def synapse_token(self) -> str:
+        return f"{self.path}/synapse-token"
+
+    @property
+    def names(self) -> list[str]:
+        return [self.config, self.env, self.synapse_token]
+
+
+class ParameterStore:
+    """Writes and deletes a server's parameters; ``kms_key_id`` None uses ``alias/aws/ssm``."""
+
+    def __init__(self, aws: Aws, kms_key_id: str | None = None) -> None:
+        self.aws = aws
+        self.kms_key_id = kms_key_id
+
+    async def _put(self, name: str, value: str, *, secure: bool) -> None:
+        kwargs: dict[str, Any] = {
+            "Name": name,
+            "Value": value,
+            "Type": "SecureString" if secure else "String",
+            "Overwrite": True,
+            "Tier": "Standard" if len(value.encode()) <= 4096 else "Advanced",
+        }
+        if secure and self.kms_key_id:
+            kwargs["KeyId"] = self.kms_key_id
+        await self.aws.call("ssm", "put_parameter", **kwargs)
+
+    async def write(
+        self,
+        params: ServerParameters,
+        *,
+        config: dict[str, Any],
+        env: dict[str, str],
+        synapse_token: str,
+    ) -> None:
+        await self._put(params.config, json.dumps(config, sort_keys=True), secure=False)
+        await self._put(params.env, json.dumps(env, sort_keys=True), secure=True)
+        await self._put(params.synapse_token, synapse_token, secure=True)
+
+    async def write_synapse_token(self, params: ServerParameters, token: str) -> None:
+        await self._put(params.synapse_token, token, secure=True)
+
+    async def tag_for_instance(self, params: ServerParameters, instance_arn: str) -> None:
+        """The IAM condition that lets an instance read only its own parameters keys on this."""
+        for name in params.names:
+            await self.aws.call(
+                "ssm",
+                "add_tags_to_resource",
+                ResourceType="Parameter",
+                ResourceId=name,
+                Tags=[{"Key": INSTANCE_ARN_TAG, "Value": instance_arn}],
+            )
+
+    async def delete(self, params: ServerParameters) -> None:
+        """Idempotent: parameters already gone are fine."""
+        try:
+            await self.aws.call("ssm", "delete_parameters", Names=params.names)
+        except AwsError as e:
+            if e.kind is not ErrorKind.NOT_FOUND:
+                raise
+
+    async def exists(self, params: ServerParameters) -> list[str]:
+        """Which of the server's parameters exist (for tests and the admin view)."""
+        answer = await self.aws.call("ssm", "get_parameters", Names=params.names)
+        return sorted(p["Name"] for p in answer.get("Parameters", []))

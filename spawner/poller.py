@@ -1,0 +1,220 @@
+"""One `DescribeInstances` per interval for every server of the hub.
+
+JupyterHub polls every spawner every 30 s; one describe call per user would grow with the hub
+and trip EC2's API throttling. Instead one poller per region asks for all instances tagged
+with the hub's id (paginated) and every spawner reads its own instance from the result — the
+role kubespawner's reflector plays for pods. While a spawn waits for a state the poller runs
+at a faster interval, still one call for everybody.
+
+The poller distinguishes *unknown* from *absent*: until a describe has succeeded recently, a
+spawner must not conclude that its instance is gone (an AWS error is not "stopped").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .aws import Aws, AwsError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) GMT\)")
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+#: What `InstancePoller.get` answers while it cannot vouch for the state of the world.
+UNKNOWN: Any = _Unknown()
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What the hub needs to know of one instance, from one describe."""
+
+    instance_id: str
+    state: str
+    instance_type: str
+    tags: dict[str, str] = field(hash=False)
+    launch_time: dt.datetime | None = None
+    subnet_id: str = ""
+    availability_zone: str = ""
+    #: block device name -> volume id
+    volumes: dict[str, str] = field(default_factory=dict, hash=False)
+    state_reason: str = ""
+    #: when the state last changed, if EC2 says (it does for user-initiated stops)
+    state_since: dt.datetime | None = None
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> InstanceView:
+        transition = _TRANSITION_TIME.search(raw.get("StateTransitionReason") or "")
+        return cls(
+            instance_id=raw["InstanceId"],
+            state=raw["State"]["Name"],
+            instance_type=raw.get("InstanceType", ""),
+            tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+            launch_time=raw.get("LaunchTime"),
+            subnet_id=raw.get("SubnetId", ""),
+            availability_zone=raw.get("Placement", {}).get("AvailabilityZone", ""),
+            volumes={
+                b["DeviceName"]: b["Ebs"]["VolumeId"]
+                for b in raw.get("BlockDeviceMappings", [])
+                if "Ebs" in b
+            },
+            state_reason=(raw.get("StateReason") or {}).get("Message", ""),
+            state_since=(
+                dt.datetime.strptime(transition.group(1), "%Y-%m-%d %H:%M:%S").replace(
+                    tzinfo=dt.UTC
+                )
+                if transition
+                else None
+            ),
+        )
+
+
+class InstancePoller:
+    """The shared view of the hub's instances in one region; see the module docstring."""
+
+    _shared: dict[tuple[int, str], InstancePoller] = {}
+
+    def __init__(
+        self,
+        aws: Aws,
+        hub_id: str,
+        *,
+        interval: float = 30.0,
+        fast_interval: float = 2.0,
+        stale_after: float | None = None,
+    ) -> None:
+        self.aws = aws
+        self.hub_id = hub_id
+        self.interval = interval
+        self.fast_interval = fast_interval
+        self.stale_after = stale_after if stale_after is not None else 3 * interval + 10
+        self.instances: dict[str, InstanceView] = {}
+        self.last_success: float | None = None
+        self.last_error: AwsError | None = None
+        self.describes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._updated = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._waiters = 0
+
+    @classmethod
+    def shared(cls, aws: Aws, hub_id: str, **kwargs: Any) -> InstancePoller:
+        key = (id(aws), hub_id)
+        poller = cls._shared.get(key)
+        if poller is None:
+            poller = cls._shared[key] = cls(aws, hub_id, **kwargs)
+        poller.ensure_running()
+        return poller
+
+    # -- running -------------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        """Start the loop (or restart it, if it died): a supervisor in one line."""
+        if self._task is None or self._task.done():
+            if self._task is not None and not self._task.cancelled() and self._task.exception():
+                log.error("Instance poller died, restarting: %r", self._task.exception())
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def kick(self) -> None:
+        """Describe now (a spawn just changed something)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.refresh()
+                failures = 0
+                delay = self.fast_interval if self._waiters else self.interval
+            except AwsError as e:
+                failures += 1
+                self.last_error = e
+                delay = min(self.interval * 4, self.fast_interval * 2**failures)
+                delay *= 0.5 + random.random() / 2
+                level = logging.WARNING if e.kind is ErrorKind.THROTTLED else logging.ERROR
+                log.log(level, "DescribeInstances failed (%s); next try in %.0fs", e, delay)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def refresh(self) -> None:
+        pages = await self.aws.paginate(
+            "ec2",
+            "describe_instances",
+            Filters=[{"Name": "tag:jupyterhub:hub", "Values": [self.hub_id]}],
+        )
+        self.describes += 1
+        found: dict[str, InstanceView] = {}
+        for page in pages:
+            for reservation in page.get("Reservations", []):
+                for raw in reservation.get("Instances", []):
+                    view = InstanceView.from_api(raw)
+                    found[view.instance_id] = view
+        self.instances = found
+        self.last_success = asyncio.get_running_loop().time()
+        self.last_error = None
+        async with self._updated:
+            self._updated.notify_all()
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def fresh(self) -> bool:
+        if self.last_success is None:
+            return False
+        return asyncio.get_running_loop().time() - self.last_success < self.stale_after
+
+    def get(self, instance_id: str) -> InstanceView | None:
+        """The instance, None if a recent describe did not list it, `UNKNOWN` if not fresh."""
+        if not self.fresh:
+            return UNKNOWN
+        return self.instances.get(instance_id)
+
+    def find(self, **tags: str) -> list[InstanceView]:
+        """Instances carrying all these tags (tag names with ``:``: pass a dict via ``**``)."""
+        return [
+            v for v in self.instances.values() if all(v.tags.get(k) == t for k, t in tags.items())
+        ]
+
+    async def wait_for(self, instance_id: str, states: Iterable[str]) -> InstanceView:
+        """Wait until the instance is in one of ``states``, or in a state that cannot lead
+        there: terminated, or stopped again after it was seen pending or running. (Right after
+        StartInstances a describe may still say "stopped": that alone is not a dead end.)
+        Bound it with ``asyncio.timeout``."""
+        wanted = set(states)
+        seen_moving = False
+        self._waiters += 1
+        self.kick()
+        try:
+            async with self._updated:
+                while True:
+                    view = self.instances.get(instance_id) if self.fresh else None
+                    if view is not None:
+                        if view.state in wanted or view.state in ("terminated", "shutting-down"):
+                            return view
+                        if view.state in ("pending", "running"):
+                            seen_moving = True
+                        elif seen_moving and view.state in ("stopping", "stopped"):
+                            return view
+                    await self._updated.wait()
+        finally:
+            self._waiters -= 1

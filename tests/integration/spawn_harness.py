@@ -1,0 +1,111 @@
+"""Starting and stopping servers through the hub's REST API, and looking at the local cloud
+behind the hub's back (moto directly, so these looks are not counted as the hub's calls)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import boto3
+import requests
+
+from .harness import Hub, LocalCloud
+
+
+def moto(cloud: LocalCloud, service: str) -> Any:
+    aws = cloud.endpoints["aws"]
+    return boto3.client(
+        service,
+        endpoint_url=aws["moto_url"],
+        region_name=aws["region"],
+        aws_access_key_id=aws["access_key_id"],
+        aws_secret_access_key=aws["secret_access_key"],
+    )
+
+
+def front_control(cloud: LocalCloud, method: str, path: str, body: Any = None) -> Any:
+    r = requests.request(
+        method, f"{cloud.endpoints['aws']['control_url']}{path}", json=body, timeout=10
+    )
+    r.raise_for_status()
+    return r.json() if r.content else None
+
+
+def server_model(hub: Hub, user: str, name: str = "") -> dict[str, Any] | None:
+    model = hub.user(user)
+    return (model or {}).get("servers", {}).get(name)
+
+
+def start_server(
+    hub: Hub, user: str, options: dict[str, Any] | None = None, name: str = "", timeout: float = 120
+) -> dict[str, Any]:
+    """POST the server with ``user_options`` and wait until ready; AssertionError with the
+    hub's progress message if it failed."""
+    path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+    r = hub.api("POST", path, json=options or {})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = server_model(hub, user, name)
+        if model and model.get("ready"):
+            return model
+        if not model or not model.get("pending"):
+            raise AssertionError(f"spawn failed: {last_progress(hub, user, name)}")
+        time.sleep(0.5)
+    raise AssertionError(f"spawn did not finish in {timeout}s: {last_progress(hub, user, name)}")
+
+
+def spawn_error(hub: Hub, user: str, options: dict[str, Any], name: str = "") -> str:
+    """Start a server that must fail; the message the user is shown."""
+    path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+    r = hub.api("POST", path, json=options)
+    if r.status_code >= 400:
+        return r.json().get("message", r.text)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        model = server_model(hub, user, name)
+        if not model or not model.get("pending"):
+            return last_progress(hub, user, name)
+        time.sleep(0.5)
+    raise AssertionError("spawn neither failed nor succeeded")
+
+
+def last_progress(hub: Hub, user: str, name: str = "") -> str:
+    path = f"/users/{user}/servers/{name}/progress" if name else f"/users/{user}/server/progress"
+    r = hub.api("GET", path, stream=True)
+    message = ""
+    for line in r.iter_lines(decode_unicode=True):
+        if line.startswith("data:"):
+            message = line[5:].strip()
+    return message
+
+
+def stop_server(hub: Hub, user: str, name: str = "", timeout: float = 60) -> None:
+    path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+    r = hub.api("DELETE", path)
+    assert r.status_code in (202, 204), r.text
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = server_model(hub, user, name)
+        if not model or not (model.get("ready") or model.get("pending")):
+            return
+        time.sleep(0.5)
+    raise AssertionError("stop did not finish")
+
+
+def instances_of(cloud: LocalCloud, user: str, server: str = "_") -> list[dict[str, Any]]:
+    answer = moto(cloud, "ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:jupyterhub:user", "Values": [user]},
+            {"Name": "tag:jupyterhub:server", "Values": [server]},
+        ]
+    )
+    return [i for r in answer["Reservations"] for i in r["Instances"]]
+
+
+def user_data(cloud: LocalCloud, instance_id: str) -> str:
+    answer = moto(cloud, "ec2").describe_instance_attribute(
+        InstanceId=instance_id, Attribute="userData"
+    )
+    return base64.b64decode(answer["UserData"]["Value"]).decode()

