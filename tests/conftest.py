@@ -7,10 +7,10 @@ import pytest
 from tests.integration.harness import (
     free_port,
     hub_env,
+    hub_test_config,
     start_hub,
     start_localcloud,
     stop_group,
-    test_config,
 )
 
 
@@ -30,7 +30,7 @@ def cloud(tmp_path_factory, hub_url):
 def hub(cloud, tmp_path_factory):
     """One hub per test module, on the session's public URL (the registered redirect URI)."""
     state = tmp_path_factory.mktemp("hub")
-    env = hub_env(cloud, state, SNH_EXTRA_CONFIG=str(test_config(state)))
+    env = hub_env(cloud, state, SNH_EXTRA_CONFIG=str(hub_test_config(state)))
     hub = start_hub(env, state / "hub.log")
     yield hub
     stop_group(hub.proc)

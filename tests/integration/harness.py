@@ -90,7 +90,7 @@ class LocalCloud:
         self.control("DELETE", "/faults")
 
 
-def start_localcloud(state_dir: Path, hub_url: str) -> LocalCloud:
+def start_localcloud(state_dir: Path, hub_url: str, *extra_args: str) -> LocalCloud:
     state_dir.mkdir(parents=True, exist_ok=True)
     endpoints_file = state_dir / "endpoints.json"
     endpoints_file.unlink(missing_ok=True)
@@ -105,6 +105,7 @@ def start_localcloud(state_dir: Path, hub_url: str) -> LocalCloud:
             hub_url,
             "--synapse-port",
             "0",
+            *extra_args,
             "serve",
         ],
         cwd=REPO,
@@ -152,9 +153,9 @@ def hub_env(cloud: LocalCloud, state_dir: Path, **overrides: str) -> dict[str, s
     return env
 
 
-def test_config(state_dir: Path, refresh_age: int = 1) -> Path:
+def hub_test_config(state_dir: Path, refresh_age: int = 1, extra: str = "") -> Path:
     hub_api_port, proxy_api_port = free_port(), free_port()
-    path = state_dir / "test_config.py"
+    path = state_dir / "hub_test_config.py"
     path.write_text(
         f"""
 c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = "http://127.0.0.1:{hub_api_port}"
@@ -172,6 +173,7 @@ c.SynapseOAuthenticator.min_rotation_interval = 1
 c.SynapseOAuthenticator.http_request_kwargs = {{"connect_timeout": 2.0, "request_timeout": 3.0}}
 c.JupyterHub.log_level = "DEBUG"
 """
+        + extra
     )
     return path
 

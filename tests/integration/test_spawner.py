@@ -79,12 +79,12 @@ def parameters_of(cloud, user: str, server: str = "_") -> dict[str, str]:
 
 
 def test_start_stop_start_resumes_the_same_instance_volume_and_files(hub, cloud, community, users):
-    model = start_server(hub, "alice", JUPYTER)
-    [instance] = live(instances_of(cloud, "alice"))
+    model = start_server(hub, "alice", JUPYTER, name="resume")
+    [instance] = live(instances_of(cloud, "alice", "resume"))
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags == {
         **tags,
-        "Name": "notebook-alice",
+        "Name": "notebook-alice-resume",
         "synapse:ownerId": "3400001",
         "synapse:userName": "alice",
         "synapse:email": "alice@example.org",
@@ -92,7 +92,7 @@ def test_start_stop_start_resumes_the_same_instance_volume_and_files(hub, cloud,
         "synapse:teamId": "3500001",
         "jupyterhub:hub": "synapse-notebook-hub",
         "jupyterhub:user": "alice",
-        "jupyterhub:server": "_",
+        "jupyterhub:server": "resume",
         "jupyterhub:image": "jupyter",
     }
     assert instance["InstanceType"] == "t3.xlarge"
@@ -106,24 +106,30 @@ def test_start_stop_start_resumes_the_same_instance_volume_and_files(hub, cloud,
     assert model["state"]["instance_id"] == instance["InstanceId"]
     assert model["state"]["volume_id"] == home["Ebs"]["VolumeId"]
     assert model["state"]["version"] == 1 and model["state"]["tunnel_port"]
-    assert set(parameters_of(cloud, "alice")) == {"config", "jupyterhub-env", "synapse-token"}
+    assert set(parameters_of(cloud, "alice", "resume")) == {
+        "config",
+        "jupyterhub-env",
+        "synapse-token",
+    }
 
     # the notebook answers through the proxy and the tunnel; a file goes on the home volume
-    assert requests.get(f"{hub.url}/user/alice/api", timeout=30).status_code == 200
+    assert requests.get(f"{hub.url}/user/alice/resume/api", timeout=30).status_code == 200
     note = {"type": "file", "format": "text", "content": "kept across stop and start"}
-    assert contents(hub, "alice", "note.txt", method="PUT", body=note).status_code in (200, 201)
+    assert contents(
+        hub, "alice", "note.txt", method="PUT", body=note, server="resume"
+    ).status_code in (200, 201)
 
-    stop_server(hub, "alice")
-    [stopped] = live(instances_of(cloud, "alice"))
+    stop_server(hub, "alice", "resume")
+    [stopped] = live(instances_of(cloud, "alice", "resume"))
     assert stopped["State"]["Name"] in ("stopping", "stopped")
-    assert parameters_of(cloud, "alice") == {}
+    assert parameters_of(cloud, "alice", "resume") == {}
 
-    again = start_server(hub, "alice", JUPYTER)
+    again = start_server(hub, "alice", JUPYTER, name="resume")
     assert again["state"]["instance_id"] == instance["InstanceId"]
     assert again["state"]["volume_id"] == home["Ebs"]["VolumeId"]
     assert again["state"]["tunnel_port"] == model["state"]["tunnel_port"]
-    assert contents(hub, "alice", "note.txt").json()["content"] == note["content"]
-    stop_server(hub, "alice")
+    assert contents(hub, "alice", "note.txt", server="resume").json()["content"] == note["content"]
+    stop_server(hub, "alice", "resume")
 
 
 def test_secrets_appear_only_in_their_parameters(hub, cloud, users):

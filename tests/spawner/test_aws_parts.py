@@ -155,7 +155,8 @@ async def test_one_describe_per_interval_for_everybody(aws):
     ids = run_tagged(ec2, "hub-a", "alice", 3)
     poller = InstancePoller(aws, "hub-a", interval=30)
     poller.ensure_running()
-    await asyncio.sleep(0.3)
+    async with asyncio.timeout(10), poller._updated:
+        await poller._updated.wait_for(lambda: poller.fresh)
     for _ in range(50):
         assert poller.get(ids[0]) is not UNKNOWN
     assert aws.calls[("ec2", "describe_instances")] == 1
