@@ -58,6 +58,11 @@ _ami_root_devices: dict[tuple[int, str], str] = {}
 _communities: dict[str, CommunitiesConfig] = {}
 
 
+def _article(instance_type: str) -> str:
+    """'an m5.large', 'a t3.large': by how the family's first letter is spoken."""
+    return "an" if instance_type[:1].lower() in "aefhilmnorsx" else "a"
+
+
 class StartFailed(web.HTTPError):
     """A start that cannot succeed; the message is for the user (JupyterHub shows it on the
     progress page and in REST answers). An HTTPError, so JupyterHub logs it without a
@@ -528,7 +533,10 @@ class EC2Spawner(Spawner):
         tried: list[str] = []
         for subnet in subnet_order(community, identity):
             zone = await self._zone_of(aws, subnet)
-            self._emit(20, f"Requesting an {options.instance_type} in {zone}…")
+            self._emit(
+                20,
+                f"Requesting {_article(options.instance_type)} {options.instance_type} in {zone}…",
+            )
             request = run_instances_request(
                 community,
                 identity,

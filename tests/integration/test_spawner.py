@@ -277,3 +277,56 @@ def test_image_switch_on_a_stopped_server_keeps_the_volume(hub, cloud, users):
     assert page.status_code == 200 and "RStudio" in page.text
     assert contents(hub, "bob", "note.txt", server="switch").json()["content"] == "from jupyter"
     stop_server(hub, "bob", "switch")
+
+
+@pytest.mark.parametrize(
+    "code, user_says, admin_log",
+    [
+        ("UnauthorizedOperation", "not allowed to start this server", "check the hub's IAM role"),
+        ("InvalidAMIID.NotFound", "misconfigured", "check the community's ami"),
+    ],
+)
+def test_aws_refusals_tell_the_user_and_name_the_call_for_the_admin(
+    hub, cloud, users, code, user_says, admin_log
+):
+    front_control(
+        cloud,
+        "POST",
+        "/faults",
+        {
+            "service": "ec2",
+            "action": "RunInstances",
+            "code": code,
+            "count": None,
+        },
+    )
+    message = spawn_error(hub, "alice", JUPYTER, name=f"refused-{code.split('.')[0].lower()}")
+    assert user_says in message, message
+    log = hub.log()
+    assert f"run_instances failed for community 'ad-portal': {code}" in log
+    assert admin_log in log
+
+
+def test_progress_events_are_json_monotone_and_readable(hub, cloud, users):
+    # a slow boot, so the request returns while the spawn is pending (slow_spawn_timeout 10 s)
+    front_control(cloud, "PUT", "/simulator", {"bootDelay": 12})
+    try:
+        r = hub.api("POST", "/users/bob/servers/progress", json={"community": "ad-portal"})
+    finally:
+        front_control(cloud, "PUT", "/simulator", {"bootDelay": 2})
+    assert r.status_code == 202
+    events = []
+    stream = hub.api("GET", "/users/bob/servers/progress/progress", stream=True)
+    for line in stream.iter_lines(decode_unicode=True):
+        if line.startswith("data:"):
+            events.append(json.loads(line[5:]))
+            if events[-1].get("ready") or events[-1].get("failed"):
+                break
+    assert events[-1].get("ready"), events
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress) and progress[-1] == 100
+    messages = [e["message"] for e in events]
+    assert any(m.startswith("Requesting a t3.large in us-east-1") for m in messages), messages
+    assert any("booting" in m for m in messages), messages
+    assert any("Starting Jupyter" in m for m in messages), messages
+    stop_server(hub, "bob", "progress")
