@@ -71,5 +71,22 @@ c.JupyterHub.hub_connect_url = settings.hub_connect_url
 # Stopping or restarting the hub must never stop users' instances.
 c.JupyterHub.cleanup_servers = False
 
+# -- reconciliation: no instance runs without a server the hub shows running ------------
+c.JupyterHub.services.append(
+    {
+        "name": "reconciliation",
+        "command": [sys.executable, "-m", "spawner.reconcile", "--every", "600"],
+        "environment": settings.aws_environment(),
+    }
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "reconciliation",
+        "description": "Compare the hub's servers with its instances; stop unseen instances",
+        "scopes": ["list:users", "read:users:name", "read:servers", "admin:server_state"],
+        "services": ["reconciliation"],
+    }
+)
+
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

@@ -101,6 +101,33 @@ class HubSettings:
     hub_connect_url: str = ""
     aws_endpoint_url: str | None = None
 
+    def aws_environment(self) -> dict[str, str]:
+        """What the hub's own services (reconciliation, reaper) need to reach AWS as the hub
+        does: JupyterHub starts services with a bare environment."""
+        names = (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_REGION",
+            "AWS_REGION",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
+            "PYTHONPATH",
+        )
+        env = {name: os.environ[name] for name in names if name in os.environ}
+        env.update(
+            SNH_HUB_ID=self.hub_id,
+            SNH_COMMUNITIES_FILE=str(self.communities_file.resolve()),
+        )
+        if self.aws_endpoint_url:
+            env["SNH_AWS_ENDPOINT_URL"] = self.aws_endpoint_url
+        return env
+
     @property
     def oauth_callback_url(self) -> str:
         return f"{self.public_url}/hub/oauth_callback"

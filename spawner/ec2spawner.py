@@ -659,7 +659,7 @@ class EC2Spawner(Spawner):
             backoff_max=self.tunnel_backoff_max,
         )
 
-    async def _open_tunnel(self) -> None:
+    async def _open_tunnel(self, *, lazy: bool = False) -> None:
         """The tunnel on the server's saved port, so an existing proxy route stays valid."""
         if self.tunnel is not None:
             if self.tunnel.connected:
@@ -667,12 +667,12 @@ class EC2Spawner(Spawner):
             await self._close_tunnel()
         tunnel = self._new_tunnel(self.tunnel_port or 0)
         try:
-            await tunnel.start()
+            await tunnel.start(lazy=lazy)
         except OSError:
             # The saved port is taken by something else: any port will do for a new route.
             self.log.warning("%s: port %s taken, tunnel moves", self._log_name, self.tunnel_port)
             tunnel = self._new_tunnel(0)
-            await tunnel.start()
+            await tunnel.start(lazy=lazy)
         self.tunnel = tunnel
         self.tunnel_port = tunnel.local_port
         self._save_state()
@@ -764,16 +764,25 @@ class EC2Spawner(Spawner):
         poller = self.poller_for(self.region)
         view = poller.get(self.instance_id)
         if view is UNKNOWN:
-            return None  # cannot tell: an AWS error is not "stopped"
+            try:
+                await poller.ensure_fresh()
+            except AwsError as e:
+                self.log.warning("%s: state unknown (%s): still running", self._log_name, e)
+                return None  # cannot tell: an AWS error is not "stopped"
+            view = poller.get(self.instance_id)
+        if view is UNKNOWN:
+            return None
         if view is None:
             return await self._confirm_gone()
         if view.state in ("pending", "running"):
             if self.tunnel is None:
-                # e.g. after a hub restart: reopen on the saved port, the route stays valid
+                # After a hub restart: listen on the saved port at once, so the proxy route
+                # stays valid; the session opens with the first request (hundreds of servers
+                # do not open hundreds of sessions at once).
                 try:
-                    await self._open_tunnel()
-                except (SessionError, AwsError, OSError) as e:
-                    self.log.warning("%s: cannot reopen the tunnel yet: %s", self._log_name, e)
+                    await self._open_tunnel(lazy=True)
+                except OSError as e:
+                    self.log.warning("%s: cannot reopen the tunnel: %s", self._log_name, e)
             await self._refresh_token_if_needed()
             return None
         await self._close_tunnel()

@@ -109,6 +109,7 @@ class InstancePoller:
         self._updated = asyncio.Condition()
         self._wake = asyncio.Event()
         self._waiters = 0
+        self._refreshing: asyncio.Future[None] | None = None
 
     @classmethod
     def shared(cls, aws: Aws, hub_id: str, **kwargs: Any) -> InstancePoller:
@@ -155,6 +156,15 @@ class InstancePoller:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def ensure_fresh(self) -> None:
+        """A recent view, from one describe shared by every caller that asks at once (after a
+        hub restart, every server's first poll arrives together)."""
+        if self.fresh:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh())
+        await asyncio.shield(self._refreshing)
 
     async def refresh(self) -> None:
         pages = await self.aws.paginate(

@@ -590,6 +590,7 @@ class Tunnel:
         self._dirty_handle: asyncio.Handle | None = None
         self._ever_connected = False
         self._stopping = False
+        self._demand: asyncio.Event | None = None  # lazy start: set by the first connection
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.local_host}:{self.local_port} -> {self.target}:{self.remote_port}>"
@@ -614,12 +615,16 @@ class Tunnel:
     def url(self) -> str:
         return f"http://{self.local_host}:{self.local_port}"
 
-    async def start(self) -> None:
+    async def start(self, *, lazy: bool = False) -> None:
         """Bind the local port and open the first session.
 
         Errors that retrying cannot fix (access denied, target not connected, bad document,
         no credentials) raise `SessionError` at once; others are retried for
         ``start_timeout`` seconds. On failure the port is released again.
+
+        ``lazy``: return once the port is bound; the first session opens when the first local
+        connection arrives (which waits for it). A hub restarting with hundreds of servers
+        keeps every proxy route valid without opening hundreds of sessions at once.
         """
         if self._server is not None:
             raise RuntimeError("tunnel already started")
@@ -629,7 +634,13 @@ class Tunnel:
         )
         self.local_port = self._server.sockets[0].getsockname()[1]
         self._first = loop.create_future()
+        if lazy:
+            self._demand = asyncio.Event()
+            self._first.set_result(None)
         self._supervisor = loop.create_task(self._supervise())
+        if lazy:
+            log.info("%r listening; session opens on first use", self)
+            return
         try:
             await asyncio.shield(self._first)
         except BaseException:
@@ -738,6 +749,8 @@ class Tunnel:
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._first is not None
+        if self._demand is not None:
+            await self._demand.wait()
         start_deadline = loop.time() + self.start_timeout
         attempt = 0
         while not self._stopping:
@@ -823,6 +836,8 @@ class Tunnel:
 
     def _accept(self, conn: _Local) -> None:
         self.metrics.connections_accepted += 1
+        if self._demand is not None:
+            self._demand.set()
         if self._stopping:
             conn.reset()
             return

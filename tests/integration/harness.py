@@ -160,14 +160,14 @@ def hub_test_config(state_dir: Path, refresh_age: int = 1, extra: str = "") -> P
         f"""
 c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = "http://127.0.0.1:{hub_api_port}"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.JupyterHub.services = [{{"name": "integration-tests", "api_token": "{SERVICE_TOKEN}"}}]
-c.JupyterHub.load_roles = [{{
+c.JupyterHub.services.append({{"name": "integration-tests", "api_token": "{SERVICE_TOKEN}"}})
+c.JupyterHub.load_roles.append({{
     "name": "integration-tests",
     "scopes": ["admin:users", "admin:auth_state", "admin:groups", "admin:servers",
                "admin:server_state", "servers", "access:servers", "list:users", "read:users",
                "read:groups"],
     "services": ["integration-tests"],
-}}]
+}})
 c.Authenticator.auth_refresh_age = {refresh_age}
 c.SynapseOAuthenticator.min_rotation_interval = 1
 c.SynapseOAuthenticator.http_request_kwargs = {{"connect_timeout": 2.0, "request_timeout": 3.0}}

@@ -19,6 +19,10 @@ class FakePoller:
     def get(self, instance_id):
         return self.answer
 
+    async def ensure_fresh(self):
+        if self.answer is UNKNOWN:  # AWS does not answer
+            raise AwsError("DescribeInstances", "RequestLimitExceeded", "", ErrorKind.THROTTLED)
+
 
 class FakeAws:
     def __init__(self, error=None, state="running"):

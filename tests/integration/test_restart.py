@@ -1,0 +1,119 @@
+"""Hub restarts never lose a server: running ones are found again on the same tunnel port,
+ones stopped during the downtime show as stopped, and a hub killed in the middle of a spawn
+leaves no instance running that the hub does not show."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from .harness import SERVICE_TOKEN, hub_env, hub_test_config, sign_in, start_hub, stop_group
+from .spawn_harness import front_control, instances_of, moto, server_model, start_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def restartable(cloud, tmp_path_factory):
+    """Start/stop a hub on one state directory, like an operator's systemd unit would."""
+    state = tmp_path_factory.mktemp("hub-restart")
+    env = hub_env(cloud, state, SNH_EXTRA_CONFIG=str(hub_test_config(state)))
+    hubs = []
+
+    def start():
+        hub = start_hub(env, state / "hub.log")
+        hubs.append(hub)
+        return hub
+
+    yield start
+    for hub in hubs:
+        stop_group(hub.proc)
+
+
+def reachable(hub, user: str, server: str) -> bool:
+    path = f"/user/{user}/{server + '/' if server else ''}api/contents/"
+    r = requests.get(
+        f"{hub.url}{path}", timeout=30, headers={"Authorization": f"token {SERVICE_TOKEN}"}
+    )
+    return r.status_code == 200
+
+
+def instance_of(cloud, user: str, server: str) -> dict:
+    [instance] = [
+        i
+        for i in instances_of(cloud, user, server or "_")
+        if i["State"]["Name"] not in ("terminated", "shutting-down")
+    ]
+    return instance
+
+
+def test_restart_with_five_running_servers(restartable, cloud):
+    hub = restartable()
+    for user in ("alice", "bob"):
+        sign_in(hub, user)
+    servers = [("alice", "one"), ("alice", "two"), ("bob", "one"), ("bob", "two"), ("bob", "three")]
+    ports = {}
+    for user, name in servers:
+        community = "nf-osc" if (user, name) == ("bob", "three") else "ad-portal"
+        ports[(user, name)] = start_server(hub, user, {"community": community}, name=name)["state"][
+            "tunnel_port"
+        ]
+    stop_group(hub.proc)  # cleanup_servers = False: the instances keep running
+    for user, name in servers:
+        assert instance_of(cloud, user, name)["State"]["Name"] == "running"
+    # while the hub is down, one instance is stopped (by a person in the console, say)
+    gone = instance_of(cloud, "bob", "two")["InstanceId"]
+    moto(cloud, "ec2").stop_instances(InstanceIds=[gone])
+
+    hub = restartable()
+    for user, name in servers:
+        if (user, name) == ("bob", "two"):
+            continue
+        assert reachable(hub, user, name), (user, name)  # nobody had to do anything
+        assert server_model(hub, user, name)["state"]["tunnel_port"] == ports[(user, name)]
+    model = server_model(hub, "bob", "two")
+    assert not model or not model.get("ready")
+    for user, name in servers:
+        if (user, name) != ("bob", "two"):
+            hub.api("DELETE", f"/users/{user}/servers/{name}")
+
+
+def test_hub_killed_mid_spawn_leaves_nothing_running_unseen(restartable, cloud):
+    hub = restartable()
+    sign_in(hub, "alice")
+    front_control(cloud, "PUT", "/simulator", {"bootDelay": 8})
+    try:
+        r = hub.api("POST", "/users/alice/servers/killed", json={"community": "ad-portal"})
+        assert r.status_code in (201, 202)
+        deadline = time.monotonic() + 30
+        while not [
+            i
+            for i in instances_of(cloud, "alice", "killed")
+            if i["State"]["Name"] in ("pending", "running")
+        ]:
+            assert time.monotonic() < deadline, "no instance was launched"
+            time.sleep(0.2)
+        os.killpg(hub.proc.pid, signal.SIGKILL)  # between RunInstances and the end of start()
+        hub.proc.wait()
+    finally:
+        front_control(cloud, "PUT", "/simulator", {"bootDelay": 2})
+
+    hub = restartable()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        instance = instance_of(cloud, "alice", "killed")
+        model = server_model(hub, "alice", "killed") or {}
+        adopted = model.get("ready") and model["state"]["instance_id"] == instance["InstanceId"]
+        stopped = instance["State"]["Name"] in ("stopping", "stopped")
+        if adopted or stopped:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"instance {instance['InstanceId']} runs unseen: {model}")
+    if adopted:
+        assert reachable(hub, "alice", "killed")
+        hub.api("DELETE", "/users/alice/servers/killed")
