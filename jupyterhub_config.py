@@ -88,5 +88,42 @@ c.JupyterHub.load_roles.append(
     }
 )
 
+# -- idle culling: stop (never delete) servers idle longer than their community allows ---
+# One jupyterhub-idle-culler service per community, whose role only reaches that community's
+# group; activity is what the notebook servers report, not proxied traffic. The rules, and
+# why: hub_config/culling.py; IDLE_TIMEOUT_SECONDS / CULL_EVERY_SECONDS to try it quickly.
+from hub_config import culling  # noqa: E402 - this block's own import
+
+try:
+    cull_overrides = culling.CullingOverrides.from_environ()
+except SettingsError as e:
+    sys.exit(f"jupyterhub_config.py: {e}")
+cull_services, cull_roles = culling.culler_services(communities, cull_overrides)
+c.JupyterHub.services.extend(cull_services)
+c.JupyterHub.load_roles.extend(cull_roles)
+c.JupyterHub.proxy_class = culling.activity_proxy_class()
+cull_rules = culling.cull_rules(communities, cull_overrides)
+c.Spawner.environment.update(
+    {"JUPYTERHUB_ACTIVITY_INTERVAL": str(culling.activity_interval(cull_rules))}
+)
+# -- end of idle culling ---------------------------------------------------------------
+
+# -- operations: audit log, Prometheus metrics (/hub/metrics), the admin's server overview --
+from spawner import audit as snh_audit  # noqa: E402 - this block's own imports
+from spawner import prom as _snh_prom  # noqa: E402, F401 - registers the snh_* metrics
+from spawner.admin_view import TEMPLATE_PATH as SPAWNER_TEMPLATES  # noqa: E402
+from spawner.admin_view import overview_handler  # noqa: E402
+
+snh_audit.configure(settings.state_dir / "audit.log")
+c.JupyterHub.template_paths = [TEMPLATE_PATH, SPAWNER_TEMPLATES]
+c.JupyterHub.extra_handlers = [
+    overview_handler(
+        communities_file=str(settings.communities_file),
+        hub_id=settings.hub_id,
+        aws_endpoint_url=settings.aws_endpoint_url,
+        audit_log=str(settings.state_dir / "audit.log"),
+    )
+]
+
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

@@ -177,6 +177,8 @@ class Community:
     idle_timeout_minutes: int
     dormancy_days: int
     volume_policy: VolumePolicy
+    #: Hours after its start at which the idle culler stops a server even if in use; None: never.
+    max_age_hours: int | None = None
 
     def instance_type(self, name: str) -> InstanceType | None:
         """The allowed type called ``name``; None means the choice must be refused."""
@@ -1024,6 +1026,7 @@ def _build_community(
         max_servers_per_user=setting("max_servers_per_user"),
         idle_timeout_minutes=setting("idle_timeout_minutes"),
         dormancy_days=setting("dormancy_days"),
+        max_age_hours=entry.get("max_age_hours", defaults.get("max_age_hours")),
         volume_policy=VolumePolicy(
             snapshot_before_delete=policy.get(
                 "snapshot_before_delete", BUILTIN_DEFAULTS["snapshot_before_delete"]

@@ -22,12 +22,22 @@ stopping / stopped / shutting-down / terminated
     volume (``DeleteOnTermination``), kept otherwise.
 reboot
     both of the above.
+the idle backstop
+    while an instance runs, the simulator does what ``notebook-bootstrap backstop`` (run by a
+    systemd timer the user data installs) does on AWS (``localcloud.instances.backstop``): every
+    ``backstop_check_seconds`` it asks the notebook for its ``last_activity`` and, once the
+    instance has been idle (counted from its boot if never used) for its limit, writes why to
+    the log and shuts the guest down: the instance stops in moto with the state reason
+    ``Client.InstanceInitiatedShutdown`` (not through the AWS front: the hub made no call), its
+    notebook is killed, and the hub sees it stopped at its next poll. The limit is
+    ``backstop_idle_seconds`` when set (tests), else the instance's own (``server.conf``'s
+    ``BACKSTOP_IDLE_SECONDS``, else 24 h).
 
 Every action is one line in ``<state>/instances.log`` (never a secret). Tests and the demo
 steer it through this object or the AWS front's ``/_control/`` routes
 (``localcloud.instances.control``): ``boot_delay``, ``instances()``, ``fail_boot(id)`` (the
 instance never comes up: no notebook, no agent), ``fail_next_boots(n)``, ``kill_notebook(id)``
-(the process dies as in a crash).
+(the process dies as in a crash), ``backstop_idle_seconds`` and ``backstop_check_seconds``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,7 +55,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aws.calls import CallRecord
 from .instances.activity import ActivityLog
-from .instances.boot_reads import BootError, MotoReader, ServerParameters
+from .instances.backstop import BackstopClock, ask_notebook, idle_limit
+from .instances.boot_reads import (
+    INSTANCE_INITIATED,
+    BootError,
+    MotoReader,
+    ServerParameters,
+    mark_instance_initiated_shutdown,
+)
 from .instances.notebook import (
     NotebookProcess,
     RoleCredentials,
@@ -65,6 +83,8 @@ LISTEN_TIMEOUT = 90.0
 PARAMETER_RETRY = (0.2, 2.0)  # first and longest wait between parameter reads
 RESTART_BACKOFF = (0.5, 10.0)
 HALTED = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+#: How often the backstop looks (the instance's timer: every 5 minutes).
+BACKSTOP_CHECK_SECONDS = 60.0
 WATCHED_ACTIONS = frozenset(
     {"RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "RebootInstances"}
 )
@@ -80,6 +100,7 @@ class BootPlan:
     runtime_dir: Path
     kind: str
     port: int  # the instance's notebook port (8888)
+    backstop_limit: int = 24 * 3600
 
 
 @dataclass
@@ -103,6 +124,10 @@ class SimulatedInstance:
     halting: asyncio.Task[None] | None = None
     #: the simulator's call generation when the hub last stopped/rebooted it
     halted_at: int = 0
+    plan: BootPlan | None = None
+    backstop: BackstopClock | None = None
+    #: stopped by its own backstop (a guest shutdown), not started since
+    guest_stopped: bool = False
 
     @property
     def port(self) -> int | None:
@@ -126,6 +151,7 @@ class SimulatedInstance:
             "boots": self.boots,
             "restarts": self.restarts,
             "failBoot": self.fail_boot,
+            "backstop": self.backstop.to_json() if self.backstop and self.task else None,
         }
 
 
@@ -143,6 +169,8 @@ class InstanceSimulator:
         region: str = "us-east-1",
         boot_delay: float = DEFAULT_BOOT_DELAY,
         poll_interval: float = POLL_INTERVAL,
+        backstop_idle_seconds: float | None = None,
+        backstop_check_seconds: float = BACKSTOP_CHECK_SECONDS,
     ) -> None:
         self.moto_url = moto_url
         self.ssm = ssm
@@ -153,6 +181,9 @@ class InstanceSimulator:
         self.region = region
         self.boot_delay = boot_delay
         self.poll_interval = poll_interval
+        #: the backstop's limit for every instance (None: each instance's own)
+        self.backstop_idle_seconds = backstop_idle_seconds
+        self.backstop_check_seconds = backstop_check_seconds
         self.volumes_dir = state_dir / "volumes"
         self.runtime_root = state_dir / "runtime"
         self.consoles_dir = state_dir / "consoles"
@@ -260,15 +291,21 @@ class InstanceSimulator:
         if record.status != 200 or self._closed:
             return
         self._generation += 1
-        if record.action in ("StopInstances", "TerminateInstances", "RebootInstances"):
-            for name, value in record.params.items():
-                if name.startswith("InstanceId."):
-                    sim = self._instances.get(value)
-                    if sim is not None:
-                        sim.halted_at = self._generation
-                    if sim is not None and sim.task is not None:
-                        what = record.action.removesuffix("Instances").lower()
-                        self._start_halt(sim, f"{what} requested")
+        for name, value in record.params.items():
+            sim = self._instances.get(value) if name.startswith("InstanceId.") else None
+            if sim is None:
+                continue
+            if sim.guest_stopped and record.action == "StopInstances":
+                # EC2 leaves a stopped instance as it is; moto's StopInstances rewrites its
+                # state reason (Client.UserInitiatedShutdown): put the guest's back.
+                mark_instance_initiated_shutdown(sim.instance_id, self.region)
+                continue
+            sim.guest_stopped = False
+            if record.action in ("StopInstances", "TerminateInstances", "RebootInstances"):
+                sim.halted_at = self._generation
+                if sim.task is not None:
+                    what = record.action.removesuffix("Instances").lower()
+                    self._start_halt(sim, f"{what} requested")
         self.poke()
 
     # -- watching ------------------------------------------------------------------------------
@@ -332,7 +369,11 @@ class InstanceSimulator:
     async def _lifecycle(self, sim: SimulatedInstance) -> None:
         sim.boots += 1
         sim.phase, sim.detail = "booting", f"boot {sim.boots}"
+        sim.plan = None
+        sim.backstop = clock = BackstopClock(booted_at=time.time())
         self.activity.write(sim.instance_id, f"running: booting (boot delay {self.boot_delay:g}s)")
+        # The backstop's timer runs from the boot on, whatever the bootstrap does.
+        backstop = asyncio.create_task(self._backstop(sim, clock))
         try:
             if self.boot_delay > 0:
                 await asyncio.sleep(self.boot_delay)
@@ -345,20 +386,29 @@ class InstanceSimulator:
                     sim.instance_id,
                     "boot failed (injected): no notebook will start, the agent stays offline",
                 )
+                await backstop  # the instance runs on, without a notebook
                 return
             try:
                 plan = await self._prepare(sim)
             except (BootError, UserDataError) as exc:
                 sim.phase, sim.detail = "failed", str(exc)
                 self.activity.write(sim.instance_id, f"bootstrap failed: {exc}")
+                await backstop
                 return
+            sim.plan = plan
+            clock.limit = plan.backstop_limit
             await self._run_notebook(sim, plan)
         finally:
+            backstop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backstop
             await self._cleanup(sim)
 
     async def _prepare(self, sim: SimulatedInstance) -> BootPlan:
         iid = sim.instance_id
         conf = await self._in_thread(self.reader.server_conf, iid)
+        if sim.backstop is not None:
+            sim.backstop.limit = idle_limit(conf)
         path = conf["NOTEBOOK_PARAMETER_PATH"]
         self.activity.write(
             iid,
@@ -395,7 +445,8 @@ class InstanceSimulator:
             image=image,
         )
         port = int(conf.get("NOTEBOOK_PORT") or params.config.get("port") or 8888)
-        return BootPlan(conf, env, home, runtime_dir, kind, port)
+        limit = idle_limit(conf)
+        return BootPlan(conf, env, home, runtime_dir, kind, port, limit)
 
     async def _read_parameters(
         self, sim: SimulatedInstance, path: str, credentials: RoleCredentials
@@ -493,6 +544,49 @@ class InstanceSimulator:
         self.activity.write(
             sim.instance_id, f"agent online: sessions to port {remote_port} reach the notebook"
         )
+
+    # -- the idle backstop ----------------------------------------------------------------------
+    async def _backstop(self, sim: SimulatedInstance, clock: BackstopClock) -> None:
+        """The instance's timer: look at the notebook's activity; shut down when idle too long."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
+        while True:
+            # In short naps, so that a new check interval (tests) applies at once.
+            await asyncio.sleep(max(0.05, min(self.backstop_check_seconds, 1.0)))
+            if loop.time() - checked < self.backstop_check_seconds:
+                continue
+            checked = loop.time()
+            if self.backstop_idle_seconds is not None:
+                clock.limit = self.backstop_idle_seconds
+            elif sim.plan is not None:
+                clock.limit = sim.plan.backstop_limit
+            port, plan = sim.port, sim.plan
+            if port is not None and plan is not None and sim.phase == "running":
+                try:
+                    clock.observe(await ask_notebook(port, plan.env), time.time())
+                except Exception as exc:
+                    clock.failed(str(exc))
+            elif sim.phase != "running":
+                clock.failed(f"the notebook is not running ({sim.phase}: {sim.detail})")
+            now = time.time()
+            if clock.expired(now):
+                await self._guest_shutdown(sim, clock.reason(now))
+                return
+
+    async def _guest_shutdown(self, sim: SimulatedInstance, reason: str) -> None:
+        """``shutdown -h now`` inside the instance: EC2 stops it (never terminates)."""
+        iid = sim.instance_id
+        self.activity.write(iid, f"notebook-backstop: {reason}")
+        self.activity.write(iid, "notebook-backstop: shutdown -h now (the instance stops)")
+        self._generation += 1
+        sim.halted_at = self._generation  # a look at moto begun before must not restart it
+        try:
+            code = await self._in_thread(self.reader.guest_shutdown, iid)
+        except Exception as exc:
+            self.activity.write(iid, f"notebook-backstop: the stop failed in moto: {exc}")
+            return
+        sim.guest_stopped = code == INSTANCE_INITIATED
+        self._start_halt(sim, f"instance-initiated shutdown ({code})")
 
     # -- stopping --------------------------------------------------------------------------------
     def _start_halt(self, sim: SimulatedInstance, reason: str) -> None:

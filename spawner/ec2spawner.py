@@ -27,8 +27,9 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Enum, Float, Integer, Unicode, default, validate
 
-from hub_config import CommunitiesConfig, Community, load_communities
+from hub_config import CommunitiesConfig, Community, culling, load_communities
 
+from . import audit, prom
 from .aws import Aws, AwsError, ErrorKind
 from .bootstrap import BootstrapConfig, render_user_data
 from .launch import (
@@ -47,6 +48,7 @@ from .launch import (
 from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
 from .parameters import ParameterStore, ServerParameters
 from .poller import UNKNOWN, InstancePoller
+from .reaper import snapshot_then_terminate
 from .ssm.datachannel import SessionError
 from .ssm.tunnel import Tunnel
 
@@ -338,6 +340,36 @@ class EC2Spawner(Spawner):
         return env
 
     async def start(self) -> str:
+        began, error = time.monotonic(), None
+        try:
+            return await self._start()
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            prom.observe_spawn(
+                (self.last_options or {}).get("community"),
+                prom.spawn_outcome(error),
+                time.monotonic() - began,
+            )
+
+    def _audit(self, action: str, actor: Any = None, **fields: Any) -> None:
+        """One audit line about this server (who: the request's user, admin, culler, …).
+        Auditing must never break a start or a stop: a failure here is logged, not raised."""
+        options = self.last_options or {}
+        line = {
+            **audit.server_fields(self),
+            "community": options.get("community"),
+            "instance_type": options.get("instance_type"),
+            "image": options.get("image"),
+            **fields,
+        }
+        try:
+            audit.record(action, actor or audit.actor_for(self), **line)
+        except Exception:
+            self.log.exception("%s: could not write the audit line for %s", self._log_name, action)
+
+    async def _start(self) -> str:
         self._events = []
         self._emit(0, "Preparing your server…")
         communities = await self._user_communities()
@@ -365,9 +397,13 @@ class EC2Spawner(Spawner):
             "instance_type": options.instance_type,
             "disk_gb": options.disk_gb,
         }
+        # The resolved choices, so the idle cullers apply this server's community's rule even
+        # when the request named no community (JupyterHub saves user_options with the server).
+        self.user_options = dict(self.last_options)
         aws = self.aws_for(community.region)
         poller = self.poller_for(community.region)
         await self._check_server_limit(community, poller)
+        self._audit("start")
 
         params = self._parameters()
         store = ParameterStore(aws, self.parameter_kms_key_id)
@@ -405,6 +441,7 @@ class EC2Spawner(Spawner):
             self._emit(85, f"Starting {kind}…")
             await self._wait_notebook()
         except BaseException as e:
+            self._audit("start_failed", error=str(e)[:300])
             await self._cleanup_failed_start(aws, launched_now, e)
             if isinstance(e, AwsError):
                 raise self._aws_failure(e, community, e.operation) from None
@@ -486,8 +523,10 @@ class EC2Spawner(Spawner):
                     )
                 self._emit(20, f"Starting your stopped instance {view.instance_id}…")
                 await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+                self._audit("resume", instance_id=view.instance_id)
             else:
                 self._emit(20, f"Reconnecting to your running instance {view.instance_id}…")
+                self._audit("adopt", instance_id=view.instance_id)
             poller.kick()
             return False
         await self._launch(community, identity, options, aws)
@@ -526,6 +565,7 @@ class EC2Spawner(Spawner):
                 parameter_path=self._parameters().path,
                 region=community.region,
                 port=self.notebook_port,
+                backstop_idle_seconds=self._backstop_seconds(community),
             )
         )
         token = client_token(identity, self.launch_id)
@@ -569,11 +609,20 @@ class EC2Spawner(Spawner):
             self.launch_id = None
             self._save_state()
             self.log.info("%s: launched %s in %s", self._log_name, self.instance_id, subnet)
+            self._audit("launch", instance_id=self.instance_id, subnet=subnet)
             return
         raise StartFailed(
             f"AWS has no {options.instance_type} capacity right now in "
             f"{', '.join(tried)}. Pick another instance type, or try again in a few minutes."
         )
+
+    def _backstop_seconds(self, community: Community) -> int:
+        """The instance's own idle limit: a second, larger timeout than the hub's culler."""
+        overrides = culling.CullingOverrides.from_environ()
+        rule = next(
+            r for r in culling.cull_rules([community], overrides) if r.community == community.id
+        )
+        return culling.backstop_idle_seconds(rule.timeout_seconds)
 
     async def _run_instances(self, aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
         """One subnet's RunInstances: throttling and transient errors retried here, with
@@ -674,6 +723,7 @@ class EC2Spawner(Spawner):
             tunnel = self._new_tunnel(0)
             await tunnel.start(lazy=lazy)
         self.tunnel = tunnel
+        prom.track_tunnel(tunnel.metrics)
         self.tunnel_port = tunnel.local_port
         self._save_state()
 
@@ -712,6 +762,7 @@ class EC2Spawner(Spawner):
             else:
                 await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
             self.log.info("%s: %s instance after failed start", self._log_name, action)
+            self._audit(action, audit.HUB, reason="failed start")
         except AwsError as e:
             self.log.error(
                 "%s: could not %s %s after a failed start: %s",
@@ -785,7 +836,21 @@ class EC2Spawner(Spawner):
                     self.log.warning("%s: cannot reopen the tunnel: %s", self._log_name, e)
             await self._refresh_token_if_needed()
             return None
+        if self.tunnel is not None:
+            # The hub believed it up: it stopped by itself (its backstop) or behind our back.
+            self._audit(
+                "stopped",
+                audit.BACKSTOP,
+                reason=view.state_reason or view.state,
+                stopped_since=view.state_since,
+            )
         await self._close_tunnel()
+        # JupyterHub calls no stop() for a server that poll() finds stopped (its backstop shut
+        # it down, or someone stopped it in the console): its secrets go now.
+        try:
+            await ParameterStore(self.aws_for(self.region)).delete(self._parameters())
+        except AwsError as e:
+            self.log.warning("%s: could not delete the parameters: %s", self._log_name, e)
         return 0
 
     async def _confirm_gone(self) -> int | None:
@@ -827,6 +892,7 @@ class EC2Spawner(Spawner):
     async def _close_tunnel(self) -> None:
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
+            prom.untrack_tunnel(tunnel.metrics)
             with contextlib.suppress(Exception):
                 await tunnel.stop()
 
@@ -839,6 +905,7 @@ class EC2Spawner(Spawner):
         if self.instance_id:
             try:
                 await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
+                self._audit("stop")
             except AwsError as e:
                 if e.kind is not ErrorKind.NOT_FOUND:
                     raise
@@ -847,16 +914,21 @@ class EC2Spawner(Spawner):
         self.log.info("%s: stopped %s (volume kept)", self._log_name, self.instance_id)
 
     async def delete_forever(self) -> None:
-        """Deleting a named server (or the user) terminates its instance."""
+        """Deleting a named server (or the user) terminates its instance: the home volume is
+        snapshotted first when the community says so (``reaper.snapshot_then_terminate``)."""
         if not self.instance_id or not self.region:
             return
         aws = self.aws_for(self.region)
         with contextlib.suppress(AwsError):
             await ParameterStore(aws).delete(self._parameters())
-        try:
-            await aws.call("ec2", "terminate_instances", InstanceIds=[self.instance_id])
-        except AwsError as e:
-            if e.kind is not ErrorKind.NOT_FOUND:
-                raise
+        view = self.poller_for(self.region).get(self.instance_id)
+        community = self.communities_config.by_id((self.last_options or {}).get("community", ""))
+        await snapshot_then_terminate(
+            aws,
+            view if view not in (None, UNKNOWN) else self.instance_id,
+            community,
+            audit.actor_for(self),
+            "server deleted" if self.name else "user deleted",
+        )
         self.log.info("%s: terminated %s", self._log_name, self.instance_id)
         self.instance_id = self.volume_id = self.tunnel_port = None

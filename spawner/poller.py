@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import prom
 from .aws import Aws, AwsError, ErrorKind
 
 log = logging.getLogger(__name__)
 
-_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) GMT\)")
+# EC2 writes "GMT"; moto >= 5.1 writes "UTC"
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
 
 
 class _Unknown:
@@ -180,6 +182,7 @@ class InstancePoller:
                     view = InstanceView.from_api(raw)
                     found[view.instance_id] = view
         self.instances = found
+        prom.update_from_poller(found.values(), region=self.aws.region)
         self.last_success = asyncio.get_running_loop().time()
         self.last_error = None
         async with self._updated:

@@ -17,8 +17,9 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -475,3 +476,198 @@ async def test_ctrl_c_leaves_no_notebook_behind(
     os.killpg(proc.pid, signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert not alive(pid)
+
+
+# --- idle culling: what counts as activity, and the instance's backstop ------------------------
+
+
+class ActivityHubApi(FakeHubApi):
+    """The fake hub API, which also takes the activity the server reports, as the hub does
+    (``POST /hub/api/users/<name>/activity``, ``JUPYTERHUB_ACTIVITY_URL``)."""
+
+    def initialize(  # type: ignore[override]
+        self, tokens: dict[str, str], reports: dict[str, list[str]]
+    ) -> None:
+        super().initialize(tokens)
+        self.reports = reports
+
+    def post(self, path: str) -> None:
+        user = path.removeprefix("/users/").removesuffix("/activity")
+        token = self.request.headers.get("Authorization", "").removeprefix("token ").strip()
+        if self.tokens.get(token) != user:
+            raise tornado.web.HTTPError(403)
+        body = json.loads(self.request.body)
+        self.reports.setdefault(user, []).append(body["servers"][""]["last_activity"])
+        self.set_status(200)
+        self.finish({})
+
+
+@dataclass
+class ActivityWorld(World):
+    """Servers that report their activity every second to the fake hub API."""
+
+    reports: dict[str, list[str]] = field(default_factory=dict)
+
+    def hub_env(self, user: str, path: str, token: str) -> dict[str, str]:
+        return {
+            **super().hub_env(user, path, token),
+            "JUPYTERHUB_ACTIVITY_URL": f"{self.hub_url}/hub/api/users/{user}/activity",
+            "JUPYTERHUB_ACTIVITY_INTERVAL": "1",
+        }
+
+    def reported(self, user: str) -> list[str]:
+        return list(self.reports.get(user, []))
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def activity_hub() -> AsyncIterator[tuple[str, dict[str, str], dict[str, list[str]]]]:
+    tokens: dict[str, str] = {}
+    reports: dict[str, list[str]] = {}
+    app = tornado.web.Application(
+        [(r"/hub/api(.*)", ActivityHubApi, {"tokens": tokens, "reports": reports})]
+    )
+    sockets = bind_sockets(0, "127.0.0.1")
+    hub = HTTPServer(app)
+    hub.add_sockets(sockets)
+    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}", tokens, reports
+    hub.stop()
+
+
+@pytest.fixture
+def activity_world(
+    aws: LocalAws, activity_hub: tuple[str, dict[str, str], dict[str, list[str]]]
+) -> ActivityWorld:
+    url, tokens, reports = activity_hub
+    return ActivityWorld(aws.client, aws.ids, url, tokens, reports)
+
+
+async def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {within}s: {what}")
+
+
+async def status(base: str, token: str) -> dict[str, Any]:
+    answer = await fetch(f"{base}/api/status", token)
+    assert answer.code == 200, answer.body
+    return json.loads(answer.body)
+
+
+async def test_rstudio_event_long_polls_are_not_activity(
+    activity_world: ActivityWorld, aws: LocalAws
+) -> None:
+    """An open RStudio tab keeps ``get_events`` pending for ever, through jupyter-server-proxy
+    (which records every proxied request as activity): with the RStudio image's filter, the
+    activity the server reports to the hub does not move; RStudio's RPC calls move it."""
+    world = activity_world
+    rita = await world.launch("rita", kind="rstudio")
+    sim = await aws.simulator.wait_for(rita.instance_id, "running", 30)
+    base = f"http://127.0.0.1:{sim.port}/user/rita"
+    await until(lambda: world.reported("rita"), 15, "a first activity report")
+    before = (await status(base, rita.token))["last_activity"]
+
+    async def open_tab(polls: int) -> None:
+        for _ in range(polls):
+            answer = await fetch(
+                f"{base}/rstudio/events/get_events", rita.token, method="POST", body="{}"
+            )
+            assert answer.code == 200 and json.loads(answer.body)["result"]["events"] == []
+
+    await asyncio.gather(open_tab(4), open_tab(4))  # two tabs, about 4 s of polling
+    await asyncio.sleep(1.5)  # more than the report interval
+    assert (await status(base, rita.token))["last_activity"] == before
+    assert max(world.reported("rita")) == before
+
+    typed = await fetch(f"{base}/rstudio/rpc/console_input", rita.token, method="POST", body="{}")
+    assert typed.code == 200
+    after = (await status(base, rita.token))["last_activity"]
+    assert after > before
+    await until(lambda: max(world.reported("rita")) >= after, 10, "the new activity reported")
+
+    await world.call("ec2", "terminate_instances", InstanceIds=[rita.instance_id])
+    await aws.simulator.wait_for(rita.instance_id, "terminated", 15)
+
+
+async def test_the_backstop_stops_idle_instances_and_spares_used_ones(
+    activity_world: ActivityWorld, aws: LocalAws
+) -> None:
+    """Three instances, a backstop limit of 3 s: one never used, one whose notebook cannot
+    reach its hub (its token is unknown there, so it cannot say how active it is), one in use.
+    The first two stop themselves, as a guest ``shutdown -h now`` does; the third runs on."""
+    world = activity_world
+    simulator = aws.simulator
+    simulator.backstop_check_seconds = 0.25
+    try:
+        unused = await world.launch("uma")
+        cut_off = await world.launch("otto")
+        world.tokens.pop(cut_off.token)  # its hub no longer knows it
+        used = await world.launch("ursula")
+        for launch in (unused, cut_off, used):
+            await simulator.wait_for(launch.instance_id, "running", 30)
+        started = asyncio.get_running_loop().time()
+        simulator.backstop_idle_seconds = 3
+        base = f"http://127.0.0.1:{simulator.get(used.instance_id).port}/user/ursula"
+
+        async def stopped(launch: Launch) -> dict[str, Any]:
+            await simulator.wait_for(launch.instance_id, "stopped", 20)
+            answer = await world.call("ec2", "describe_instances", InstanceIds=[launch.instance_id])
+            return answer["Reservations"][0]["Instances"][0]
+
+        async def keep_using() -> None:
+            while asyncio.get_running_loop().time() - started < 6:
+                assert (await fetch(f"{base}/api/contents", used.token)).code == 200
+                await asyncio.sleep(0.5)
+
+        results = await asyncio.gather(stopped(unused), stopped(cut_off), keep_using())
+        for instance in results[:2]:
+            assert instance["State"]["Name"] == "stopped"
+            assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+        assert simulator.get(used.instance_id).phase == "running"  # 6 s, in use
+        log = simulator.activity.path.read_text()
+        assert f"{unused.instance_id} notebook-backstop: stopping this instance: no notebook " in (
+            log
+        )
+        assert "the notebook answered at" in log
+        cut_line = next(
+            line
+            for line in log.splitlines()
+            if f"{cut_off.instance_id} notebook-backstop: stopping" in line
+        )
+        assert "since the boot" in cut_line and "HTTP 403" in cut_line
+        assert used.token not in log and unused.token not in log
+
+        # Left alone, the used one stops too, its limit after its last activity.
+        last_use = asyncio.get_running_loop().time()
+        await stopped(used)
+        assert asyncio.get_running_loop().time() - last_use >= 2.5
+        # Stopped is not gone: Start brings the same instance back, its backstop counting
+        # afresh from the new boot, with the instance's own limit again (24 h here).
+        simulator.backstop_idle_seconds = None
+        await world.call("ec2", "start_instances", InstanceIds=[unused.instance_id])
+        sim = await simulator.wait_for(unused.instance_id, "running", 30)
+        assert sim.boots == 2 and sim.backstop is not None
+        assert sim.backstop.limit == 24 * 3600
+        assert sim.backstop.last_activity > time.time() - 30  # not the first boot's
+    finally:
+        simulator.backstop_idle_seconds = None
+        simulator.backstop_check_seconds = 60.0
+    ids = [unused.instance_id, cut_off.instance_id, used.instance_id]
+    await world.call("ec2", "terminate_instances", InstanceIds=ids)
+    await simulator.wait_for(unused.instance_id, "terminated", 15)
+
+
+async def test_the_rstudio_image_enables_the_filter_the_simulator_loads() -> None:
+    from localcloud.instances.notebook import ACTIVITY_FILTER, RSTUDIO_IMAGE_DIR, notebook_command
+
+    config = RSTUDIO_IMAGE_DIR / "jupyter_server_config.d" / f"{ACTIVITY_FILTER}.json"
+    enabled = json.loads(config.read_text())["ServerApp"]["jpserver_extensions"]
+    assert enabled == {ACTIVITY_FILTER: True}
+    assert (RSTUDIO_IMAGE_DIR / f"{ACTIVITY_FILTER}.py").is_file()
+    command = notebook_command(8888, Path("/tmp"), "rstudio")
+    assert f"--ServerApp.jpserver_extensions={ACTIVITY_FILTER}=True" in command
+    assert not any(ACTIVITY_FILTER in arg for arg in notebook_command(8888, Path("/"), "jupyter"))

@@ -6,7 +6,10 @@ through the AWS front: they neither count in its call log nor meet its fault rul
 - user data: ``DescribeInstanceAttribute(userData)`` (cloud-init reads it from IMDS);
 - the role's credentials: the instance profile's role, ``AssumeRole``'d in moto (IMDS serves
   them on AWS);
-- the server's parameters, read *with those credentials* as the bootstrap does.
+- the server's parameters, read *with those credentials* as the bootstrap does;
+- and one thing an instance does to itself: ``shutdown -h now`` from inside (the idle
+  backstop), which EC2 turns into a stop whose state reason is
+  ``Client.InstanceInitiatedShutdown`` (``guest_shutdown``).
 """
 
 from __future__ import annotations
@@ -116,3 +119,38 @@ class MotoReader:
                 return False
             raise
         return bool(volumes)
+
+    def guest_shutdown(self, instance_id: str) -> str:
+        """What EC2 does when the guest shuts itself down and the instance's
+        InstanceInitiatedShutdownBehavior is ``stop``: the instance stops, volumes attached.
+
+        moto has no guest, so: StopInstances on moto, then the state reason EC2 documents for
+        it (``Client.InstanceInitiatedShutdown``) in place of the API stop's
+        ``Client.UserInitiatedShutdown`` — possible only while moto runs in this process (as
+        the local cloud runs it). Returns the state reason code DescribeInstances now shows.
+        """
+        self.ec2.stop_instances(InstanceIds=[instance_id])
+        return mark_instance_initiated_shutdown(instance_id, self.region)
+
+
+INSTANCE_INITIATED = "Client.InstanceInitiatedShutdown"
+
+
+def mark_instance_initiated_shutdown(instance_id: str, region: str) -> str:
+    """Give a stopped instance in the in-process moto the guest shutdown's state reason."""
+    try:
+        from moto.ec2.models import ec2_backends
+        from moto.ec2.models.instances import StateReason
+    except ImportError:  # pragma: no cover - moto is part of the local cloud's extras
+        return "Client.UserInitiatedShutdown"
+    for account in list(ec2_backends):
+        try:
+            instance = ec2_backends[account][region].get_instance(instance_id)
+        except Exception:  # InvalidInstanceIdError: another account's, or moto is elsewhere
+            continue
+        instance.state_reason = StateReason(
+            f"{INSTANCE_INITIATED}: Instance initiated shutdown", INSTANCE_INITIATED
+        )
+        instance._reason = ""
+        return INSTANCE_INITIATED
+    return "Client.UserInitiatedShutdown"

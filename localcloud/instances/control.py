@@ -5,7 +5,10 @@ method  path                                    body / answer
 ======  ======================================  ===============================================
 GET     /_control/instances                     ``{"instances": [...], "bootDelay": s}``: id,
                                                 state, phase, port, pid, volume directory, ...
-PUT     /_control/simulator                     ``{"bootDelay": s}`` -> current settings
+PUT     /_control/simulator                     ``{"bootDelay": s, "backstopIdleSeconds": s |
+                                                null, "backstopCheckSeconds": s}`` (any of
+                                                them) -> current settings; null: each
+                                                instance's own backstop limit
 POST    /_control/instances/{id}/fail-boot      ``{"fail": true|false}``: its boots fail (no
                                                 notebook, agent offline) -> the instance
 POST    /_control/boot-failures                 ``{"count": n}``: the next n boots fail
@@ -25,7 +28,21 @@ if TYPE_CHECKING:
 
 
 def _settings(simulator: InstanceSimulator) -> dict[str, Any]:
-    return {"bootDelay": simulator.boot_delay, "pollInterval": simulator.poll_interval}
+    return {
+        "bootDelay": simulator.boot_delay,
+        "pollInterval": simulator.poll_interval,
+        "backstopIdleSeconds": simulator.backstop_idle_seconds,
+        "backstopCheckSeconds": simulator.backstop_check_seconds,
+    }
+
+
+def _seconds(body: dict[str, Any], key: str, *, positive: bool = False) -> float:
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError(400, f"{key} must be a number of seconds")
+    if value < 0 or (positive and value == 0):
+        raise ControlError(400, f"{key} must be {'positive' if positive else 'at least 0'}")
+    return float(value)
 
 
 class InstancesHandler(ControlHandler):
@@ -48,6 +65,16 @@ class SettingsHandler(ControlHandler):
             if delay < 0:
                 raise ControlError(400, "bootDelay cannot be negative")
             self.standin.boot_delay = delay
+        if "backstopIdleSeconds" in body:
+            self.standin.backstop_idle_seconds = (
+                None
+                if body["backstopIdleSeconds"] is None
+                else _seconds(body, "backstopIdleSeconds", positive=True)
+            )
+        if "backstopCheckSeconds" in body:
+            self.standin.backstop_check_seconds = _seconds(
+                body, "backstopCheckSeconds", positive=True
+            )
         self.reply(_settings(self.standin))
 
 

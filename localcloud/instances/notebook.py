@@ -13,7 +13,10 @@ this venv) runs as a process of its own group, with:
   real instance it must not be on the persistent disk either;
 - ``AWS_ENDPOINT_URL`` (the AWS front), the region and the role's temporary credentials, as
   IMDS would give them to the container;
-- a free port standing in for the instance's 8888.
+- a free port standing in for the instance's 8888;
+- for the ``rstudio`` kind, the RStudio stand-in page (``rstudio_page``) and the RStudio
+  image's activity filter (``images/rstudio/rstudio_activity_filter.py``: RStudio's event
+  long-poll is not activity), loaded as the image loads it, as a jupyter-server extension.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from .rstudio_page import IMAGE_ENV
 from .rstudio_page import PATH as RSTUDIO_PATH
 
 BIN_DIR = Path(sys.executable).parent
+#: Where the RStudio image's jupyter-server extensions are (installed into the image from here).
+RSTUDIO_IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "rstudio"
+ACTIVITY_FILTER = "rstudio_activity_filter"
 SINGLEUSER = BIN_DIR / "jupyterhub-singleuser"
 SYNAPSE_CONFIG_MARKER = "# Written by the local cloud's instance simulator"
 
@@ -84,6 +90,15 @@ def notebook_environment(
     return env
 
 
+def kind_environment(env: dict[str, str], kind: str) -> dict[str, str]:
+    """``env`` with what the image of ``kind`` has installed: for RStudio, the directory of
+    its activity filter on the Python path (site-packages, in the image)."""
+    if kind != "rstudio":
+        return env
+    paths = [str(RSTUDIO_IMAGE_DIR), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def notebook_command(port: int, home: Path, kind: str) -> list[str]:
     """The command line: ports and paths only, no secret."""
     command = [
@@ -104,6 +119,7 @@ def notebook_command(port: int, home: Path, kind: str) -> list[str]:
         command += [
             f"--ServerApp.default_url={RSTUDIO_PATH}",
             "--ServerApp.jpserver_extensions=localcloud.instances.rstudio_page=True",
+            f"--ServerApp.jpserver_extensions={ACTIVITY_FILTER}=True",
         ]
     return command
 
@@ -152,7 +168,7 @@ class NotebookProcess:
         with console.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
                 *notebook_command(port, home, kind),
-                env=env,
+                env=kind_environment(env, kind),
                 cwd=str(home),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,

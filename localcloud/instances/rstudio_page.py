@@ -6,12 +6,26 @@ server with this extension and ``default_url`` ``/rstudio``: the user lands, aut
 the hub as for the real thing, on a page that says which image would run and that RStudio
 itself is not available here. Loaded with
 ``--ServerApp.jpserver_extensions=localcloud.instances.rstudio_page=True``.
+
+Two of RStudio's own endpoints are imitated, for the idle-culling rules
+(``images/rstudio/rstudio_activity_filter.py``, which the simulator loads with this one):
+
+- ``/rstudio/events/get_events``, the event long-poll an open RStudio tab keeps pending at all
+  times: answered after ``LONG_POLL_SECONDS`` with no event;
+- ``/rstudio/rpc/<method>``, the calls RStudio's client makes when the user does something
+  (console input, saving a file): answered at once.
+
+Both record activity exactly as jupyter-server-proxy does for every request it proxies
+(``settings["api_last_activity"] = now``, when the request starts; here also when it ends), so
+that what the filter lets through or not is what it would on the real image.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import tornado.web
@@ -20,6 +34,8 @@ from jupyter_server.utils import url_path_join
 
 PATH = "/rstudio"
 IMAGE_ENV = "LOCALCLOUD_IMAGE"
+#: How long the imitated event long-poll waits before answering "no event".
+LONG_POLL_SECONDS = 1.0
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>RStudio (local cloud)</title>
@@ -50,11 +66,55 @@ class RStudioPage(JupyterHandler):
         )
 
 
+class _ProxiedLikeRStudio(JupyterHandler):
+    """What jupyter-server-proxy's handler does around a request to RStudio."""
+
+    def check_xsrf_cookie(self) -> None:
+        """RStudio has its own CSRF protection; jupyter-server-proxy skips jupyter's."""
+
+    def record_activity(self) -> None:
+        self.settings["api_last_activity"] = datetime.now(UTC)
+
+
+class RStudioEvents(_ProxiedLikeRStudio):
+    """RStudio's event long-poll: pending until an event (here: none) or a timeout."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self._poll()
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self._poll()
+
+    async def _poll(self) -> None:
+        self.record_activity()
+        await asyncio.sleep(LONG_POLL_SECONDS)
+        self.record_activity()
+        self.finish({"result": {"events": []}})
+
+
+class RStudioRpc(_ProxiedLikeRStudio):
+    """One of RStudio's RPC calls: something the user did."""
+
+    @tornado.web.authenticated
+    def post(self, method: str) -> None:
+        self.record_activity()
+        self.finish({"result": None, "method": method})
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     return [{"module": __name__}]
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app = serverapp.web_app
-    route = url_path_join(web_app.settings["base_url"], PATH) + "/?"
-    web_app.add_handlers(".*$", [(route, RStudioPage)])
+    base = url_path_join(web_app.settings["base_url"], PATH)
+    web_app.add_handlers(
+        ".*$",
+        [
+            (base + "/?", RStudioPage),
+            (url_path_join(base, "events/get_events") + "/?", RStudioEvents),
+            (url_path_join(base, "rpc/([A-Za-z0-9_]+)"), RStudioRpc),
+        ],
+    )

@@ -1,11 +1,16 @@
 """The user data of a server's instance: what makes a plain AMI run the notebook at every boot.
 
-``render_user_data`` writes a ``#cloud-config`` document that installs three files and enables
-the bootstrap unit; the unit then runs ``notebook-bootstrap`` at every boot (cloud-init's own
+``render_user_data`` writes a ``#cloud-config`` document that installs five files and enables
+two units: the bootstrap unit, which runs ``notebook-bootstrap`` at every boot (cloud-init's own
 modules run once per instance, but a stopped server's instance must come back by itself when
 the hub starts it again). The document holds no secret, and the renderer takes none: the
 instance reads the server's parameters with its own role, so user data (readable by anyone
 allowed ``DescribeInstanceAttribute``, and kept for the instance's lifetime) never needs one.
+The other is the idle backstop's timer (``notebook-backstop.timer``, every 5 minutes, running
+``notebook-bootstrap backstop``): it shuts the instance down (``shutdown -h now``; the hub
+launches with InstanceInitiatedShutdownBehavior=stop, so it stops) once its notebook has been
+idle for ``BootstrapConfig.backstop_idle_seconds`` (24 h unless set), for when the hub's idle
+culler cannot stop it.
 
 The script and the unit are real files next to this module, so that shellcheck and
 ``systemd-analyze verify`` check exactly what is shipped.
@@ -27,11 +32,19 @@ SERVER_CONF_PATH = "/etc/notebook-hub/server.conf"
 SCRIPT_PATH = "/usr/local/sbin/notebook-bootstrap"
 UNIT_NAME = "notebook-bootstrap.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+BACKSTOP_SERVICE_NAME = "notebook-backstop.service"
+BACKSTOP_TIMER_NAME = "notebook-backstop.timer"
+BACKSTOP_SERVICE_PATH = f"/etc/systemd/system/{BACKSTOP_SERVICE_NAME}"
+BACKSTOP_TIMER_PATH = f"/etc/systemd/system/{BACKSTOP_TIMER_NAME}"
 #: EC2's limit on user data (before the base64 encoding boto3 adds).
 MAX_USER_DATA_BYTES = 16 * 1024
 
 #: The keys of ``server.conf``, in the order they are written.
 SERVER_CONF_KEYS = ("NOTEBOOK_PARAMETER_PATH", "AWS_REGION", "NOTEBOOK_PORT", "HOME_DEVICE")
+#: Written after those only when set (the backstop's own default applies otherwise).
+BACKSTOP_KEY = "BACKSTOP_IDLE_SECONDS"
+#: The backstop's limit when neither server.conf nor the config parameter sets one.
+DEFAULT_BACKSTOP_IDLE_SECONDS = 24 * 3600
 
 # SSM parameter names: letters, digits and _ . - / (no spaces, no quotes). Restricting values
 # to such characters keeps server.conf plain KEY=value lines that the script parses (it never
@@ -52,6 +65,12 @@ class BootstrapConfig:
     port: int = 8888
     #: Attachment name of the home volume (``run_instances_request``'s ``HOME_DEVICE``).
     home_device: str = "/dev/sdf"
+    #: The idle backstop's limit in seconds: the instance stops itself once its notebook has
+    #: been idle this long (from its boot, if never used). ``None``: the backstop's default,
+    #: 24 h, and no ``BACKSTOP_IDLE_SECONDS`` line in server.conf. The hub's idle culler must
+    #: act well before (``hub_config.culling.backstop_idle_seconds``: twice its timeout, at
+    #: least an hour). Fixed at launch, like all of server.conf.
+    backstop_idle_seconds: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.parameter_path, str) or not _PARAMETER_PATH_RE.fullmatch(
@@ -69,6 +88,14 @@ class BootstrapConfig:
             raise ValueError(f"port must be from 1 to 65535 (got {self.port})")
         if not isinstance(self.home_device, str) or not _DEVICE_RE.fullmatch(self.home_device):
             raise ValueError(f"home_device must be like /dev/sdf (got {self.home_device!r:.40})")
+        seconds = self.backstop_idle_seconds
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds < 10**10
+        ):
+            raise ValueError(
+                f"backstop_idle_seconds must be a positive whole number of seconds "
+                f"(got {seconds!r:.40})"
+            )
 
 
 def bootstrap_script() -> str:
@@ -81,6 +108,11 @@ def bootstrap_unit() -> str:
     return _resource("notebook-bootstrap.service")
 
 
+def backstop_units() -> tuple[str, str]:
+    """The backstop's service and timer as shipped."""
+    return _resource(BACKSTOP_SERVICE_NAME), _resource(BACKSTOP_TIMER_NAME)
+
+
 def _resource(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
@@ -88,7 +120,10 @@ def _resource(name: str) -> str:
 def server_conf(config: BootstrapConfig) -> str:
     """The text of ``/etc/notebook-hub/server.conf`` for ``config``."""
     values = (config.parameter_path, config.region, str(config.port), config.home_device)
-    return "".join(f"{key}={value}\n" for key, value in zip(SERVER_CONF_KEYS, values, strict=True))
+    lines = [f"{key}={value}\n" for key, value in zip(SERVER_CONF_KEYS, values, strict=True)]
+    if config.backstop_idle_seconds is not None:
+        lines.append(f"{BACKSTOP_KEY}={config.backstop_idle_seconds}\n")
+    return "".join(lines)
 
 
 def render_user_data(config: BootstrapConfig) -> str:
@@ -97,8 +132,10 @@ def render_user_data(config: BootstrapConfig) -> str:
     The script travels gzip-compressed and base64-encoded (``encoding: gz+b64``, decoded by
     cloud-init's ``write_files``): as text, with the unit and YAML around it, it would come
     close to EC2's 16 KB limit. The unit is enabled and started without waiting (``--no-block``)
-    so cloud-init finishes while the bootstrap still waits for parameters or pulls the image.
+    so cloud-init finishes while the bootstrap still waits for parameters or pulls the image;
+    so is the backstop's timer, which then fires at every boot.
     """
+    backstop_service, backstop_timer = backstop_units()
     document = {
         "write_files": [
             {
@@ -120,10 +157,23 @@ def render_user_data(config: BootstrapConfig) -> str:
                 "permissions": "0644",
                 "content": bootstrap_unit(),
             },
+            {
+                "path": BACKSTOP_SERVICE_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": backstop_service,
+            },
+            {
+                "path": BACKSTOP_TIMER_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": backstop_timer,
+            },
         ],
         "runcmd": [
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "--no-block", UNIT_NAME],
+            ["systemctl", "enable", "--now", "--no-block", BACKSTOP_TIMER_NAME],
         ],
     }
     text = "#cloud-config\n" + yaml.dump(

@@ -9,6 +9,9 @@
 #                              mount the home volume, run the notebook container
 #   notebook-bootstrap stop    remove the container (at shutdown: the next boot must not find
 #                              a container that docker would restart with a stale token)
+#   notebook-bootstrap backstop  the idle backstop (notebook-backstop.timer, every 5 minutes):
+#                              shut down (the instance stops) once the notebook has been idle
+#                              too long; see backstop() below
 #
 # Secrets (the hub API token) only ever sit in /run/notebook-hub (tmpfs, mode 0700, files
 # 0600), reach docker through --env-file, and are never in arguments or logs; the Synapse
@@ -26,6 +29,9 @@ readonly ROOT=${NOTEBOOK_BOOTSTRAP_ROOT:-}
 readonly CONF=${ROOT}/etc/notebook-hub/server.conf
 readonly RUN_DIR=${ROOT}/run/notebook-hub
 readonly HOME_MOUNT=${ROOT}/srv/notebook-home
+# The backstop's state, on tmpfs: forgotten at every boot.
+readonly BACKSTOP_DIR=${ROOT}/run/notebook-backstop
+readonly BACKSTOP_LOG=${ROOT}/var/log/notebook-backstop.log
 readonly CONTAINER=notebook
 readonly CONTAINER_PORT=8888
 readonly IMDS=http://169.254.169.254/latest
@@ -79,6 +85,7 @@ read_conf() {
       AWS_REGION) REGION=$value ;;
       NOTEBOOK_PORT) PORT=$value ;;
       HOME_DEVICE) HOME_DEVICE=$value ;;
+      BACKSTOP_IDLE_SECONDS) ;; # read by backstop()
       *) log "ignoring unknown key ${key:0:40} in $CONF" ;;
     esac
   done <"$CONF"
@@ -350,11 +357,93 @@ stop() {
   remove_container "the instance is shutting down"
 }
 
+# -- the idle backstop: for when the hub's culler cannot stop an idle server ---------------
+# Idle = since the notebook's last_activity (/api/status, asked in the container with its own
+# token) or the boot, whichever is later; no answer (no notebook, no hub): the last seen
+# stands. Idle for BACKSTOP_IDLE_SECONDS (default 24 h): say why, shut down (= stop).
+
+readonly STATUS_PY='
+import json, os, urllib.request as u
+from datetime import datetime
+e = os.environ
+r = u.Request("http://127.0.0.1:8888" + (e.get("JUPYTERHUB_SERVICE_PREFIX") or "/")
+    + "api/status", headers={"Authorization": "token " + e.get("JUPYTERHUB_API_TOKEN", "")})
+t = json.load(u.urlopen(r, timeout=30))["last_activity"]
+print(int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()))
+'
+
+positive() {
+  [[ $1 =~ ^[1-9][0-9]{0,9}$ ]]
+}
+
+backstop_limit() {
+  local key value limit=86400
+  while IFS='=' read -r key value; do
+    [[ $key != BACKSTOP_IDLE_SECONDS ]] || ! positive "$value" || limit=$value
+  done < <(cat "$CONF" 2>/dev/null || true)
+  printf '%s\n' "$limit"
+}
+
+# The notebook's last activity in epoch seconds, or why not (on stderr).
+notebook_last_activity() {
+  local answer
+  if ! answer=$(docker exec -i "$CONTAINER" python3 - <<<"$STATUS_PY" 2>&1); then
+    tr -s '\n' ' ' <<<"$answer" | cut -c1-200 >&2
+    return 1
+  fi
+  answer=${answer##*$'\n'}
+  [[ $answer =~ ^[0-9]{1,12}$ ]] || { echo "unexpected answer: ${answer:0:80}" >&2 && false; }
+  echo "$answer"
+}
+
+backstop() {
+  local now uptime boot limit last answered error="" activity idle heard since message
+  export TZ=UTC
+  now=$EPOCHSECONDS
+  read -r uptime _ <"${ROOT}/proc/uptime"
+  boot=$((now - ${uptime%.*}))
+  limit=$(backstop_limit)
+  install -d -m 0700 "$BACKSTOP_DIR"
+  last=$(cat "$BACKSTOP_DIR/last-activity" 2>/dev/null || echo 0)
+  answered=$(cat "$BACKSTOP_DIR/last-answer" 2>/dev/null || true)
+  ((last > boot)) || last=$boot
+  if activity=$(notebook_last_activity 2>"$BACKSTOP_DIR/error"); then
+    ((activity < now)) || activity=$now
+    ((activity < last)) || last=$activity
+    answered=$now
+    echo "$last" >"$BACKSTOP_DIR/last-activity"
+    echo "$now" >"$BACKSTOP_DIR/last-answer"
+  else
+    error=$(<"$BACKSTOP_DIR/error")
+  fi
+  idle=$((now - last))
+  if ((idle < limit)); then
+    log "idle for $idle s of $limit s${error:+; the notebook did not answer: $error}"
+    return 0
+  fi
+  if [[ -z $answered ]]; then
+    heard="the notebook has not answered since the boot (${error:-no answer})"
+  else
+    heard="the notebook answered at $(printf '%(%FT%TZ)T' "$answered")"
+    [[ -z $error ]] || heard+=", not since ($error)"
+  fi
+  since="its last activity"
+  ((last > boot)) || since="the boot"
+  message="stopping this instance: no notebook activity for $idle s, since $since at"
+  message+=" $(printf '%(%FT%TZ)T' "$last") (limit $limit s); $heard"
+  log "$message"
+  install -d -m 0755 "${BACKSTOP_LOG%/*}"
+  printf '%(%FT%TZ)T %s\n' -1 "$message" >>"$BACKSTOP_LOG"
+  [[ ! -c ${ROOT}/dev/console ]] || echo "notebook-backstop: $message" >"${ROOT}/dev/console" || :
+  shutdown -h now
+}
+
 main() {
   case ${1:-start} in
     start) start ;;
     stop) stop ;;
-    *) die "usage: notebook-bootstrap [start|stop]" ;;
+    backstop) backstop ;;
+    *) die "usage: notebook-bootstrap [start|stop|backstop]" ;;
   esac
 }
 

@@ -330,3 +330,27 @@ def test_progress_events_are_json_monotone_and_readable(hub, cloud, users):
     assert any("booting" in m for m in messages), messages
     assert any("Starting Jupyter" in m for m in messages), messages
     stop_server(hub, "bob", "progress")
+
+
+def test_audit_lines_and_metrics_follow_the_lifecycle(hub, cloud, users):
+    """One JSON line per lifecycle event, naming who acted; Prometheus metrics on /metrics."""
+    start_server(hub, "bob", {"community": "ad-portal"}, name="audited")
+    stop_server(hub, "bob", "audited")
+    start_server(hub, "bob", {"community": "ad-portal"}, name="audited")
+    stop_server(hub, "bob", "audited")
+    lines = [
+        json.loads(line) for line in (hub.log_path.parent / "audit.log").read_text().splitlines()
+    ]
+    mine = [(r["action"], r["actor"]) for r in lines if r.get("server") == "audited"]
+    assert [a for a, _ in mine] == ["start", "launch", "stop", "start", "resume", "stop"], mine
+    assert {actor for _, actor in mine} == {"service"}  # the test acts with a service token
+    metrics = requests.get(
+        f"{hub.url}/hub/metrics", headers={"Authorization": f"token {SERVICE_TOKEN}"}, timeout=30
+    ).text
+    for name in (
+        "snh_spawn_duration_seconds_bucket",
+        "snh_instances",
+        "snh_aws_api_calls_total",
+        "snh_tunnel_reconnects_total",
+    ):
+        assert name in metrics, name

@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ import pytest
 import yaml
 
 from spawner.bootstrap import (
+    BACKSTOP_KEY,
+    BACKSTOP_SERVICE_NAME,
+    BACKSTOP_SERVICE_PATH,
+    BACKSTOP_TIMER_NAME,
+    BACKSTOP_TIMER_PATH,
     MAX_USER_DATA_BYTES,
     SCRIPT_PATH,
     SERVER_CONF_KEYS,
@@ -34,6 +40,7 @@ from spawner.bootstrap import (
     UNIT_NAME,
     UNIT_PATH,
     BootstrapConfig,
+    backstop_units,
     bootstrap_script,
     bootstrap_unit,
     parse_server_conf,
@@ -76,16 +83,24 @@ def _content(entry: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def test_user_data_is_a_cloud_config_installing_three_files() -> None:
+def test_user_data_is_a_cloud_config_installing_its_files() -> None:
     text = render_user_data(CONFIG)
     assert text.startswith("#cloud-config\n")
     document = yaml.safe_load(text)
     assert set(document) == {"write_files", "runcmd"}
     files = _files()
-    assert list(files) == [SERVER_CONF_PATH, SCRIPT_PATH, UNIT_PATH]
+    assert list(files) == [
+        SERVER_CONF_PATH,
+        SCRIPT_PATH,
+        UNIT_PATH,
+        BACKSTOP_SERVICE_PATH,
+        BACKSTOP_TIMER_PATH,
+    ]
     assert [(f["owner"], f["permissions"]) for f in files.values()] == [
         ("root:root", "0644"),
         ("root:root", "0755"),
+        ("root:root", "0644"),
+        ("root:root", "0644"),
         ("root:root", "0644"),
     ]
     assert _content(files[SCRIPT_PATH]) == SCRIPT_FILE.read_text(encoding="utf-8")
@@ -100,6 +115,7 @@ def test_user_data_is_a_cloud_config_installing_three_files() -> None:
     assert document["runcmd"] == [
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "--no-block", UNIT_NAME],
+        ["systemctl", "enable", "--now", "--no-block", BACKSTOP_TIMER_NAME],
     ]
 
 
@@ -118,6 +134,7 @@ def test_the_renderer_takes_no_secret() -> None:
         "region",
         "port",
         "home_device",
+        "backstop_idle_seconds",
     ]
     decoded = "\n".join(_content(f) for f in _files().values())
     for pattern in (r"JUPYTERHUB_API_TOKEN\s*=", r"syn_pat_", r"eyJ[A-Za-z0-9_-]{10,}", r"AKIA"):
@@ -329,6 +346,10 @@ case $1 in
   image) [[ -f $state/image-present ]] ;;
   pull) [[ ! -f $state/pull-fails ]] ;;
   login) cat >"$state/login-stdin"; printf '%s' "${DOCKER_CONFIG:-}" >"$state/login-config" ;;
+  exec)
+    cat >"$state/exec-stdin"
+    [[ -f $state/activity ]] || { echo "Error: No such container: notebook" >&2; exit 1; }
+    cat "$state/activity" ;;
   stop) ;;
   rm) rm -f "$state/container" ;;
   run)
@@ -354,6 +375,7 @@ esac
     "resize2fs": "",
     "chown": "",
     "sleep": "",
+    "shutdown": "",
 }
 
 
@@ -637,3 +659,160 @@ def test_stop_removes_the_container(machine) -> None:
     assert not (machine.state / "container").exists()
     run = machine("stop")  # nothing left: nothing to do
     assert run.returncode == 0 and [c[0] for c in run.commands("docker")] == ["container"]
+
+
+# --------------------------------------------------------------------------------------------
+# The idle backstop: notebook-backstop.timer runs `notebook-bootstrap backstop`
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_backstop_limit_goes_to_server_conf_only_when_set() -> None:
+    config = BootstrapConfig(CONFIG.parameter_path, CONFIG.region, backstop_idle_seconds=7200)
+    conf = _content(_files(config)[SERVER_CONF_PATH])
+    assert conf.endswith(f"HOME_DEVICE=/dev/sdf\n{BACKSTOP_KEY}=7200\n")
+    assert parse_server_conf(render_user_data(config))[BACKSTOP_KEY] == "7200"
+    assert BACKSTOP_KEY not in parse_server_conf(render_user_data(CONFIG))
+    assert len(render_user_data(config).encode()) < MAX_USER_DATA_BYTES * 3 // 4
+    for bad in (0, -1, True, 3600.0, "3600", 10**10):
+        with pytest.raises(ValueError, match="backstop_idle_seconds"):
+            BootstrapConfig(CONFIG.parameter_path, CONFIG.region, backstop_idle_seconds=bad)
+
+
+def test_the_backstop_units() -> None:
+    service, timer = backstop_units()
+    service_lines = [line.strip() for line in service.splitlines()]
+    assert f"ExecStart={SCRIPT_PATH} backstop" in service_lines
+    assert "Type=oneshot" in service_lines
+    assert not any(line.startswith("[Install]") for line in service_lines)  # the timer's
+    timer_lines = [line.strip() for line in timer.splitlines()]
+    for line in ("OnBootSec=5min", "OnUnitActiveSec=5min", "WantedBy=timers.target"):
+        assert line in timer_lines
+    assert _files()[BACKSTOP_SERVICE_PATH]["content"] == service
+    assert _files()[BACKSTOP_TIMER_PATH]["content"] == timer
+    assert (PACKAGE_DIR / BACKSTOP_SERVICE_NAME).read_text(encoding="utf-8") == service
+
+
+def test_systemd_analyze_verify_the_backstop(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    script = tmp_path / "notebook-bootstrap"
+    shutil.copy(SCRIPT_FILE, script)
+    script.chmod(0o755)
+    service, timer = backstop_units()
+    (tmp_path / BACKSTOP_SERVICE_NAME).write_text(service.replace(SCRIPT_PATH, str(script)))
+    (tmp_path / BACKSTOP_TIMER_NAME).write_text(timer)
+    result = subprocess.run(
+        [
+            analyze,
+            "verify",
+            str(tmp_path / BACKSTOP_TIMER_NAME),
+            str(tmp_path / BACKSTOP_SERVICE_NAME),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [
+        line for line in (result.stdout + result.stderr).splitlines() if "notebook-" in line
+    ]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_the_bootstrap_reads_past_the_backstop_key(machine) -> None:
+    conf = machine.root / SERVER_CONF_PATH.removeprefix("/")
+    conf.write_text(conf.read_text() + f"{BACKSTOP_KEY}=7200\n")
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert "ignoring unknown key" not in run.stderr
+
+
+def _boot(machine, *, uptime: float, activity_age: float | None = None) -> None:
+    """The instance booted ``uptime`` seconds ago; its notebook's last activity was
+    ``activity_age`` seconds ago (None: no notebook container answers)."""
+    proc = machine.root / "proc"
+    proc.mkdir(exist_ok=True)
+    (proc / "uptime").write_text(f"{uptime:.2f} 12345.67\n")
+    activity = machine.state / "activity"
+    if activity_age is None:
+        activity.unlink(missing_ok=True)
+    else:
+        activity.write_text(f"{int(time.time() - activity_age)}\n")
+
+
+def _backstop_log(run: Run) -> str:
+    path = run.root / "var" / "log" / "notebook-backstop.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_the_backstop_stops_an_instance_nobody_used_a_day_after_its_boot(machine) -> None:
+    _boot(machine, uptime=86400 - 120)
+    run = machine("backstop")
+    assert run.returncode == 0, run.stderr
+    assert run.commands("shutdown") == []
+    assert "idle for 862" in run.stderr and "of 86400 s" in run.stderr
+    assert "No such container" in run.stderr  # said, not fatal
+
+    _boot(machine, uptime=86400 + 5)
+    run = machine("backstop")
+    assert run.returncode == 0, run.stderr
+    assert run.commands("shutdown") == [["-h", "now"]]
+    line = _backstop_log(run).strip()
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ stopping this instance: no notebook activity for "
+        r"8640[5-9] s, since the boot at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(limit 86400 s\); "
+        r"the notebook has not answered since the boot \(Error: No such container: notebook \)",
+        line,
+    ), line
+    assert "stopping this instance" in run.stderr
+
+
+def test_the_backstop_asks_the_notebook_inside_its_container(machine) -> None:
+    conf = machine.root / SERVER_CONF_PATH.removeprefix("/")
+    conf.write_text(conf.read_text() + f"{BACKSTOP_KEY}=3600\n")
+    _boot(machine, uptime=10 * 86400, activity_age=600)
+    run = machine("backstop")
+    assert run.returncode == 0, run.stderr
+    assert run.commands("shutdown") == []
+    assert run.commands("docker") == [["exec", "-i", "notebook", "python3", "-"]]
+    asked = (machine.state / "exec-stdin").read_text()
+    # The token is read inside the container; the host never sees it.
+    assert "os.environ" in asked and "JUPYTERHUB_API_TOKEN" in asked and "api/status" in asked
+    assert API_TOKEN not in asked
+    state = machine.root / "run" / "notebook-backstop"
+    remembered = int((state / "last-activity").read_text())
+    assert abs(remembered - (time.time() - 600)) < 5
+    assert "idle for 60" in run.stderr and "of 3600 s" in run.stderr
+
+    # The notebook stops answering (say, the hub is gone and cannot check its token): the
+    # activity it last reported stands, and an hour after it the instance stops.
+    (state / "last-activity").write_text(f"{int(time.time() - 3700)}\n")
+    _boot(machine, uptime=10 * 86400, activity_age=None)
+    run = machine("backstop")
+    assert run.commands("shutdown") == [["-h", "now"]]
+    line = _backstop_log(run)
+    assert "no notebook activity for 370" in line and "since its last activity at" in line
+    assert "(limit 3600 s); the notebook answered at " in line
+    assert ", not since (Error: No such container: notebook )" in line
+
+
+def test_the_backstop_ignores_activity_from_before_the_boot_or_the_future(machine) -> None:
+    _boot(machine, uptime=86400 + 60, activity_age=10 * 86400)  # a clock gone wrong
+    run = machine("backstop")
+    assert run.commands("shutdown") == [["-h", "now"]]
+    assert "since the boot at" in _backstop_log(run)
+
+    machine.state.joinpath("activity").write_text(f"{int(time.time()) + 86400}\n")
+    (machine.root / "var" / "log" / "notebook-backstop.log").unlink()
+    run = machine("backstop")
+    assert run.commands("shutdown") == []  # "now" at the latest: not idle
+    assert "idle for 0 s" in run.stderr
+
+
+def test_the_backstop_limit_in_server_conf_must_be_a_number(machine) -> None:
+    conf = machine.root / SERVER_CONF_PATH.removeprefix("/")
+    conf.write_text(conf.read_text() + f"{BACKSTOP_KEY}=soon; reboot\n")
+    _boot(machine, uptime=7200)
+    run = machine("backstop")
+    assert run.returncode == 0 and run.commands("shutdown") == []
+    assert "of 86400 s" in run.stderr

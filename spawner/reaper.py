@@ -1,0 +1,727 @@
+"""The dormancy reaper: terminate instances stopped for longer than their community allows.
+
+A stopped instance costs only its volumes, but volumes of servers nobody returns to add up.
+``python -m spawner reap`` (run it daily: a cron job, a systemd timer or a scheduled task with
+the hub's IAM role) looks at every *stopped* instance tagged ``jupyterhub:hub=<hub id>``; one
+stopped for longer than its community's ``dormancy_days`` (community from the
+``jupyterhub:community`` tag; 30 days when the tag names no community of the file) is
+removed with `snapshot_then_terminate`, the same function the spawner uses when a named server
+or a user is deleted. ``--dry-run`` lists what it would do and changes nothing.
+
+**Stopped since** is EC2's own time of the stop (``StateTransitionReason``, "User initiated
+(… GMT)", `spawner.poller.InstanceView.state_since`). When EC2 gives none, the time of the
+audit log's last ``stop``/``stopped`` line of the instance is used (if no start followed it);
+with neither, the instance is left alone and reported: never remove what cannot be dated.
+
+**Snapshot, then terminate** (`snapshot_then_terminate`), when the community's
+``volume_policy.snapshot_before_delete`` says so:
+
+1. the instance is described again: it must (still) be stopped — a running one is stopped
+   first on the delete path; the reaper skips it (the user came back);
+2. ``CreateSnapshot`` of the home volume, tagged with the instance's tags plus
+   ``jupyterhub:snapshot-of=<instance id>`` (an existing snapshot of the same stop, from an
+   interrupted earlier run, is reused);
+3. *consistency* needs no more than the snapshot existing (state ``pending``): an EBS
+   snapshot holds the volume's blocks as they were when it was requested, whatever is written
+   later, and the instance is stopped, so no cache holds unwritten data. *Durability* is
+   another matter: a pending snapshot can still end in ``error``, and terminating deletes a
+   volume with ``DeleteOnTermination``. So, if the snapshot is not ``completed`` by then
+   (``wait_for_snapshot`` seconds; the reaper waits a few minutes, the delete path not at
+   all), the volume's ``DeleteOnTermination`` is turned off and the volume tagged
+   ``jupyterhub:delete-after-snapshot=<snapshot id>``: it outlives the instance, and
+   `delete_volumes_after_snapshots` (every reaper run) deletes it once the snapshot is
+   ``completed`` — or keeps it, and says so, if the snapshot failed;
+4. ``TerminateInstances``. A home volume whose ``DeleteOnTermination`` is false (community
+   ``volume_policy.delete_on_termination: false``) is left behind, still billed, and the
+   audit line says so (``keep_volume``).
+
+Every action is an audit line (`spawner.audit`), actor ``reaper`` here, or whoever deletes
+the server on the delete path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub_config.communities import BUILTIN_DEFAULTS, CommunitiesConfig, Community
+
+from . import audit
+from .audit import Actor, AuditLog
+from .aws import Aws, AwsError, ErrorKind
+from .launch import (
+    DEFAULT_SERVER_TAG,
+    HOME_DEVICE,
+    TAG_COMMUNITY,
+    TAG_HUB,
+    TAG_SERVER,
+    TAG_USER,
+)
+from .poller import InstanceView
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DORMANCY_DAYS: int = BUILTIN_DEFAULTS["dormancy_days"]
+TAG_SNAPSHOT_OF = "jupyterhub:snapshot-of"
+TAG_DELETE_AFTER_SNAPSHOT = "jupyterhub:delete-after-snapshot"
+_FAILED = "failed:"
+MAX_TAGS = 50
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the reaper applies to one instance."""
+
+    dormancy_days: int
+    snapshot_before_delete: bool
+
+
+def policy_for(community: Community | None) -> Policy:
+    if community is None:
+        return Policy(DEFAULT_DORMANCY_DAYS, bool(BUILTIN_DEFAULTS["snapshot_before_delete"]))
+    return Policy(community.dormancy_days, community.volume_policy.snapshot_before_delete)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def removal_date(
+    view: InstanceView, community: Community | None, *, stopped_at: dt.datetime | None = None
+) -> dt.datetime | None:
+    """When the reaper may remove this instance: stopped since + the community's
+    ``dormancy_days``; None unless it is stopped with a known stop time (``stopped_at``
+    overrides EC2's, e.g. from the audit log). For "stopped since …, will be removed on …"."""
+    if view.state != "stopped":
+        return None
+    since = stopped_at or view.state_since
+    if since is None:
+        return None
+    return _utc(since) + dt.timedelta(days=policy_for(community).dormancy_days)
+
+
+def last_stop_times(records: Iterable[Mapping[str, Any]]) -> dict[str, dt.datetime]:
+    """Per instance, the time of its last ``stop``/``stopped`` audit line, if no ``launch``,
+    ``resume`` or ``adopt`` line came after it (the fallback when EC2 gives no stop time)."""
+    latest: dict[str, tuple[dt.datetime, bool]] = {}
+    for record in records:
+        instance_id = record.get("instance_id")
+        action = record.get("action")
+        if not isinstance(instance_id, str) or record.get("dry_run"):
+            continue
+        if record.get("outcome") not in (None, "ok"):
+            continue
+        if action in ("stop", "stopped"):
+            is_stop = True
+        elif action in ("launch", "resume", "adopt"):
+            is_stop = False
+        else:
+            continue
+        try:
+            when = audit.parse_time(str(record.get("time")))
+        except ValueError:
+            continue
+        if instance_id not in latest or when >= latest[instance_id][0]:
+            latest[instance_id] = (when, is_stop)
+    return {i: when for i, (when, is_stop) in latest.items() if is_stop}
+
+
+# ------------------------------------------------------------------------------------------
+# The plan (pure)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the reaper does with one stopped instance, and why."""
+
+    view: InstanceView
+    community_id: str | None
+    policy: Policy
+    stopped_since: dt.datetime | None
+    removal_date: dt.datetime | None
+    #: "remove" (snapshot per policy, then terminate), "keep" (not due), "skip" (undatable)
+    action: str
+    reason: str
+
+    @property
+    def user(self) -> str:
+        return self.view.tags.get(TAG_USER, "")
+
+    @property
+    def server(self) -> str:
+        server = self.view.tags.get(TAG_SERVER, "")
+        return "" if server == DEFAULT_SERVER_TAG else server
+
+    def describe_action(self) -> str:
+        if self.action != "remove":
+            return f"{self.action}: {self.reason}" if self.reason else self.action
+        if self.policy.snapshot_before_delete:
+            return "snapshot home volume, terminate"
+        return "terminate (no snapshot: volume_policy.snapshot_before_delete is false)"
+
+
+def plan(
+    views: Iterable[InstanceView],
+    communities: CommunitiesConfig | None,
+    now: dt.datetime,
+    *,
+    stop_times: Mapping[str, dt.datetime] | None = None,
+) -> list[Plan]:
+    """The reaper's decision for every stopped instance in ``views``, oldest stop first.
+    ``stop_times``: per instance, when it stopped if EC2 does not say (`last_stop_times`)."""
+    now = _utc(now)
+    plans = []
+    for view in views:
+        if view.state != "stopped":
+            continue
+        community_id = view.tags.get(TAG_COMMUNITY) or None
+        community = communities.by_id(community_id) if communities and community_id else None
+        policy = policy_for(community)
+        since = view.state_since or (stop_times or {}).get(view.instance_id)
+        if since is None:
+            plans.append(Plan(view, community_id, policy, None, None, "skip", "stop time unknown"))
+            continue
+        since = _utc(since)
+        due = since + dt.timedelta(days=policy.dormancy_days)
+        if community is not None:
+            note = ""
+        elif community_id:
+            note = f"; community {community_id!r} not in the communities file: "
+            note += f"{DEFAULT_DORMANCY_DAYS} days"
+        else:
+            note = f"; no community tag: {DEFAULT_DORMANCY_DAYS} days"
+        if now >= due:
+            reason = f"stopped {(now - since).days} days, longer than {policy.dormancy_days}"
+            action = "remove"
+        else:
+            reason, action = f"until {due:%Y-%m-%d %H:%M} UTC", "keep"
+        plans.append(Plan(view, community_id, policy, since, due, action, reason + note))
+    plans.sort(key=lambda p: p.stopped_since or now)
+    return plans
+
+
+# ------------------------------------------------------------------------------------------
+# Snapshot, then terminate
+# ------------------------------------------------------------------------------------------
+
+
+class RemovalError(Exception):
+    """The instance could not be removed safely (the message says why; nothing was lost)."""
+
+
+@dataclass
+class RemovalResult:
+    instance_id: str
+    terminated: bool = False
+    snapshot_id: str | None = None
+    snapshot_state: str | None = None
+    volume_id: str | None = None
+    #: what happens to the home volume, in words
+    volume_fate: str = "no home volume"
+    #: set when nothing was done (e.g. the instance is running again)
+    skipped: str | None = None
+    actions: list[str] = field(default_factory=list)
+
+
+def snapshot_tags(view: InstanceView) -> list[dict[str, str]]:
+    """The instance's tags (``aws:`` ones left out: they cannot be set) plus
+    ``jupyterhub:snapshot-of``, the hub's own first, at most EC2's 50."""
+    own = [
+        (k, v)
+        for k, v in view.tags.items()
+        if not k.casefold().startswith("aws:") and k != TAG_SNAPSHOT_OF
+    ]
+    own.sort(key=lambda kv: 0 if kv[0].startswith(("jupyterhub:", "synapse:")) else 1)
+    tags = [{"Key": k, "Value": v} for k, v in own[: MAX_TAGS - 1]]
+    tags.append({"Key": TAG_SNAPSHOT_OF, "Value": view.instance_id})
+    return tags
+
+
+def _description(text: str) -> str:
+    """Printable ASCII, at most 255 characters (EC2's limit for a snapshot description)."""
+    return "".join(ch if " " <= ch <= "~" else "_" for ch in text)[:255]
+
+
+async def _describe(aws: Aws, instance_id: str) -> dict[str, Any] | None:
+    try:
+        answer = await aws.call("ec2", "describe_instances", InstanceIds=[instance_id])
+    except AwsError as e:
+        if e.kind is ErrorKind.NOT_FOUND:
+            return None
+        raise
+    found = [i for r in answer.get("Reservations", []) for i in r.get("Instances", [])]
+    return found[0] if found else None
+
+
+def _home_mapping(raw: Mapping[str, Any]) -> tuple[str | None, bool]:
+    for mapping in raw.get("BlockDeviceMappings", []):
+        if mapping.get("DeviceName") == HOME_DEVICE and "Ebs" in mapping:
+            ebs = mapping["Ebs"]
+            return ebs.get("VolumeId"), bool(ebs.get("DeleteOnTermination", False))
+    return None, False
+
+
+async def _wait_state(
+    aws: Aws,
+    instance_id: str,
+    wanted: str,
+    timeout: float,
+    interval: float,
+    sleep: Callable[[float], Any],
+) -> dict[str, Any] | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        raw = await _describe(aws, instance_id)
+        if raw is None or raw["State"]["Name"] in (wanted, "terminated"):
+            return raw
+        if loop.time() >= deadline:
+            raise RemovalError(
+                f"{instance_id} did not reach {wanted!r} in {timeout:.0f}s "
+                f"(it is {raw['State']['Name']!r})"
+            )
+        await sleep(interval)
+
+
+async def _existing_snapshot(
+    aws: Aws, instance_id: str, volume_id: str, since: dt.datetime | None
+) -> dict[str, Any] | None:
+    """A snapshot of this volume taken for this instance's removal after its last stop."""
+    if since is None:
+        return None
+    answer = await aws.call(
+        "ec2",
+        "describe_snapshots",
+        OwnerIds=["self"],
+        Filters=[
+            {"Name": "volume-id", "Values": [volume_id]},
+            {"Name": f"tag:{TAG_SNAPSHOT_OF}", "Values": [instance_id]},
+        ],
+    )
+    usable = [
+        s
+        for s in answer.get("Snapshots", [])
+        if s.get("State") in ("pending", "completed")
+        and s.get("StartTime") is not None
+        and _utc(s["StartTime"]) >= _utc(since)
+    ]
+    usable.sort(key=lambda s: s["StartTime"], reverse=True)
+    return usable[0] if usable else None
+
+
+async def _snapshot_state(aws: Aws, snapshot_id: str) -> str:
+    try:
+        answer = await aws.call("ec2", "describe_snapshots", SnapshotIds=[snapshot_id])
+    except AwsError as e:
+        if e.code.startswith("InvalidSnapshot"):
+            return "missing"
+        raise
+    snapshots = answer.get("Snapshots", [])
+    return str(snapshots[0].get("State", "unknown")) if snapshots else "missing"
+
+
+async def snapshot_then_terminate(
+    aws: Aws,
+    view: InstanceView | str,
+    community: Community | None,
+    actor: Actor | str,
+    reason: str,
+    *,
+    audit_log: AuditLog | None = None,
+    require_stopped: bool = False,
+    wait_for_snapshot: float = 0.0,
+    stop_timeout: float = 600.0,
+    poll_interval: float = 5.0,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> RemovalResult:
+    """Remove a server's instance: snapshot the home volume first if the community's
+    ``volume_policy.snapshot_before_delete`` says so, then terminate (see the module
+    docstring for the order and why). ``view``: the instance as the poller saw it, or just
+    its id (it is described here either way). ``community`` None applies the built-in policy.
+
+    ``require_stopped`` (the reaper): leave an instance that is no longer stopped alone and
+    say so in ``skipped``. Otherwise (deleting a server) a running or stopping instance is
+    stopped and waited for (``stop_timeout``), so the snapshot holds what was on disk.
+    ``wait_for_snapshot``: seconds to wait for the snapshot to complete before the volume's
+    deletion is deferred instead. Raises `RemovalError` when removing would lose data (the
+    snapshot failed) or the instance does not stop, `AwsError` when AWS refuses a step;
+    each step that happened has its audit line.
+    """
+    record = (audit_log or audit.get_audit_log()).record
+    who = actor if isinstance(actor, Actor) else Actor(actor)
+    policy = policy_for(community)
+    raw = await _describe(aws, view if isinstance(view, str) else view.instance_id)
+    if isinstance(view, str):
+        if raw is None:
+            return RemovalResult(view, terminated=True, skipped="no such instance")
+        view = InstanceView.from_api(raw)
+    base = {**audit.view_fields(view), "region": aws.region, "reason": reason}
+    result = RemovalResult(view.instance_id)
+    state = raw["State"]["Name"] if raw else "terminated"
+    if state in ("terminated", "shutting-down"):
+        result.terminated = True
+        result.skipped = f"already {state}"
+        return result
+    if state != "stopped" and require_stopped:
+        result.skipped = f"it is {state} now"
+        record("skip", who, **{**base, "state": state, "reason": f"{reason}; {state} now"})
+        return result
+    if state in ("pending", "running"):
+        await aws.call("ec2", "stop_instances", InstanceIds=[view.instance_id])
+        record("stop", who, **{**base, "previous_state": state, "reason": f"{reason}: stop first"})
+        result.actions.append("stop")
+    if state != "stopped":
+        raw = await _wait_state(
+            aws, view.instance_id, "stopped", stop_timeout, poll_interval, sleep
+        )
+        if raw is None or raw["State"]["Name"] == "terminated":
+            result.terminated = True
+            result.skipped = "terminated meanwhile"
+            return result
+    assert raw is not None
+    stopped_at = InstanceView.from_api(raw).state_since
+    if (
+        require_stopped
+        and view.state_since is not None
+        and stopped_at is not None
+        and stopped_at > view.state_since
+    ):
+        result.skipped = f"started and stopped again since (at {stopped_at:%Y-%m-%d %H:%M} UTC)"
+        record("skip", who, **{**base, "state": "stopped", "reason": result.skipped})
+        return result
+    volume_id, deletes_with_instance = _home_mapping(raw)
+    result.volume_id = volume_id
+
+    if volume_id and policy.snapshot_before_delete:
+        # reuse only a snapshot taken after the latest stop (an interrupted earlier attempt)
+        snapshot = await _existing_snapshot(aws, view.instance_id, volume_id, stopped_at)
+        if snapshot is None:
+            user = view.tags.get(TAG_USER, "?")
+            server = view.tags.get(TAG_SERVER, DEFAULT_SERVER_TAG)
+            snapshot = await aws.call(
+                "ec2",
+                "create_snapshot",
+                VolumeId=volume_id,
+                Description=_description(
+                    f"Home volume of {user}/{server} ({view.instance_id}) before: {reason}"
+                ),
+                TagSpecifications=[{"ResourceType": "snapshot", "Tags": snapshot_tags(view)}],
+            )
+            result.actions.append("snapshot")
+            record(
+                "snapshot",
+                who,
+                **base,
+                volume_id=volume_id,
+                snapshot_id=snapshot["SnapshotId"],
+                snapshot_state=snapshot.get("State"),
+            )
+        result.snapshot_id = snapshot["SnapshotId"]
+        result.snapshot_state = str(snapshot.get("State", "pending"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_for_snapshot
+        while result.snapshot_state == "pending" and loop.time() < deadline:
+            await sleep(min(poll_interval, max(0.0, deadline - loop.time())))
+            result.snapshot_state = await _snapshot_state(aws, result.snapshot_id)
+        if result.snapshot_state not in ("pending", "completed"):
+            message = (
+                f"snapshot {result.snapshot_id} of {volume_id} is {result.snapshot_state}: "
+                f"{view.instance_id} not terminated, nothing deleted"
+            )
+            record(
+                "terminate",
+                who,
+                **base,
+                outcome="failed",
+                error=message,
+                volume_id=volume_id,
+                snapshot_id=result.snapshot_id,
+            )
+            raise RemovalError(message)
+
+    if volume_id and not deletes_with_instance:
+        result.volume_fate = (
+            f"kept: DeleteOnTermination is false (volume_policy.delete_on_termination); "
+            f"{volume_id} stays, and is billed, until someone deletes it"
+        )
+    elif volume_id and result.snapshot_state == "pending":
+        await aws.call(
+            "ec2",
+            "modify_instance_attribute",
+            InstanceId=view.instance_id,
+            BlockDeviceMappings=[
+                {"DeviceName": HOME_DEVICE, "Ebs": {"DeleteOnTermination": False}}
+            ],
+        )
+        await aws.call(
+            "ec2",
+            "create_tags",
+            Resources=[volume_id],
+            Tags=[
+                {"Key": TAG_DELETE_AFTER_SNAPSHOT, "Value": result.snapshot_id or ""},
+                {"Key": TAG_HUB, "Value": view.tags.get(TAG_HUB, "")},
+            ],
+        )
+        result.volume_fate = (
+            f"kept until snapshot {result.snapshot_id} completes, then deleted by the reaper"
+        )
+    elif volume_id:
+        result.volume_fate = "deleted with the instance" + (
+            f" (snapshot {result.snapshot_id})"
+            if result.snapshot_id
+            else " (no snapshot: volume_policy.snapshot_before_delete is false)"
+        )
+
+    await aws.call("ec2", "terminate_instances", InstanceIds=[view.instance_id])
+    result.terminated = True
+    result.actions.append("terminate")
+    record(
+        "terminate",
+        who,
+        **{**base, "state": "shutting-down"},
+        previous_state="stopped",
+        volume_id=volume_id,
+        snapshot_id=result.snapshot_id,
+        snapshot_state=result.snapshot_state,
+        volume_fate=result.volume_fate,
+    )
+    if volume_id and (not deletes_with_instance or result.snapshot_state == "pending"):
+        record(
+            "keep_volume",
+            who,
+            **base,
+            volume_id=volume_id,
+            snapshot_id=result.snapshot_id,
+            volume_fate=result.volume_fate,
+        )
+    return result
+
+
+async def delete_volumes_after_snapshots(
+    aws: Aws,
+    hub_id: str,
+    *,
+    actor: Actor | str = audit.REAPER,
+    audit_log: AuditLog | None = None,
+    dry_run: bool = False,
+) -> list[tuple[str, str]]:
+    """Delete home volumes kept only until their snapshot completed (see the module
+    docstring). Returns (volume id, what was done) for each such volume."""
+    record = (audit_log or audit.get_audit_log()).record
+    who = actor if isinstance(actor, Actor) else Actor(actor)
+    pages = await aws.paginate(
+        "ec2",
+        "describe_volumes",
+        Filters=[
+            {"Name": f"tag:{TAG_HUB}", "Values": [hub_id]},
+            {"Name": "tag-key", "Values": [TAG_DELETE_AFTER_SNAPSHOT]},
+            {"Name": "status", "Values": ["available"]},
+        ],
+    )
+    done: list[tuple[str, str]] = []
+    for page in pages:
+        for volume in page.get("Volumes", []):
+            volume_id = volume["VolumeId"]
+            tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
+            snapshot_id = tags.get(TAG_DELETE_AFTER_SNAPSHOT, "")
+            if snapshot_id.startswith(_FAILED):
+                continue  # reported once already; an operator decides
+            fields = {
+                "volume_id": volume_id,
+                "snapshot_id": snapshot_id or None,
+                "user": tags.get(TAG_USER),
+                "server": tags.get(TAG_SERVER),
+                "community": tags.get(TAG_COMMUNITY),
+                "region": aws.region,
+                "hub_id": hub_id,
+            }
+            state = await _snapshot_state(aws, snapshot_id) if snapshot_id else "missing"
+            if state == "pending":
+                done.append((volume_id, f"waiting for snapshot {snapshot_id}"))
+                continue
+            if state == "completed":
+                if dry_run:
+                    done.append((volume_id, f"would delete (snapshot {snapshot_id} completed)"))
+                    continue
+                try:
+                    await aws.call("ec2", "delete_volume", VolumeId=volume_id)
+                except AwsError as e:
+                    if e.kind is not ErrorKind.NOT_FOUND:
+                        record("delete_volume", who, **fields, outcome="failed", error=str(e))
+                        done.append((volume_id, f"delete failed: {e}"))
+                        continue
+                record(
+                    "delete_volume",
+                    who,
+                    **fields,
+                    reason="its snapshot completed",
+                    volume_fate="deleted",
+                )
+                done.append((volume_id, "deleted"))
+                continue
+            message = f"snapshot {snapshot_id or '?'} is {state}: volume kept, not deleted"
+            if dry_run:
+                done.append((volume_id, message))
+                continue
+            await aws.call(
+                "ec2",
+                "create_tags",
+                Resources=[volume_id],
+                Tags=[{"Key": TAG_DELETE_AFTER_SNAPSHOT, "Value": f"{_FAILED}{snapshot_id}"}],
+            )
+            record(
+                "keep_volume",
+                who,
+                **fields,
+                outcome="failed",
+                error=message,
+                volume_fate="kept: its snapshot failed; check it and delete it by hand",
+            )
+            log.error("%s: %s", volume_id, message)
+            done.append((volume_id, message))
+    return done
+
+
+# ------------------------------------------------------------------------------------------
+# The reaper
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    result: RemovalResult | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> str:
+        if self.error:
+            return f"FAILED: {self.error}"
+        if self.result is None:
+            return self.plan.describe_action()
+        if self.result.skipped:
+            return f"skipped: {self.result.skipped}"
+        return f"terminated; home volume {self.result.volume_fate}"
+
+
+@dataclass
+class ReapReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    volumes: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not any(o.error for o in self.outcomes)
+
+
+class Reaper:
+    """One pass over the hub's stopped instances in ``regions`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        aws_for: Callable[[str], Aws],
+        hub_id: str,
+        regions: Iterable[str],
+        communities: CommunitiesConfig | None,
+        *,
+        audit_log: AuditLog | None = None,
+        now: Callable[[], dt.datetime] = audit.utcnow,
+        dry_run: bool = False,
+        wait_for_snapshot: float = 300.0,
+        concurrency: int = 4,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.aws_for = aws_for
+        self.hub_id = hub_id
+        self.regions = sorted(set(regions))
+        self.communities = communities
+        self.audit_log = audit_log or audit.get_audit_log()
+        self.now = now
+        self.dry_run = dry_run
+        self.wait_for_snapshot = wait_for_snapshot
+        self.concurrency = concurrency
+        self.sleep = sleep
+
+    async def stopped_instances(self, region: str) -> list[InstanceView]:
+        pages = await self.aws_for(region).paginate(
+            "ec2",
+            "describe_instances",
+            Filters=[
+                {"Name": f"tag:{TAG_HUB}", "Values": [self.hub_id]},
+                {"Name": "instance-state-name", "Values": ["stopped"]},
+            ],
+        )
+        return [
+            InstanceView.from_api(raw)
+            for page in pages
+            for reservation in page.get("Reservations", [])
+            for raw in reservation.get("Instances", [])
+        ]
+
+    async def plans(self) -> tuple[dict[str, list[Plan]], list[str]]:
+        """Per region, the plan of every stopped instance; and the regions that failed."""
+        stop_times = last_stop_times(self.audit_log.read())
+        by_region: dict[str, list[Plan]] = {}
+        errors = []
+        for region in self.regions:
+            try:
+                views = await self.stopped_instances(region)
+            except AwsError as e:
+                errors.append(f"{region}: {e}")
+                continue
+            by_region[region] = plan(views, self.communities, self.now(), stop_times=stop_times)
+        return by_region, errors
+
+    async def run(self) -> ReapReport:
+        report = ReapReport()
+        by_region, report.errors = await self.plans()
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def remove(region: str, item: Plan) -> Outcome:
+            outcome = Outcome(item)
+            if item.action != "remove" or self.dry_run:
+                return outcome
+            community = (
+                self.communities.by_id(item.community_id)
+                if (self.communities and item.community_id)
+                else None
+            )
+            async with limit:
+                try:
+                    outcome.result = await snapshot_then_terminate(
+                        self.aws_for(region),
+                        item.view,
+                        community,
+                        audit.REAPER,
+                        f"dormant: {item.reason}",
+                        audit_log=self.audit_log,
+                        require_stopped=True,
+                        wait_for_snapshot=self.wait_for_snapshot,
+                        sleep=self.sleep,
+                    )
+                except (AwsError, RemovalError) as e:
+                    outcome.error = str(e)
+                    log.error("reaper: %s: %s", item.view.instance_id, e)
+            return outcome
+
+        tasks = [remove(region, item) for region, items in by_region.items() for item in items]
+        report.outcomes = list(await asyncio.gather(*tasks))
+        for region in by_region:
+            try:
+                report.volumes.extend(
+                    await delete_volumes_after_snapshots(
+                        self.aws_for(region),
+                        self.hub_id,
+                        audit_log=self.audit_log,
+                        dry_run=self.dry_run,
+                    )
+                )
+            except AwsError as e:
+                report.errors.append(f"{region}: volumes: {e}")
+        return report
