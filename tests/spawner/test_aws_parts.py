@@ -9,7 +9,6 @@ import threading
 import boto3
 import botocore.exceptions
 import pytest
-from moto import mock_aws
 
 from spawner.aws import Aws, AwsError, ErrorKind, classify
 from spawner.parameters import INSTANCE_ARN_TAG, ParameterStore, ServerParameters
@@ -19,15 +18,8 @@ REGION = "us-east-1"
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield Aws(REGION)
+def aws(moto_aws):
+    return Aws(REGION)
 
 
 def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientError:

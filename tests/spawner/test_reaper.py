@@ -13,7 +13,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
 from spawner import audit
@@ -43,15 +42,8 @@ DAY = dt.timedelta(days=1)
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield FakeAws(REGION)
+def aws(moto_aws):
+    return FakeAws(REGION)
 
 
 @pytest.fixture
