@@ -116,29 +116,9 @@ class SynapseStandIn:
         """Age every code and token by ``seconds``; returns the new stand-in time."""
         return self.clock.advance(seconds)
 
-    def inject_fault(
-        self,
-        path: str,
-        *,
-        count: int = 1,
-        status: int | None = None,
-        body: Any = "",
-        content_type: str = "application/json",
-        delay: float = 0.0,
-        method: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Fault:
-        """Make the next ``count`` requests matching ``path`` fail and/or stall."""
-        return self.faults.add(
-            path,
-            count=count,
-            status=status,
-            body=body,
-            content_type=content_type,
-            delay=delay,
-            method=method,
-            headers=headers,
-        )
+    def inject_fault(self, path: str, **options: Any) -> Fault:
+        """Make the next matching requests fail and/or stall (see `FaultInjector.add`)."""
+        return self.faults.add(path, **options)
 
 
 def make_app(standin: SynapseStandIn) -> tornado.web.Application:
