@@ -1,4 +1,5 @@
-"""``python -m hub_config check [PATH]``: validate a communities file before a deploy.
+"""``python -m hub_config check [PATH]``: validate a communities file before a deploy;
+``python -m hub_config keys``: the file's keys as the README's Markdown table.
 
 The hub refuses to start on a bad file; running the same loader from a shell lets an admin
 find every problem before the hub is restarted, not after.
@@ -16,6 +17,7 @@ from .communities import (
     CommunitiesError,
     load_communities,
 )
+from .schema_docs import key_table
 
 
 def _summary(config: CommunitiesConfig) -> list[str]:
@@ -63,7 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument(
         "-v", "--verbose", action="store_true", help="print what each community offers"
     )
+    commands.add_parser(
+        "keys",
+        help="print every key of the communities file as a Markdown table",
+        description="Print every key of the communities file, from its JSON Schema, as the "
+        "Markdown table the README holds.",
+    )
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        print(key_table(), end="")
+        return 0
 
     try:
         config = load_communities(args.path, instance_types_path=args.instance_types)

@@ -54,6 +54,16 @@ VARIABLES: dict[str, tuple[bool, str]] = {
         False,
         "one endpoint for every AWS service; only for the local cloud, unset on AWS",
     ),
+    "SNH_PARAMETER_PREFIX": (
+        False,
+        "SSM Parameter Store path of the servers' parameters (default: /synapse-notebook-hub); "
+        "the hub stack's ParameterPrefix",
+    ),
+    "SNH_PARAMETER_KMS_KEY_ID": (
+        False,
+        "KMS key (id, ARN or alias) of the SecureString parameters: the hub stack's "
+        "ParameterKeyArn output; unset, SSM's account-wide alias/aws/ssm is used",
+    ),
     "SNH_EXTRA_CONFIG": (False, "a further Python config file loaded after this one"),
     "JUPYTERHUB_CRYPT_KEY": (
         True,
@@ -100,6 +110,8 @@ class HubSettings:
     hub_bind_url: str = "http://127.0.0.1:8081"
     hub_connect_url: str = ""
     aws_endpoint_url: str | None = None
+    parameter_prefix: str = "/synapse-notebook-hub"
+    parameter_kms_key_id: str | None = None
 
     def aws_environment(self) -> dict[str, str]:
         """What the hub's own services (reconciliation, reaper) need to reach AWS as the hub
@@ -187,6 +199,20 @@ class HubSettings:
         aws_endpoint_url = get("SNH_AWS_ENDPOINT_URL")
         if aws_endpoint_url:
             aws_endpoint_url = _url("SNH_AWS_ENDPOINT_URL", aws_endpoint_url, problems)
+        parameter_prefix = get("SNH_PARAMETER_PREFIX", "/synapse-notebook-hub").rstrip("/")
+        if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", parameter_prefix):
+            problems.append(
+                f"SNH_PARAMETER_PREFIX={parameter_prefix!r}: a parameter path such as "
+                "/synapse-notebook-hub (letters, digits, _ . - between slashes)"
+            )
+        kms_key = get("SNH_PARAMETER_KMS_KEY_ID")
+        if kms_key and not re.fullmatch(
+            r"(arn:[a-z-]+:kms:\S+|alias/[A-Za-z0-9/_-]+|[0-9a-f-]{36})", kms_key
+        ):
+            problems.append(
+                f"SNH_PARAMETER_KMS_KEY_ID={kms_key!r}: a KMS key id, key ARN, alias/NAME or "
+                "alias ARN"
+            )
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -205,4 +231,6 @@ class HubSettings:
             hub_bind_url=hub_bind_url,
             hub_connect_url=hub_connect_url or hub_bind_url,
             aws_endpoint_url=aws_endpoint_url or None,
+            parameter_prefix=parameter_prefix,
+            parameter_kms_key_id=kms_key or None,
         )

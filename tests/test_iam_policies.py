@@ -1,0 +1,415 @@
+"""The IAM policies' key promises, evaluated with `hub_config.infrastructure.policy_eval`.
+
+Which evaluator and what it proves: a small evaluator of identity-based policies written
+from the IAM User Guide ("Policy evaluation logic", "IAM JSON policy elements: Condition
+operators", "IAM policy elements: Variables and tags"); moto does not enforce IAM, so it
+could not answer these questions. Each test builds the request context AWS documents for
+the call (which keys, which values: named in the test) and asks for the decision. A pass
+proves that the policy *text* grants and refuses what we claim under the documented rules:
+e.g. no statement lets the hub terminate an instance without its ``jupyterhub:hub`` tag, tag
+one after the fact, or pass its own role; and an instance role's ``Deny`` shuts it out of
+another server's parameters even beside ``AmazonSSMManagedInstanceCore``'s ``Allow``.
+
+What it does not prove: that AWS puts exactly these keys in the request (that is the
+documentation's claim, cited in each test), key policies, SCPs, permission boundaries, or
+anything about the other operators the evaluator does not implement. It is not AWS; the
+first real deployment should still try the denied cases (README.md of the directory).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hub_config.infrastructure import sources
+from hub_config.infrastructure.policy_eval import Decision, Request, evaluate, is_allowed
+
+V = sources.EXAMPLE_VALUES
+ACCOUNT = V["AWS::AccountId"]
+REGION = V["AWS::Region"]
+HUB = V["HubId"]
+PREFIX = V["ParameterPrefix"]
+KEY = V["ParameterKeyArn"]
+VPC_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/{V['VpcId']}"
+
+HUB_POLICIES = [
+    sources.rendered_policy(n) for n in ("hub-ec2.json", "hub-parameters.json", "hub-sessions.json")
+]
+INSTANCE_POLICY = sources.rendered_policy("notebook-instance.json")
+#: The statement of the AWS managed policy AmazonSSMManagedInstanceCore that touches
+#: parameters (the policy also grants ssmmessages:* and ec2messages:* for the agent): it
+#: allows ssm:GetParameter and ssm:GetParameters on every resource. Modelled here because it
+#: is attached to every notebook role and is the reason for the instance policy's Deny.
+SSM_MANAGED_INSTANCE_CORE = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:UpdateInstanceInformation"],
+            "Resource": "*",
+        }
+    ],
+}
+INSTANCE_POLICIES = [INSTANCE_POLICY, SSM_MANAGED_INSTANCE_CORE]
+
+
+def instance(instance_id: str = "i-0123456789abcdef0") -> str:
+    return f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"
+
+
+def volume(volume_id: str = "vol-0123456789abcdef0") -> str:
+    return f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/{volume_id}"
+
+
+def parameter(name: str) -> str:
+    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{name.lstrip('/')}"
+
+
+def hub(action: str, resource: str, **context: Any) -> Decision:
+    return evaluate(HUB_POLICIES, Request(action, resource, _keys(context)))
+
+
+def on_instance(action: str, resource: str, **context: Any) -> Decision:
+    return evaluate(INSTANCE_POLICIES, Request(action, resource, _keys(context)))
+
+
+def _keys(context: dict[str, Any]) -> dict[str, Any]:
+    # keyword arguments cannot hold ':' or '/': tag__x and a__b spell them
+    return {k.replace("__", ":").replace("_SLASH_", "/"): v for k, v in context.items()}
+
+
+def tagged(hub_id: str | None) -> dict[str, str]:
+    """The resource's tags as EC2 puts them in the context: aws:ResourceTag/<key>."""
+    return {} if hub_id is None else {"aws:ResourceTag/jupyterhub:hub": hub_id}
+
+
+def ctx(**items: Any) -> dict[str, Any]:
+    return items
+
+
+# ------------------------------------------------------------------------------------------
+# The evaluator itself, on the documented rules it implements
+# ------------------------------------------------------------------------------------------
+
+
+def test_evaluator_explicit_deny_beats_allow_and_default_is_deny() -> None:
+    """IAM User Guide, "Policy evaluation logic": explicit deny > allow > implicit deny."""
+    allow = {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    deny = {"Statement": [{"Effect": "Deny", "Action": "s3:Delete*", "Resource": "*"}]}
+    assert evaluate([allow, deny], Request("s3:DeleteObject", "arn:aws:s3:::b/k")) is (
+        Decision.EXPLICIT_DENY
+    )
+    assert evaluate([allow, deny], Request("s3:GetObject", "arn:aws:s3:::b/k")) is Decision.ALLOW
+    assert evaluate([deny], Request("s3:GetObject", "arn:aws:s3:::b/k")) is (Decision.IMPLICIT_DENY)
+
+
+def test_evaluator_condition_rules() -> None:
+    """IAM User Guide, "Condition operators": a missing key fails a positive operator,
+    satisfies a negated one and an IfExists one; ForAllValues over no values holds; Null."""
+
+    def decide(condition: dict[str, Any], context: dict[str, Any]) -> bool:
+        policy = {
+            "Statement": [
+                {"Effect": "Allow", "Action": "x:Y", "Resource": "*", "Condition": condition}
+            ]
+        }
+        return is_allowed([policy], Request("x:Y", "arn:aws:x:::r", context))
+
+    assert not decide({"StringEquals": {"k": "v"}}, {})
+    assert decide({"StringNotEquals": {"k": "v"}}, {})
+    assert decide({"StringEqualsIfExists": {"k": "v"}}, {})
+    assert not decide({"StringEqualsIfExists": {"k": "v"}}, {"k": "w"})
+    assert decide({"ForAllValues:StringEquals": {"k": ["a", "b"]}}, {"k": ["a"]})
+    assert not decide({"ForAllValues:StringEquals": {"k": ["a", "b"]}}, {"k": ["a", "c"]})
+    assert decide({"Null": {"k": "true"}}, {})
+    assert decide({"StringLike": {"K": "a*"}}, {"k": "abc"})  # key names ignore case
+    assert decide({"StringEquals": {"k": "${v}"}}, {"k": "x", "v": "x"})  # a variable
+    assert not decide({"StringEquals": {"k": "${v}"}}, {"k": "x"})  # unresolved: no match
+    assert decide({"StringNotEquals": {"k": "${v}"}}, {"k": "x"})
+
+
+# ------------------------------------------------------------------------------------------
+# The hub: only its own tagged instances
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "ec2:StartInstances",
+        "ec2:StopInstances",
+        "ec2:TerminateInstances",
+        "ec2:ModifyInstanceAttribute",
+    ],
+)
+def test_hub_manages_only_instances_with_its_hub_tag(action: str) -> None:
+    """EC2 puts the instance's tags in the request as aws:ResourceTag/<key> (EC2 User Guide,
+    "Control access to EC2 resources using resource tags")."""
+    assert hub(action, instance(), **tagged(HUB)) is Decision.ALLOW
+    assert hub(action, instance(), **tagged("another-hub")) is Decision.IMPLICIT_DENY
+    assert hub(action, instance(), **tagged(None)) is Decision.IMPLICIT_DENY
+
+
+def launch_context(tags: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """RunInstances' context for the instance resource: aws:RequestTag/<key> and
+    aws:TagKeys from TagSpecifications, ec2:MetadataHttpTokens from MetadataOptions (Service
+    Authorization Reference, Amazon EC2, RunInstances)."""
+    return {
+        **{f"aws:RequestTag/{k}": v for k, v in tags.items()},
+        "aws:TagKeys": list(tags),
+        **extra,
+    }
+
+
+def test_hub_launches_only_instances_tagged_on_create_with_imdsv2() -> None:
+    ours = launch_context({"jupyterhub:hub": HUB, "Name": "notebook-alice"})
+    theirs = launch_context({"jupyterhub:hub": "another-hub"})
+    untagged = launch_context({"Name": "notebook-alice"})
+    ok = {"ec2:MetadataHttpTokens": "required"}
+    assert hub("ec2:RunInstances", instance("*"), **ours, **ok) is Decision.ALLOW
+    assert hub("ec2:RunInstances", instance("*"), **theirs, **ok) is Decision.IMPLICIT_DENY
+    assert hub("ec2:RunInstances", instance("*"), **untagged, **ok) is Decision.IMPLICIT_DENY
+    assert (
+        hub("ec2:RunInstances", instance("*"), **ours, **{"ec2:MetadataHttpTokens": "optional"})
+        is Decision.IMPLICIT_DENY
+    )
+
+
+def test_hub_volumes_are_tagged_on_create_and_encrypted() -> None:
+    ours = launch_context({"jupyterhub:hub": HUB})
+    assert hub("ec2:RunInstances", volume("*"), **ours, **{"ec2:Encrypted": True}) is (
+        Decision.ALLOW
+    )
+    assert hub("ec2:RunInstances", volume("*"), **ours, **{"ec2:Encrypted": False}) is (
+        Decision.IMPLICIT_DENY
+    )
+    assert hub("ec2:RunInstances", volume("*"), **{"ec2:Encrypted": True}) is (
+        Decision.IMPLICIT_DENY
+    )
+
+
+def test_hub_tags_on_create_only_through_run_instances_and_create_snapshot() -> None:
+    """EC2 User Guide, "Grant permission to tag resources during creation": CreateTags is
+    authorised with ec2:CreateAction naming the creating call."""
+    tags = launch_context({"jupyterhub:hub": HUB})
+    for action in ("RunInstances", "CreateSnapshot"):
+        assert hub("ec2:CreateTags", instance("*"), **tags, **{"ec2:CreateAction": action}) is (
+            Decision.ALLOW
+        )
+    # A CreateTags call of its own on an instance that is not the hub's, to take it over:
+    assert hub("ec2:CreateTags", instance(), **tags) is Decision.IMPLICIT_DENY
+    assert hub("ec2:CreateTags", instance(), **tags, **tagged("another-hub")) is (
+        Decision.IMPLICIT_DENY
+    )
+
+
+def test_hub_retags_own_resources_with_its_own_keys_only() -> None:
+    """The image switch (jupyterhub:image) and the reaper's volume mark are allowed on the
+    hub's own instances and volumes; other keys (e.g. the cost tags) and other resources
+    are not."""
+    image = launch_context({"jupyterhub:image": "rstudio"}, **tagged(HUB))
+    assert hub("ec2:CreateTags", instance(), **image) is Decision.ALLOW
+    mark = launch_context(
+        {"jupyterhub:delete-after-snapshot": "snap-1", "jupyterhub:hub": HUB}, **tagged(HUB)
+    )
+    assert hub("ec2:CreateTags", volume(), **mark) is Decision.ALLOW
+    rename = launch_context({"Name": "x"}, **tagged(HUB))
+    assert hub("ec2:CreateTags", instance(), **rename) is Decision.IMPLICIT_DENY
+    give_away = launch_context({"jupyterhub:hub": "another-hub"}, **tagged(HUB))
+    assert hub("ec2:CreateTags", instance(), **give_away) is Decision.IMPLICIT_DENY
+    assert hub("ec2:CreateTags", instance(), **launch_context({"jupyterhub:image": "x"})) is (
+        Decision.IMPLICIT_DENY
+    )
+
+
+def test_hub_snapshots_and_deletes_only_its_own_volumes() -> None:
+    snapshot = f"arn:aws:ec2:{REGION}::snapshot/*"
+    assert hub("ec2:CreateSnapshot", volume(), **tagged(HUB)) is Decision.ALLOW
+    assert hub("ec2:CreateSnapshot", volume(), **tagged("another-hub")) is Decision.IMPLICIT_DENY
+    assert hub("ec2:CreateSnapshot", snapshot, **launch_context({"jupyterhub:hub": HUB})) is (
+        Decision.ALLOW
+    )
+    assert hub("ec2:CreateSnapshot", snapshot) is Decision.IMPLICIT_DENY
+    assert hub("ec2:DeleteVolume", volume(), **tagged(HUB)) is Decision.ALLOW
+    assert hub("ec2:DeleteVolume", volume(), **tagged(None)) is Decision.IMPLICIT_DENY
+
+
+def test_hub_launches_into_the_notebook_vpc_only() -> None:
+    """Subnets, security groups and interfaces carry ec2:Vpc (Service Authorization
+    Reference, Amazon EC2, RunInstances)."""
+    for kind in ("subnet", "security-group", "network-interface"):
+        arn = f"arn:aws:ec2:{REGION}:{ACCOUNT}:{kind}/x-1"
+        assert hub("ec2:RunInstances", arn, **{"ec2:Vpc": VPC_ARN}) is Decision.ALLOW
+        other = VPC_ARN.rsplit("/", 1)[0] + "/vpc-other"
+        assert hub("ec2:RunInstances", arn, **{"ec2:Vpc": other}) is Decision.IMPLICIT_DENY
+
+
+def test_hub_passes_only_the_communities_notebook_roles_to_ec2() -> None:
+    notebook_role = f"arn:aws:iam::{ACCOUNT}:role/{HUB}/notebooks/ad-portal-NotebookRole-X1"
+    to_ec2 = {"iam:PassedToService": "ec2.amazonaws.com"}
+    assert hub("iam:PassRole", notebook_role, **to_ec2) is Decision.ALLOW
+    assert hub(
+        "iam:PassRole", notebook_role, **{"iam:PassedToService": "lambda.amazonaws.com"}
+    ) is (Decision.IMPLICIT_DENY)
+    for other in (
+        f"arn:aws:iam::{ACCOUNT}:role/{HUB}-hub",  # its own role
+        f"arn:aws:iam::{ACCOUNT}:role/another-hub/notebooks/x",
+        f"arn:aws:iam::{ACCOUNT}:role/admin",
+    ):
+        assert hub("iam:PassRole", other, **to_ec2) is Decision.IMPLICIT_DENY, other
+
+
+# ------------------------------------------------------------------------------------------
+# The hub: sessions
+# ------------------------------------------------------------------------------------------
+
+
+def test_hub_starts_only_port_forwarding_sessions_to_its_own_instances() -> None:
+    """StartSession is authorised on the target instance (its tags as ssm:resourceTag/<key>)
+    and on the document (Session Manager guide, "Additional sample IAM policies for Session
+    Manager"); with ssm:SessionDocumentAccessCheck the document is always checked."""
+    own = {"ssm:resourceTag/jupyterhub:hub": HUB, "ssm:SessionDocumentAccessCheck": True}
+    assert hub("ssm:StartSession", instance(), **own) is Decision.ALLOW
+    assert hub("ssm:StartSession", instance(), **{"ssm:resourceTag/jupyterhub:hub": "x"}) is (
+        Decision.IMPLICIT_DENY
+    )
+    assert hub("ssm:StartSession", instance()) is Decision.IMPLICIT_DENY
+    document = f"arn:aws:ssm:{REGION}::document/"
+    assert hub("ssm:StartSession", document + "AWS-StartPortForwardingSession") is Decision.ALLOW
+    for other in (
+        "SSM-SessionManagerRunShell",
+        "AWS-StartSSHSession",
+        "AWS-StartPortForwardingSessionToRemoteHost",
+        "AWS-StartInteractiveCommand",
+    ):
+        assert hub("ssm:StartSession", document + other) is Decision.IMPLICIT_DENY, other
+
+
+def test_hub_ends_only_its_own_sessions() -> None:
+    session = f"arn:aws:ssm:{REGION}:{ACCOUNT}:session/AROAEXAMPLE:i-0hub-0a1b2c3d"
+    mine = {
+        "aws:userid": "AROAEXAMPLE:i-0hub",
+        "ssm:resourceTag/aws:ssmmessages:session-id": "AROAEXAMPLE:i-0hub-0a1b2c3d",
+    }
+    assert hub("ssm:TerminateSession", session, **mine) is Decision.ALLOW
+    theirs = {**mine, "ssm:resourceTag/aws:ssmmessages:session-id": "alice-0a1b2c3d"}
+    assert hub("ssm:TerminateSession", session, **theirs) is Decision.IMPLICIT_DENY
+
+
+# ------------------------------------------------------------------------------------------
+# The hub: parameters
+# ------------------------------------------------------------------------------------------
+
+
+OWN_PARAMETER = parameter(f"/{PREFIX}/{HUB}/alice/_/synapse-token")
+
+
+@pytest.mark.parametrize(
+    "action", ["ssm:PutParameter", "ssm:DeleteParameters", "ssm:GetParameters"]
+)
+def test_hub_parameters_only_under_its_own_path(action: str) -> None:
+    assert hub(action, OWN_PARAMETER) is Decision.ALLOW
+    for other in (
+        f"/{PREFIX}/another-hub/alice/_/synapse-token",
+        f"/{PREFIX}/{HUB}-2/alice/_/synapse-token",  # a hub id that merely starts like ours
+        f"/other/{HUB}/alice/_/synapse-token",
+        "/synapse-token",
+    ):
+        assert hub(action, parameter(other)) is Decision.IMPLICIT_DENY, other
+
+
+def test_hub_tags_parameters_with_the_instance_arn_only() -> None:
+    arn_tag = {"aws:TagKeys": ["jupyterhub:instance-arn"]}
+    assert hub("ssm:AddTagsToResource", OWN_PARAMETER, **arn_tag) is Decision.ALLOW
+    other_key = {"aws:TagKeys": ["jupyterhub:instance-arn", "Owner"]}
+    assert hub("ssm:AddTagsToResource", OWN_PARAMETER, **other_key) is Decision.IMPLICIT_DENY
+
+
+def test_hub_encrypts_with_its_key_through_ssm_and_cannot_decrypt() -> None:
+    """Parameter Store calls KMS for the hub with kms:ViaService ssm.<region>.amazonaws.com
+    and the encryption context PARAMETER_ARN (Systems Manager guide, "How AWS Systems Manager
+    Parameter Store uses AWS KMS")."""
+    via = {
+        "kms:ViaService": f"ssm.{REGION}.amazonaws.com",
+        "kms:EncryptionContext:PARAMETER_ARN": OWN_PARAMETER,
+    }
+    assert hub("kms:Encrypt", KEY, **via) is Decision.ALLOW
+    assert hub("kms:GenerateDataKey", KEY, **via) is Decision.ALLOW
+    assert hub("kms:Encrypt", KEY, **{"kms:EncryptionContext:PARAMETER_ARN": OWN_PARAMETER}) is (
+        Decision.IMPLICIT_DENY
+    )
+    elsewhere = {**via, "kms:EncryptionContext:PARAMETER_ARN": parameter("/other/x")}
+    assert hub("kms:Encrypt", KEY, **elsewhere) is Decision.IMPLICIT_DENY
+    assert hub("kms:Decrypt", KEY, **via) is Decision.IMPLICIT_DENY
+
+
+# ------------------------------------------------------------------------------------------
+# A notebook instance: its own server's parameters only
+# ------------------------------------------------------------------------------------------
+
+
+ALICE = instance("i-0a11ce00000000000")
+BOB = instance("i-0b0b0000000000000")
+
+
+def instance_reads(
+    instance_arn: str,
+    parameter_tag: str | None,
+    name: str = OWN_PARAMETER,
+    action: str = "ssm:GetParameter",
+) -> Decision:
+    """ec2:SourceInstanceARN: the instance's ARN, present whenever the request is signed
+    with the instance role's credentials (IAM User Guide, "AWS global condition context
+    keys"); the parameter's tags as aws:ResourceTag/<key> (Service Authorization Reference,
+    AWS Systems Manager, GetParameter)."""
+    context: dict[str, Any] = {"ec2:SourceInstanceARN": instance_arn}
+    if parameter_tag is not None:
+        context["aws:ResourceTag/jupyterhub:instance-arn"] = parameter_tag
+    return on_instance(action, name, **context)
+
+
+@pytest.mark.parametrize("action", ["ssm:GetParameter", "ssm:GetParameters"])
+def test_instance_reads_its_own_servers_parameter(action: str) -> None:
+    assert instance_reads(ALICE, ALICE, action=action) is Decision.ALLOW
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"],
+)
+def test_instance_cannot_read_another_servers_parameter(action: str) -> None:
+    """Even beside AmazonSSMManagedInstanceCore's Allow on every parameter: explicit Deny."""
+    assert instance_reads(BOB, ALICE, action=action) is Decision.EXPLICIT_DENY
+
+
+def test_instance_cannot_read_an_untagged_parameter() -> None:
+    """Between PutParameter and AddTagsToResource (the bootstrap waits for the tag)."""
+    assert instance_reads(ALICE, None) is Decision.EXPLICIT_DENY
+
+
+def test_instance_cannot_read_another_hubs_parameters_of_the_same_prefix() -> None:
+    other_hub = parameter(f"/{PREFIX}/another-hub/alice/_/synapse-token")
+    # The Allow is this hub's path only; the Deny covers the whole prefix.
+    assert instance_reads(ALICE, BOB, name=other_hub) is Decision.EXPLICIT_DENY
+
+
+def test_instance_decrypts_only_through_ssm_for_its_hubs_parameters() -> None:
+    """KMS cannot tell one server from another (the parameter ARN is the only context):
+    the per-server line is the GetParameter check above, which SSM makes before it asks KMS
+    to decrypt."""
+    via = {
+        "kms:ViaService": f"ssm.{REGION}.amazonaws.com",
+        "kms:EncryptionContext:PARAMETER_ARN": OWN_PARAMETER,
+    }
+    assert on_instance("kms:Decrypt", KEY, **via) is Decision.ALLOW
+    direct = {"kms:EncryptionContext:PARAMETER_ARN": OWN_PARAMETER}
+    assert on_instance("kms:Decrypt", KEY, **direct) is Decision.IMPLICIT_DENY
+    other = {**via, "kms:EncryptionContext:PARAMETER_ARN": parameter("/x/other-hub/a/_/t")}
+    assert on_instance("kms:Decrypt", KEY, **other) is Decision.IMPLICIT_DENY
+
+
+def test_instance_cannot_write_parameters_or_start_sessions() -> None:
+    assert on_instance("ssm:PutParameter", OWN_PARAMETER) is Decision.IMPLICIT_DENY
+    assert on_instance("ssm:StartSession", ALICE) is Decision.IMPLICIT_DENY
+    assert on_instance("ec2:TerminateInstances", ALICE) is Decision.IMPLICIT_DENY
