@@ -64,6 +64,8 @@ c.JupyterHub.spawner_class = "ec2"
 c.EC2Spawner.communities_file = str(settings.communities_file)
 c.EC2Spawner.hub_id = settings.hub_id
 c.EC2Spawner.aws_endpoint_url = settings.aws_endpoint_url
+c.EC2Spawner.parameter_prefix = settings.parameter_prefix
+c.EC2Spawner.parameter_kms_key_id = settings.parameter_kms_key_id
 c.JupyterHub.allow_named_servers = True
 # Instances call the hub's API (activity, OAuth) over the VPC, never through the proxy.
 c.JupyterHub.hub_bind_url = settings.hub_bind_url
@@ -124,6 +126,21 @@ c.JupyterHub.extra_handlers = [
         audit_log=str(settings.state_dir / "audit.log"),
     )
 ]
+
+# -- home page: "Stopped since …, will be removed on …" under each stopped server ----------
+from spawner import home_view  # noqa: E402 - this block's own import
+
+c.JupyterHub.template_vars.update(
+    {
+        home_view.TEMPLATE_VAR: home_view.HomeNotices(
+            communities_file=str(settings.communities_file),
+            hub_id=settings.hub_id,
+            aws_endpoint_url=settings.aws_endpoint_url,
+            audit_log=str(settings.state_dir / "audit.log"),
+        )
+    }
+)
+# -- end of the home page's stopped-server line ------------------------------------------
 
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

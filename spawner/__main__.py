@@ -14,7 +14,12 @@ The token needs the scopes ``list:users``, ``read:users``, ``read:servers`` (and
 (`spawner.reaper`); run it daily with the hub's IAM role::
 
     python -m spawner reap [--dry-run] [--hub-id ID] [--communities FILE] [--region R]
-                           [--endpoint-url URL] [--audit-log PATH]
+                           [--endpoint-url URL] [--audit-log PATH] [--now ISO-TIME]
+
+``--now 2025-06-01T00:00Z`` reaps as if it were that time: with ``--dry-run``, a preview of
+what a later run will remove (e.g. before shortening a community's ``dormancy_days``);
+without it, a way to remove servers early (it only ever removes *stopped* instances, and each
+is still checked to be stopped, and snapshotted per its community's policy, first).
 
 AWS credentials and region come from the usual boto3 chain; ``--region`` (repeatable)
 narrows the regions, which are otherwise those of the communities file. Defaults come from
@@ -227,6 +232,16 @@ async def _servers(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _time(text: str) -> dt.datetime:
+    """An ISO-8601 time for ``--now`` (UTC unless it says otherwise)."""
+    try:
+        return audit.parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO-8601 time: {text!r} (e.g. 2025-06-01T00:00Z)"
+        ) from None
+
+
 def format_plans(outcomes: list[Any], now: dt.datetime) -> str:
     header = ("INSTANCE", "USER", "SERVER", "COMMUNITY", "STOPPED SINCE", "DAYS", "ACTION")
     lines = [header]
@@ -264,15 +279,17 @@ async def _reap(args: argparse.Namespace) -> int:
         audit_log=log,
         dry_run=args.dry_run,
         wait_for_snapshot=args.wait_for_snapshots,
+        now=(lambda: args.now) if args.now else audit.utcnow,
     )
     report = await reaper.run()
     await log.aflush()
-    now = dt.datetime.now(dt.UTC)
+    now = args.now or dt.datetime.now(dt.UTC)
     if args.json:
         print(
             json.dumps(
                 {
                     "dry_run": args.dry_run,
+                    "now": audit.isoformat(now),
                     "instances": [
                         {
                             "instance_id": o.plan.view.instance_id,
@@ -300,6 +317,8 @@ async def _reap(args: argparse.Namespace) -> int:
     else:
         if args.dry_run:
             print("DRY RUN: nothing is changed.\n")
+        if args.now:
+            print(f"As if it were {audit.isoformat(args.now)}.\n")
         if report.outcomes:
             print(format_plans(report.outcomes, now))
         else:
@@ -348,6 +367,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for a snapshot to complete before keeping the volume for a "
         "later run to delete (default 300)",
+    )
+    reap.add_argument(
+        "--now",
+        type=_time,
+        metavar="ISO-TIME",
+        help="reap as if it were this time (e.g. 2025-06-01T00:00Z): with --dry-run, a "
+        "preview of a later run; without it, removes servers whose removal date is before "
+        "then (stopped instances only, snapshotted per policy as always)",
     )
     return top
 

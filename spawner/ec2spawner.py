@@ -143,7 +143,12 @@ class EC2Spawner(Spawner):
         None,
         allow_none=True,
         config=True,
-        help="KMS key for the SecureString parameters; default: the account's alias/aws/ssm.",
+        help="""
+        KMS key (id, ARN or alias) of the SecureString parameters: the key of the hub stack
+        (``hub_config/infrastructure/hub.yaml``), which only this hub may encrypt with and only
+        its notebook roles may decrypt with, through SSM. None uses the account's
+        ``alias/aws/ssm``, which every role in the account may use through SSM.
+        """,
     )
 
     notebook_port = Integer(
@@ -227,6 +232,9 @@ class EC2Spawner(Spawner):
         self.tunnel_port: int | None = None
         self.launch_id: str | None = None
         self.last_options: dict[str, Any] | None = None
+        #: when stop() stopped the instance (ISO UTC): the home page's last resort for
+        #: "stopped since" (spawner.home_view), when neither EC2 nor the audit log says
+        self.stopped_at: str | None = None
         self.tunnel: Tunnel | None = None
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
@@ -242,6 +250,7 @@ class EC2Spawner(Spawner):
         self.tunnel_port = state.get("tunnel_port")
         self.launch_id = state.get("launch_id")
         self.last_options = state.get("options")
+        self.stopped_at = state.get("stopped_at")
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -254,6 +263,7 @@ class EC2Spawner(Spawner):
                 tunnel_port=self.tunnel_port,
                 launch_id=self.launch_id,
                 options=self.last_options,
+                stopped_at=self.stopped_at,
             )
         return state
 
@@ -371,6 +381,7 @@ class EC2Spawner(Spawner):
 
     async def _start(self) -> str:
         self._events = []
+        self.stopped_at = None
         self._emit(0, "Preparing your server…")
         communities = await self._user_communities()
         try:
@@ -905,6 +916,7 @@ class EC2Spawner(Spawner):
         if self.instance_id:
             try:
                 await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
+                self.stopped_at = audit.isoformat(audit.utcnow())
                 self._audit("stop")
             except AwsError as e:
                 if e.kind is not ErrorKind.NOT_FOUND:

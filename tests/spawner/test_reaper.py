@@ -575,6 +575,43 @@ def test_reap_command(aws, ec2, tmp_path, capsys, cli_state):
     ]
 
 
+def test_reap_command_now_previews_a_later_run(aws, ec2, tmp_path, capsys, cli_state):
+    """``--now``: the reaper as if it were then. Stopped 10 days ago: ad-portal (30 days)
+    is due in 21 days' time, nf-osc (60 days) is not; a real run then removes only that."""
+    ad, nf = launch(ec2, "alice"), launch(ec2, "bob", community="nf-osc")
+    ec2.stop_instances(InstanceIds=[ad, nf])
+    aws.stop_times.update({ad: NOW - 10 * DAY, nf: NOW - 10 * DAY})
+    Aws._shared[(REGION, None)] = aws
+    later = NOW + 21 * DAY
+    args = ["reap", "--hub-id", HUB, "--communities", str(DEFAULT_COMMUNITIES_PATH),
+            "--audit-log", str(tmp_path / "audit.log"), "--json"]  # fmt: skip
+
+    assert main([*args, "--dry-run"]) == 0
+    today = {
+        i["instance_id"]: i["action"] for i in json.loads(capsys.readouterr().out)["instances"]
+    }
+    assert today == {ad: "keep", nf: "keep"}
+
+    assert main([*args, "--dry-run", "--now", later.isoformat()]) == 0
+    preview = json.loads(capsys.readouterr().out)
+    assert preview["now"] == audit.isoformat(later)
+    actions = {i["instance_id"]: i["action"] for i in preview["instances"]}
+    assert actions == {ad: "remove", nf: "keep"}
+    assert describe(ec2, ad)["State"]["Name"] == "stopped"
+
+    assert main([*args, "--now", later.isoformat()]) == 0
+    capsys.readouterr()
+    assert describe(ec2, ad)["State"]["Name"] == "terminated"
+    assert describe(ec2, nf)["State"]["Name"] == "stopped"
+
+
+def test_reap_command_refuses_a_time_it_cannot_read(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["reap", "--now", "next tuesday"])
+    assert exit_.value.code == 2
+    assert "not an ISO-8601 time: 'next tuesday'" in capsys.readouterr().err
+
+
 def test_reap_command_refuses_a_bad_communities_file(tmp_path, capsys, cli_state):
     bad = tmp_path / "c.yaml"
     bad.write_text("communities: []\n")
