@@ -18,6 +18,7 @@ first real deployment should still try the denied cases (README.md of the direct
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -33,9 +34,18 @@ PREFIX = V["ParameterPrefix"]
 KEY = V["ParameterKeyArn"]
 VPC_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/{V['VpcId']}"
 
-HUB_POLICIES = [
-    sources.rendered_policy(n) for n in ("hub-ec2.json", "hub-parameters.json", "hub-sessions.json")
-]
+#: Everything attached to the hub's role: hub.yaml's four policies and hub-host.yaml's two
+#: (the database secret's with its optional parameter set), so each promise below must hold
+#: with all of them together.
+HUB_POLICY_FILES = (
+    "hub-ec2.json",
+    "hub-parameters.json",
+    "hub-sessions.json",
+    "hub-ssm-agent.json",
+    "hub-secrets.json",
+    "hub-database-secret.json",
+)
+HUB_POLICIES = [sources.rendered_policy(n) for n in HUB_POLICY_FILES]
 INSTANCE_POLICY = sources.rendered_policy("notebook-instance.json")
 #: The statement of the AWS managed policy AmazonSSMManagedInstanceCore that touches
 #: parameters (the policy also grants ssmmessages:* and ec2messages:* for the agent): it
@@ -413,3 +423,127 @@ def test_instance_cannot_write_parameters_or_start_sessions() -> None:
     assert on_instance("ssm:PutParameter", OWN_PARAMETER) is Decision.IMPLICIT_DENY
     assert on_instance("ssm:StartSession", ALICE) is Decision.IMPLICIT_DENY
     assert on_instance("ec2:TerminateInstances", ALICE) is Decision.IMPLICIT_DENY
+
+
+# ------------------------------------------------------------------------------------------
+# The hub's own host: a Session Manager shell for operators, its secrets
+# ------------------------------------------------------------------------------------------
+
+
+HUB_HOST = instance("i-0fee0000000000001")
+OWN_SECRETS = (
+    V["SynapseClientSecret"],
+    V["CryptKeySecret"],
+    V["DatabaseUrlSecretArn"],
+)
+
+
+def test_hub_policy_files_are_all_the_hub_roles() -> None:
+    """HUB_POLICIES is what the templates attach to the hub's role, no more, no less."""
+    attached = set()
+    for name in ("hub", "hub-host"):
+        resources = sources.load_template(name)["Resources"]
+        hub_role = resources.get("HubRole", {}).get("Properties", {})
+        listed_by_the_role = json.dumps(hub_role.get("ManagedPolicyArns", []))
+        for logical_id, source, _ in sources.template_policies({"Resources": resources}):
+            attached_to = json.dumps(resources[logical_id]["Properties"].get("Roles", []))
+            if f'"{logical_id}"' in listed_by_the_role or "-HubRoleName" in attached_to:
+                attached.add(source)
+    assert attached == set(HUB_POLICY_FILES)
+
+
+def test_hub_host_agent_registers_and_opens_session_channels() -> None:
+    """The Session Manager guide's instance permissions ("Step 2: Verify or add instance
+    permissions for Session Manager"): ssm:UpdateInstanceInformation and the four
+    ssmmessages channel actions; ec2messages for the agent's message polling."""
+    from_host = {"ec2:SourceInstanceARN": HUB_HOST}
+    assert hub("ssm:UpdateInstanceInformation", HUB_HOST, **from_host) is Decision.ALLOW
+    for action in (
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+        "ec2messages:GetMessages",
+        "ec2messages:AcknowledgeMessage",
+        "ec2messages:SendReply",
+    ):
+        assert hub(action, "*", **from_host) is Decision.ALLOW, action
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"],
+)
+def test_hub_agent_permissions_read_no_parameter(action: str) -> None:
+    """Unlike AmazonSSMManagedInstanceCore (modelled above), whose Allow on every parameter
+    would let the hub read any parameter of the account, the agent's statements add none:
+    the hub still reads no other hub's parameter and nothing outside its path, and only
+    checks the existence of its own (GetParameters, without decryption, below)."""
+    others = (
+        f"/{PREFIX}/another-hub/alice/_/synapse-token",
+        f"/other/{HUB}/alice/_/synapse-token",
+        "/aws/reference/secretsmanager/anything",
+        "/database/password",
+    )
+    for name in others:
+        assert is_allowed([SSM_MANAGED_INSTANCE_CORE], Request(action, parameter(name))) is (
+            action in ("ssm:GetParameter", "ssm:GetParameters")
+        )
+        assert hub(action, parameter(name)) is Decision.IMPLICIT_DENY, name
+    own = hub(action, OWN_PARAMETER)
+    assert own is (Decision.ALLOW if action == "ssm:GetParameters" else Decision.IMPLICIT_DENY)
+
+
+def test_hub_still_cannot_decrypt_any_parameter() -> None:
+    """A SecureString's value needs kms:Decrypt of the caller through SSM ("How AWS Systems
+    Manager Parameter Store uses AWS KMS"): the hub's role has it for no key and no
+    parameter, its own servers' included."""
+    for name in (OWN_PARAMETER, parameter(f"/{PREFIX}/another-hub/bob/_/synapse-token")):
+        via = {
+            "kms:ViaService": f"ssm.{REGION}.amazonaws.com",
+            "kms:EncryptionContext:PARAMETER_ARN": name,
+        }
+        assert hub("kms:Decrypt", KEY, **via) is Decision.IMPLICIT_DENY
+        assert hub("kms:Decrypt", "*", **via) is Decision.IMPLICIT_DENY
+
+
+def test_hub_agent_permissions_open_no_session_and_run_no_command() -> None:
+    """The agent's channel actions are the receiving end; opening a shell on an instance
+    (StartSession with the shell document) or running a command stays out of reach."""
+    shell = f"arn:aws:ssm:{REGION}::document/SSM-SessionManagerRunShell"
+    assert hub("ssm:StartSession", shell) is Decision.IMPLICIT_DENY
+    assert hub("ssm:SendCommand", HUB_HOST) is Decision.IMPLICIT_DENY
+    assert hub("ssm:SendCommand", f"arn:aws:ssm:{REGION}::document/AWS-RunShellScript") is (
+        Decision.IMPLICIT_DENY
+    )
+
+
+def test_hub_reads_exactly_its_own_secrets() -> None:
+    """GetSecretValue is authorised on the secret's ARN (Service Authorization Reference,
+    AWS Secrets Manager); hub-host.yaml names the hub's two secrets (and the database URL's,
+    when given) by their full ARNs, random suffix included."""
+    for secret in OWN_SECRETS:
+        assert hub("secretsmanager:GetSecretValue", secret) is Decision.ALLOW, secret
+    client = V["SynapseClientSecret"]
+    for other in (
+        client[:-6] + "ZzZzZz",  # a later secret of the same name: another ARN
+        client.replace(ACCOUNT, "210987654321"),
+        client.replace(REGION, "eu-west-1"),
+        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:rds-master-password-AbCdEf",
+        "*",
+    ):
+        assert hub("secretsmanager:GetSecretValue", other) is Decision.IMPLICIT_DENY, other
+    for action in (
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecret",
+        "secretsmanager:DeleteSecret",
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:ListSecrets",
+        "secretsmanager:GetResourcePolicy",
+    ):
+        assert hub(action, client) is Decision.IMPLICIT_DENY, action
+
+
+def test_notebook_instances_cannot_read_the_hubs_secrets() -> None:
+    for secret in OWN_SECRETS:
+        assert on_instance("secretsmanager:GetSecretValue", secret) is Decision.IMPLICIT_DENY

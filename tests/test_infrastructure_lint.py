@@ -131,7 +131,8 @@ def test_every_policy_file_is_deployed_once() -> None:
 
 def test_every_placeholder_is_a_template_value() -> None:
     """A placeholder must be something CloudFormation can fill in the template that uses
-    the file: a pseudo parameter, a template parameter, a Sub variable or a GetAtt."""
+    the file: a pseudo parameter, a template parameter, a Sub variable, a GetAtt or the Ref
+    of one of its resources (a secret's ARN)."""
     for name in sources.TEMPLATES:
         parsed = sources.load_template(name)
         known = set(parsed.get("Parameters", {})) | {
@@ -140,6 +141,7 @@ def test_every_placeholder_is_a_template_value() -> None:
             "AWS::AccountId",
         }
         known |= {f"{r}.Arn" for r in parsed.get("Resources", {})}
+        known |= set(parsed.get("Resources", {}))
         for _, source, document in sources.template_policies(parsed):
             text = json.dumps(document)
             known |= set(re.findall(r'"([A-Za-z]+)": \{"Fn::ImportValue"', text))

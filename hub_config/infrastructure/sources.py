@@ -2,7 +2,8 @@
 
 Single source: every IAM policy exists once as JSON in ``policies/``, readable and checkable
 by ``parliament``, with deployment values as ``{{Name}}`` placeholders (``{{AWS::Region}}``,
-``{{HubId}}``, ``{{ParameterKey.Arn}}`` ...) and IAM's own policy variables as ``${...}``.
+``{{HubId}}``, ``{{ParameterKey.Arn}}``, ``{{CryptKeySecret}}`` for the ``!Ref`` of a
+resource ...) and IAM's own policy variables as ``${...}``.
 The CloudFormation templates carry the same documents in their native form (``!Sub`` with
 ``${Name}`` for deployment values and ``${!...}`` for IAM variables), each managed policy
 naming its file in ``Metadata.PolicyFile``. `template_policy_as_source` turns a template's
@@ -23,7 +24,7 @@ import cfnlint.decode
 
 HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE / "policies"
-TEMPLATES = {name: HERE / f"{name}.yaml" for name in ("network", "hub", "community")}
+TEMPLATES = {name: HERE / f"{name}.yaml" for name in ("network", "hub", "community", "hub-host")}
 
 #: Values used to render placeholders for parliament and for the evaluator tests. They
 #: follow the shipped demo communities file (account 123456789012, us-east-1) and the
@@ -39,6 +40,15 @@ EXAMPLE_VALUES: dict[str, str] = {
     "ParameterKey.Arn": _EXAMPLE_KEY,
     "ParameterKeyArn": _EXAMPLE_KEY,
     "EcrRepositoryPattern": "synapse-notebook-hub/*",
+    # hub-host.yaml's secrets: ``!Ref`` of a Secrets Manager secret is its ARN, whose name
+    # ends in a random six-character suffix.
+    "SynapseClientSecret": (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:SynapseClientSecret-AbCdEf"
+    ),
+    "CryptKeySecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:CryptKeySecret-GhIjKl",
+    "DatabaseUrlSecretArn": (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:synapse-notebook-hub/db-url-MnOpQr"
+    ),
 }
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z0-9:.]+)\}\}")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.integration.harness import hub_env, hub_test_config, sign_in, start_hub, stop_group
+from tests.integration.harness import own_hub, sign_in
 from tests.integration.spawn_harness import start_server, stop_server
 
 from .conftest import SCREENSHOTS
@@ -25,16 +25,8 @@ SCREENSHOT = "/tmp/admin-page.png"
 
 @pytest.fixture(scope="module")
 def hub(cloud, tmp_path_factory):
-    state = tmp_path_factory.mktemp("hub-admin-page")
-    env = hub_env(
-        cloud,
-        state,
-        SNH_HUB_ID=HUB_ID,
-        SNH_EXTRA_CONFIG=str(hub_test_config(state, extra="c.Spawner.poll_interval = 2\n")),
-    )
-    hub = start_hub(env, state / "hub.log")
-    yield hub
-    stop_group(hub.proc)
+    with own_hub(cloud, tmp_path_factory.mktemp("hub-admin-page"), HUB_ID) as hub:
+        yield hub
 
 
 @pytest.fixture(scope="module")

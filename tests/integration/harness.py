@@ -203,6 +203,19 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
     return hub
 
 
+@contextlib.contextmanager
+def own_hub(cloud: LocalCloud, state: Path, hub_id: str, *, extra: str = ""):
+    """A hub of its own id (its instances are its own: other modules' servers in the shared
+    local cloud are not listed, reaped or culled by it), polling every 2 s; stopped after."""
+    config = hub_test_config(state, extra="c.Spawner.poll_interval = 2\n" + extra)
+    env = hub_env(cloud, state, SNH_HUB_ID=hub_id, SNH_EXTRA_CONFIG=str(config))
+    hub = start_hub(env, state / "hub.log")
+    try:
+        yield hub
+    finally:
+        stop_group(hub.proc)
+
+
 class FormParser(HTMLParser):
     """The first form of a page: its action and its fields (hidden ones included)."""
 

@@ -18,7 +18,7 @@ import pytest
 from spawner.home_view import format_day, format_moment
 from spawner.poller import InstanceView
 
-from .harness import hub_env, hub_test_config, sign_in, start_hub, stop_group
+from .harness import own_hub, sign_in
 from .spawn_harness import moto, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -29,16 +29,8 @@ LINE = re.compile(r'<p class="snh-stopped-line[^"]*"\s+data-server-name="([^"]*)
 
 @pytest.fixture(scope="module")
 def hub(cloud, tmp_path_factory):
-    state = tmp_path_factory.mktemp("hub-home-page")
-    env = hub_env(
-        cloud,
-        state,
-        SNH_HUB_ID=HUB_ID,
-        SNH_EXTRA_CONFIG=str(hub_test_config(state, extra="c.Spawner.poll_interval = 2\n")),
-    )
-    hub = start_hub(env, state / "hub.log")
-    yield hub
-    stop_group(hub.proc)
+    with own_hub(cloud, tmp_path_factory.mktemp("hub-home-page"), HUB_ID) as hub:
+        yield hub
 
 
 @pytest.fixture(scope="module")
