@@ -3,8 +3,9 @@
 - ``serve``: the stand-ins in this process, until Ctrl-C: Synapse, and AWS (moto for EC2, SSM
   parameters, IAM and STS; the SSM Session Manager stand-in; one AWS endpoint in front of
   both; the instance simulator, which runs a real ``jupyterhub-singleuser`` for each running
-  instance). Their URLs are written to ``.localcloud/endpoints.json``, the communities file
-  with the ids that exist in moto to ``.localcloud/communities.yaml``.
+  instance; with ``--light-instances`` one shared responder answers for all of them). Their
+  URLs are written to ``.localcloud/endpoints.json``, the communities file with the ids that
+  exist in moto to ``.localcloud/communities.yaml``.
 - ``hub``: JupyterHub (with configurable-http-proxy) against the stand-ins named in that
   file, so the hub can be stopped and restarted while the local cloud keeps running.
 - ``demo``: both, and a banner that says what to open and who to sign in as.
@@ -52,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=DEFAULT_BOOT_DELAY,
         help="seconds a simulated instance takes to boot before its notebook starts",
+    )
+    parser.add_argument(
+        "--light-instances",
+        action="store_true",
+        help="simulated instances run no notebook process: one shared responder answers for "
+        "all of them (benchmarks with hundreds of servers)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the stand-ins until interrupted")

@@ -20,10 +20,17 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 
-from .aws.moto_server import MotoServer, start_moto
+from .aws.moto_server import MotoServer, index_moto_tags, start_moto
 from .aws_front import AwsFront, serve_front, shutdown_front
 from .instances.control import control_routes as simulator_routes
-from .moto_setup import DEFAULT_PARAMETER_PREFIX, REGION, CloudIds, setup
+from .moto_setup import (
+    DEFAULT_PARAMETER_PREFIX,
+    LIGHT_SUBNETS,
+    REGION,
+    SUBNETS,
+    CloudIds,
+    setup,
+)
 from .simulator import DEFAULT_BOOT_DELAY, InstanceSimulator
 from .ssm import SsmStandIn
 from .ssm import serve as serve_ssm
@@ -97,9 +104,14 @@ async def start_aws(
     boot_delay: float = DEFAULT_BOOT_DELAY,
     region: str = REGION,
     parameter_prefix: str = DEFAULT_PARAMETER_PREFIX,
+    light_instances: bool = False,
 ) -> LocalAws:
     """Start everything on the running loop (moto in a thread) and provision the communities'
-    resources; ``<state_dir>/communities.yaml`` is written before this returns."""
+    resources; ``<state_dir>/communities.yaml`` is written before this returns.
+    ``light_instances``: instances without a notebook process of their own, in larger
+    subnets, with moto's tag lookups indexed — for benchmarks with hundreds of servers."""
+    if light_instances:
+        index_moto_tags()
     moto = await asyncio.to_thread(start_moto)
     started: list[Any] = []
     try:
@@ -112,6 +124,7 @@ async def start_aws(
             synapse_base_url=synapse_base_url,
             region=region,
             boot_delay=boot_delay,
+            light_instances=light_instances,
         )
         front, front_server, front_url = await serve_front(
             front_port, moto_url=moto.url, ssm_url=ssm_url, extra_routes=simulator_routes(simulator)
@@ -120,7 +133,12 @@ async def start_aws(
         simulator.aws_endpoint_url = front_url
         front.calls.listeners.append(simulator.on_aws_call)
         ids, communities_file = await asyncio.to_thread(
-            setup, moto.url, state_dir, region=region, parameter_prefix=parameter_prefix
+            setup,
+            moto.url,
+            state_dir,
+            region=region,
+            parameter_prefix=parameter_prefix,
+            subnet_cidrs=LIGHT_SUBNETS if light_instances else SUBNETS,
         )
         await simulator.start()
     except BaseException:

@@ -80,8 +80,11 @@ async def start_standins(
     *,
     aws_port: int = 0,
     boot_delay: float = DEFAULT_BOOT_DELAY,
+    light_instances: bool = False,
 ) -> LocalCloud:
-    """Start the stand-ins on this loop; the endpoints are also written to disk."""
+    """Start the stand-ins on this loop; the endpoints are also written to disk.
+    ``light_instances``: simulated instances boot without a notebook process of their own
+    (``localcloud.instances.light``), for benchmarks with hundreds of servers."""
     from .aws_stack import start_aws
     from .synapse import serve as serve_synapse
     from .synapse.directory import OAuthClient
@@ -95,7 +98,11 @@ async def start_standins(
     _standin, synapse_server, base_url = await serve_synapse(synapse_port, clients=[client])
     try:
         aws = await start_aws(
-            state_dir, front_port=aws_port, synapse_base_url=base_url, boot_delay=boot_delay
+            state_dir,
+            front_port=aws_port,
+            synapse_base_url=base_url,
+            boot_delay=boot_delay,
+            light_instances=light_instances,
         )
     except BaseException:
         synapse_server.stop()
@@ -112,6 +119,7 @@ async def start_standins(
         },
         "aws": aws.endpoints(),
         "hub": {"public_url": hub_url.rstrip("/")},
+        "light_instances": light_instances,
         "pid": os.getpid(),
     }
     endpoints_path(state_dir).write_text(json.dumps(endpoints, indent=2) + "\n")
@@ -207,6 +215,8 @@ def _print_endpoints(endpoints: dict[str, Any]) -> None:
     print(f"AWS endpoint_url: {aws['endpoint_url']} (EC2, SSM, IAM, STS; region {aws['region']})")
     print(f"Communities file: {aws['communities_file']}")
     print(f"Simulated instances: {aws['instances_log']}")
+    if endpoints.get("light_instances"):
+        print("Light instances: one shared responder instead of a notebook process each")
 
 
 async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
@@ -217,6 +227,7 @@ async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
         args.synapse_port,
         aws_port=args.aws_port,
         boot_delay=args.boot_delay,
+        light_instances=args.light_instances,
     )
     try:
         _print_endpoints(cloud.endpoints)
@@ -246,6 +257,7 @@ async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
         args.synapse_port,
         aws_port=args.aws_port,
         boot_delay=args.boot_delay,
+        light_instances=args.light_instances,
     )
     endpoints = cloud.endpoints
     try:

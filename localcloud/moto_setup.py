@@ -37,6 +37,9 @@ ACCOUNT = "123456789012"  # moto's default account
 DEFAULT_PARAMETER_PREFIX = "/synapse-notebook-hub"
 VPC_CIDR = "10.42.0.0/16"
 SUBNETS = (("10.42.1.0/24", "a"), ("10.42.2.0/24", "b"))
+#: Subnets for hundreds of light instances (benchmarks): a /24 holds 251 instances (AWS and
+#: moto keep five addresses), too few for 500 servers spread over two zones by a hash.
+LIGHT_SUBNETS = (("10.42.16.0/20", "a"), ("10.42.32.0/20", "b"))
 SECURITY_GROUP_NAME = "notebook-hub-instances"
 #: moto's AMI to launch: the newest Amazon Linux 2023 (kernel 6.1, x86_64) it ships
 AMI_NAME_PATTERN = "al2023-ami-2023.*-kernel-6.1-x86_64"
@@ -189,6 +192,7 @@ def provision(
     source: Path = DEFAULT_COMMUNITIES_PATH,
     region: str = REGION,
     parameter_prefix: str = DEFAULT_PARAMETER_PREFIX,
+    subnet_cidrs: tuple[tuple[str, str], ...] = SUBNETS,
 ) -> CloudIds:
     """Create the network, the AMI choice and every community's role and profile in moto.
 
@@ -203,7 +207,7 @@ def provision(
         ],
     )["Vpc"]["VpcId"]
     subnets, zones = [], []
-    for cidr, zone_letter in SUBNETS:
+    for cidr, zone_letter in subnet_cidrs:
         zone = f"{region}{zone_letter}"
         subnet = ec2.create_subnet(
             VpcId=vpc_id,
@@ -308,7 +312,14 @@ def setup(
     source: Path = DEFAULT_COMMUNITIES_PATH,
     region: str = REGION,
     parameter_prefix: str = DEFAULT_PARAMETER_PREFIX,
+    subnet_cidrs: tuple[tuple[str, str], ...] = SUBNETS,
 ) -> tuple[CloudIds, Path]:
     """``provision`` and ``write_communities`` to ``<state_dir>/communities.yaml``."""
-    ids = provision(moto_url, source=source, region=region, parameter_prefix=parameter_prefix)
+    ids = provision(
+        moto_url,
+        source=source,
+        region=region,
+        parameter_prefix=parameter_prefix,
+        subnet_cidrs=subnet_cidrs,
+    )
     return ids, write_communities(ids, state_dir / "communities.yaml", source)

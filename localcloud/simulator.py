@@ -22,6 +22,15 @@ stopping / stopped / shutting-down / terminated
     volume (``DeleteOnTermination``), kept otherwise.
 reboot
     both of the above.
+light instances (``light_instances``, ``serve --light-instances``; for benchmarks at scale)
+    the boot is the same up to the notebook: user data, role credentials, parameters, home
+    volume; then, instead of a process of its own, the instance's 8888 resolves to the one
+    shared ``localcloud.instances.light`` responder (started at the first light boot), which
+    answers what the hub asks of a single-user server. It is registered with the SSM
+    stand-in at once; stop, start and terminate work as above. The setting applies from the
+    next boot. With hundreds of instances, the watch's own DescribeInstances on moto slows
+    down with them: the simulator waits ``WATCH_COST_FACTOR`` times as long as its last look
+    took (at least ``poll_interval``) unless the hub's calls wake it.
 the idle backstop
     while an instance runs, the simulator does what ``notebook-bootstrap backstop`` (run by a
     systemd timer the user data installs) does on AWS (``localcloud.instances.backstop``): every
@@ -63,6 +72,7 @@ from .instances.boot_reads import (
     ServerParameters,
     mark_instance_initiated_shutdown,
 )
+from .instances.light import LightResponder
 from .instances.notebook import (
     NotebookProcess,
     RoleCredentials,
@@ -82,6 +92,11 @@ POLL_INTERVAL = 0.5
 LISTEN_TIMEOUT = 90.0
 PARAMETER_RETRY = (0.2, 2.0)  # first and longest wait between parameter reads
 RESTART_BACKOFF = (0.5, 10.0)
+#: How long a boot waits for the instance profile to show in DescribeInstances.
+PROFILE_WAIT = 10.0
+#: The watch waits at least this many times its last look's duration (moto's DescribeInstances
+#: grows with the instances; a look must not take most of the local cloud's CPU).
+WATCH_COST_FACTOR = 10.0
 HALTED = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
 #: How often the backstop looks (the instance's timer: every 5 minutes).
 BACKSTOP_CHECK_SECONDS = 60.0
@@ -128,9 +143,13 @@ class SimulatedInstance:
     backstop: BackstopClock | None = None
     #: stopped by its own backstop (a guest shutdown), not started since
     guest_stopped: bool = False
+    #: a light boot: the shared responder's port stands in for the notebook's
+    light_port: int | None = None
 
     @property
     def port(self) -> int | None:
+        if self.light_port is not None:
+            return self.light_port
         return self.process.port if self.process and self.process.returncode is None else None
 
     @property
@@ -148,6 +167,7 @@ class SimulatedInstance:
             "volumeId": self.home_volume,
             "volumeDir": str(self.volume_dir) if self.volume_dir else None,
             "agentOnline": self.registered,
+            "light": self.light_port is not None,
             "boots": self.boots,
             "restarts": self.restarts,
             "failBoot": self.fail_boot,
@@ -171,6 +191,7 @@ class InstanceSimulator:
         poll_interval: float = POLL_INTERVAL,
         backstop_idle_seconds: float | None = None,
         backstop_check_seconds: float = BACKSTOP_CHECK_SECONDS,
+        light_instances: bool = False,
     ) -> None:
         self.moto_url = moto_url
         self.ssm = ssm
@@ -184,6 +205,9 @@ class InstanceSimulator:
         #: the backstop's limit for every instance (None: each instance's own)
         self.backstop_idle_seconds = backstop_idle_seconds
         self.backstop_check_seconds = backstop_check_seconds
+        #: boot without a notebook process, answered by the shared light responder
+        self.light_instances = light_instances
+        self.light = LightResponder()
         self.volumes_dir = state_dir / "volumes"
         self.runtime_root = state_dir / "runtime"
         self.consoles_dir = state_dir / "consoles"
@@ -228,6 +252,7 @@ class InstanceSimulator:
         for sim in self._instances.values():  # anything a failed halt left behind
             if sim.process is not None:
                 sim.process.kill_now()
+        await self.light.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def poke(self) -> None:
@@ -310,11 +335,16 @@ class InstanceSimulator:
 
     # -- watching ------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        took = 0.0
         while not self._closed:
+            wait = max(self.poll_interval, WATCH_COST_FACTOR * took)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
+            began = loop.time()
             await self.poll_once()
+            took = loop.time() - began
 
     async def poll_once(self) -> None:
         """One look at moto, and what follows from it."""
@@ -397,7 +427,10 @@ class InstanceSimulator:
                 return
             sim.plan = plan
             clock.limit = plan.backstop_limit
-            await self._run_notebook(sim, plan)
+            if self.light_instances:
+                await self._run_light(sim, plan)
+            else:
+                await self._run_notebook(sim, plan)
         finally:
             backstop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -415,7 +448,7 @@ class InstanceSimulator:
             f"user data: server.conf parameter path {path}, port {conf['NOTEBOOK_PORT']}, "
             f"home device {conf['HOME_DEVICE']}",
         )
-        profile = (sim.info.get("IamInstanceProfile") or {}).get("Arn")
+        profile = await self._instance_profile(sim)
         if not profile:
             raise BootError("the instance has no instance profile: it cannot read parameters")
         role_arn, credentials = await self._in_thread(
@@ -447,6 +480,20 @@ class InstanceSimulator:
         port = int(conf.get("NOTEBOOK_PORT") or params.config.get("port") or 8888)
         limit = idle_limit(conf)
         return BootPlan(conf, env, home, runtime_dir, kind, port, limit)
+
+    async def _instance_profile(self, sim: SimulatedInstance) -> str | None:
+        """The profile's ARN as the watch last saw the instance. A look taken while moto was
+        still inside RunInstances may not show the association yet (with no boot delay, the
+        boot starts from that look): look again for a few seconds, as the bootstrap keeps
+        asking IMDS for the role's credentials."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PROFILE_WAIT
+        while True:
+            profile = (sim.info.get("IamInstanceProfile") or {}).get("Arn")
+            if profile or loop.time() >= deadline:
+                return str(profile) if profile else None
+            self.poke()
+            await asyncio.sleep(0.2)
 
     async def _read_parameters(
         self, sim: SimulatedInstance, path: str, credentials: RoleCredentials
@@ -529,6 +576,18 @@ class InstanceSimulator:
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF[1])
+
+    async def _run_light(self, sim: SimulatedInstance, plan: BootPlan) -> None:
+        """The instance's 8888 is the shared responder's port, until the instance halts."""
+        sim.light_port = await self.light.start()
+        sim.phase, sim.detail = "running", f"light: shared responder on 127.0.0.1:{sim.light_port}"
+        self.activity.write(
+            sim.instance_id,
+            f"light instance: no notebook process; the instance's {plan.port} is the shared "
+            f"responder on 127.0.0.1:{sim.light_port}",
+        )
+        self._register(sim, plan.port)
+        await asyncio.Future()  # cancelled by the halt
 
     def _register(self, sim: SimulatedInstance, remote_port: int) -> None:
         def resolve(port: int) -> tuple[str, int]:
@@ -621,6 +680,7 @@ class InstanceSimulator:
             self.ssm.deregister(sim.instance_id)
             sim.registered = False
             self.activity.write(sim.instance_id, "agent offline (deregistered)")
+        sim.light_port = None
         process, sim.process = sim.process, None
         if process is not None:
             code = await process.stop()

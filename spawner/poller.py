@@ -27,6 +27,10 @@ from .aws import Aws, AwsError, ErrorKind
 
 log = logging.getLogger(__name__)
 
+#: EC2's largest page of DescribeInstances (MaxResults 5-1000; each page is one call against
+#: the API's rate limit): 500 servers are one call per interval, not five of 100.
+PAGE_SIZE = 1000
+
 # EC2 writes "GMT"; moto >= 5.1 writes "UTC"
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
 
@@ -94,7 +98,7 @@ class InstancePoller:
         aws: Aws,
         hub_id: str,
         *,
-        interval: float = 30.0,
+        interval: float = 40.0,
         fast_interval: float = 2.0,
         stale_after: float | None = None,
     ) -> None:
@@ -112,6 +116,9 @@ class InstancePoller:
         self._wake = asyncio.Event()
         self._waiters = 0
         self._refreshing: asyncio.Future[None] | None = None
+        self._describing: asyncio.Future[None] | None = None  # the describe under way
+        self._queued: asyncio.Future[None] | None = None  # the next one, shared
+        self._began = False  # whether the describe under way has sent its request
 
     @classmethod
     def shared(cls, aws: Aws, hub_id: str, **kwargs: Any) -> InstancePoller:
@@ -169,11 +176,36 @@ class InstancePoller:
         await asyncio.shield(self._refreshing)
 
     async def refresh(self) -> None:
-        pages = await self.aws.paginate(
-            "ec2",
-            "describe_instances",
-            Filters=[{"Name": "tag:jupyterhub:hub", "Values": [self.hub_id]}],
-        )
+        """A describe that begins after this call. Callers arriving while one is under way
+        share the next one: fifty spawns looking for their instances at once make two
+        describes, not fifty (each lists every instance of the hub)."""
+        if self._describing is None or self._describing.done():
+            self._describing = _retrieved(asyncio.ensure_future(self._describe()))
+            shared = self._describing
+        elif not self._began:  # created in this loop iteration, not yet asking: join it
+            shared = self._describing
+        else:
+            if self._queued is None:
+                self._queued = _retrieved(asyncio.ensure_future(self._after(self._describing)))
+            shared = self._queued
+        await asyncio.shield(shared)
+
+    async def _after(self, previous: asyncio.Future[None]) -> None:
+        with contextlib.suppress(Exception):  # its error is for its own callers
+            await previous
+        self._queued = None
+        if self._describing is previous:
+            self._describing = _retrieved(asyncio.ensure_future(self._describe()))
+        # else one began after ``previous`` ended, so after our callers called: share it
+        assert self._describing is not None
+        await self._describing
+
+    async def _describe(self) -> None:
+        self._began = True
+        try:
+            pages = await self._describe_pages()
+        finally:
+            self._began = False
         self.describes += 1
         found: dict[str, InstanceView] = {}
         for page in pages:
@@ -187,6 +219,14 @@ class InstancePoller:
         self.last_error = None
         async with self._updated:
             self._updated.notify_all()
+
+    async def _describe_pages(self) -> list[dict[str, Any]]:
+        return await self.aws.paginate(
+            "ec2",
+            "describe_instances",
+            Filters=[{"Name": "tag:jupyterhub:hub", "Values": [self.hub_id]}],
+            PaginationConfig={"PageSize": PAGE_SIZE},
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -231,3 +271,10 @@ class InstancePoller:
                     await self._updated.wait()
         finally:
             self._waiters -= 1
+
+
+def _retrieved(future: asyncio.Future[None]) -> asyncio.Future[None]:
+    """A shared describe whose callers all went away must not log "exception was never
+    retrieved": its error was theirs, and the poller's loop logs its own."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future

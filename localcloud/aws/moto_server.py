@@ -89,6 +89,33 @@ class MotoServer:
         self._saved.clear()
 
 
+def index_moto_tags() -> None:
+    """Make moto read an EC2 resource's tags from its tag table instead of scanning it.
+
+    moto 5's ``TaggedEC2Resource.get_tags`` runs ``describe_tags`` over every tag of every
+    resource for each resource it lists, so one DescribeInstances of N tagged instances (and
+    their volumes) costs O(N^2): with 500 instances a page of 100 takes seconds of the local
+    cloud's CPU, where EC2 answers in well under one. The answer is the same list of
+    ``{"resource_id", "key", "value", "resource_type"}`` (resource ids are exact: moto's
+    ``resource-id`` filter is a prefix match, and EC2 ids of one kind have one length).
+    """
+    from moto.ec2.models.core import TaggedEC2Resource
+    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+
+    def get_tags(self: Any) -> list[dict[str, str]]:
+        resource_id = self.id
+        if not resource_id:
+            return []
+        kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(resource_id), "")
+        tags = self.ec2_backend.tags.get(resource_id, {})
+        return [
+            {"resource_id": resource_id, "key": key, "value": value, "resource_type": kind}
+            for key, value in tags.items()
+        ]
+
+    TaggedEC2Resource.get_tags = get_tags  # type: ignore[method-assign]
+
+
 def start_moto(port: int = 0, host: str = "127.0.0.1", *, validate: bool = True) -> MotoServer:
     """Start moto's threaded server (``port=0``: a free port) and return it once it listens.
 

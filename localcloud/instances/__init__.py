@@ -2,6 +2,7 @@
 
 - ``userdata``: ``server.conf`` out of the ``#cloud-config`` user data;
 - ``notebook``: the notebook "container" as a local ``jupyterhub-singleuser`` process;
+- ``light``: the one shared responder standing in for every light instance's notebook;
 - ``rstudio_page``: the jupyter-server extension standing in for RStudio Server (with RStudio's
   event long-poll, for the idle-culling rules);
 - ``backstop``: the instance's idle backstop (``notebook-bootstrap backstop`` on AWS);

@@ -6,9 +6,10 @@ method  path                                    body / answer
 GET     /_control/instances                     ``{"instances": [...], "bootDelay": s}``: id,
                                                 state, phase, port, pid, volume directory, ...
 PUT     /_control/simulator                     ``{"bootDelay": s, "backstopIdleSeconds": s |
-                                                null, "backstopCheckSeconds": s}`` (any of
-                                                them) -> current settings; null: each
-                                                instance's own backstop limit
+                                                null, "backstopCheckSeconds": s,
+                                                "lightInstances": bool}`` (any of them) ->
+                                                current settings; null: each instance's own
+                                                backstop limit; light: from the next boot
 POST    /_control/instances/{id}/fail-boot      ``{"fail": true|false}``: its boots fail (no
                                                 notebook, agent offline) -> the instance
 POST    /_control/boot-failures                 ``{"count": n}``: the next n boots fail
@@ -33,6 +34,7 @@ def _settings(simulator: InstanceSimulator) -> dict[str, Any]:
         "pollInterval": simulator.poll_interval,
         "backstopIdleSeconds": simulator.backstop_idle_seconds,
         "backstopCheckSeconds": simulator.backstop_check_seconds,
+        "lightInstances": simulator.light_instances,
     }
 
 
@@ -75,6 +77,10 @@ class SettingsHandler(ControlHandler):
             self.standin.backstop_check_seconds = _seconds(
                 body, "backstopCheckSeconds", positive=True
             )
+        if "lightInstances" in body:
+            if not isinstance(body["lightInstances"], bool):
+                raise ControlError(400, "lightInstances must be true or false")
+            self.standin.light_instances = body["lightInstances"]
         self.reply(_settings(self.standin))
 
 
