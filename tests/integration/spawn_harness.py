@@ -10,7 +10,12 @@ from typing import Any
 import boto3
 import requests
 
+from hub_config.settings import HubSettings
+
 from .harness import Hub, LocalCloud
+
+#: The hub id of hubs started without SNH_HUB_ID (the shared `hub` fixture's).
+DEFAULT_HUB_ID = HubSettings.hub_id
 
 
 def moto(cloud: LocalCloud, service: str) -> Any:
@@ -94,9 +99,14 @@ def stop_server(hub: Hub, user: str, name: str = "", timeout: float = 60) -> Non
     raise AssertionError("stop did not finish")
 
 
-def instances_of(cloud: LocalCloud, user: str, server: str = "_") -> list[dict[str, Any]]:
+def instances_of(
+    cloud: LocalCloud, user: str, server: str = "_", hub_id: str = DEFAULT_HUB_ID
+) -> list[dict[str, Any]]:
+    """The user's server's instances launched by the hub ``hub_id`` (modules with a hub of
+    their own id share the local cloud, and their users' names)."""
     answer = moto(cloud, "ec2").describe_instances(
         Filters=[
+            {"Name": "tag:jupyterhub:hub", "Values": [hub_id]},
             {"Name": "tag:jupyterhub:user", "Values": [user]},
             {"Name": "tag:jupyterhub:server", "Values": [server]},
         ]
