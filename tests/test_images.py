@@ -188,7 +188,21 @@ def test_images_run_the_hubs_jupyterhub_version() -> None:
     assert Version(image_version) in _hub_requirement().specifier, (
         f"jupyterhub {image_version} is outside the hub's requirement {_hub_requirement()}"
     )
+    # The requirement's upper bound is "<N" (the next major release, not yet tested).
+    [upper] = [s.version for s in _hub_requirement().specifier if s.operator == "<"]
+    newest_major = Version(upper).major - 1
+    assert Version(image_version).major == newest_major, (
+        f"the images' jupyterhub {image_version} is not on the newest major version the hub "
+        f"allows ({newest_major}.x, {_hub_requirement()})"
+    )
     hub = Version(importlib.metadata.version("jupyterhub"))
+    if hub.major < newest_major:
+        # The lower bound of the hub's requirement (pyproject.toml) is tested too; a hub of an
+        # older major version runs images built with --build-arg JUPYTERHUB_VERSION=<its own>.
+        pytest.skip(
+            f"this hub runs jupyterhub {hub}: its images need "
+            f"--build-arg JUPYTERHUB_VERSION={hub} (images/README.md)"
+        )
     assert Version(image_version).major == hub.major, (
         f"the images' jupyterhub {image_version} and the hub's {hub} differ in major version: "
         "jupyterhub-singleuser warns that this 'could cause failure to authenticate'"
