@@ -493,7 +493,10 @@ class EC2Spawner(Spawner):
         running = [
             v
             for v in poller.find(**{TAG_USER: self.user.name, TAG_COMMUNITY: community.id})
-            if v.state in ("pending", "running") and v.instance_id != self.instance_id
+            if v.state in ("pending", "running")
+            and v.instance_id != self.instance_id
+            # this server's own instance, still running (restarted by this start)
+            and v.tags.get(TAG_SERVER) != (self.name or DEFAULT_SERVER_TAG)
         ]
         if len(running) >= community.max_servers_per_user:
             raise StartFailed(
@@ -509,7 +512,8 @@ class EC2Spawner(Spawner):
         aws: Aws,
         poller: InstancePoller,
     ) -> bool:
-        """Resume, adopt or launch; True when this call launched a new instance."""
+        """Resume (restarting it first if it still runs) or launch; True when this call
+        launched a new instance."""
         view = await self._find_instance(aws, poller)
         if view is not None and view.state not in ("terminated", "shutting-down"):
             self.instance_id = view.instance_id
@@ -524,29 +528,55 @@ class EC2Spawner(Spawner):
                     Resources=[view.instance_id],
                     Tags=[{"Key": TAG_IMAGE, "Value": options.image_id}],
                 )
-            if view.state in ("stopped", "stopping"):
-                if view.state == "stopping":
-                    self._emit(20, f"Waiting for {view.instance_id} to finish stopping…")
-                    async with asyncio.timeout(300):
-                        await poller.wait_for(view.instance_id, {"stopped"})
-                if view.instance_type != options.instance_type:
-                    await aws.call(
-                        "ec2",
-                        "modify_instance_attribute",
-                        InstanceId=view.instance_id,
-                        InstanceType={"Value": options.instance_type},
-                    )
-                self._emit(20, f"Starting your stopped instance {view.instance_id}…")
-                await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
-                self._audit("resume", instance_id=view.instance_id)
-            else:
-                self._emit(20, f"Reconnecting to your running instance {view.instance_id}…")
-                self._audit("adopt", instance_id=view.instance_id)
+            state = view.state
+            if state in ("pending", "running"):
+                await self._stop_stale_instance(view.instance_id, state, aws, poller)
+                state = "stopping"
+            if state == "stopping":
+                self._emit(20, f"Waiting for {view.instance_id} to finish stopping…")
+                async with asyncio.timeout(300):
+                    await poller.wait_for(view.instance_id, {"stopped"})
+            if view.instance_type != options.instance_type:
+                await aws.call(
+                    "ec2",
+                    "modify_instance_attribute",
+                    InstanceId=view.instance_id,
+                    InstanceType={"Value": options.instance_type},
+                )
+            self._emit(20, f"Starting your stopped instance {view.instance_id}…")
+            await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+            self._audit("resume", instance_id=view.instance_id)
             poller.kick()
             return False
         await self._launch(community, identity, options, aws)
         poller.kick()
         return True
+
+    async def _stop_stale_instance(
+        self, instance_id: str, state: str, aws: Aws, poller: InstancePoller
+    ) -> None:
+        """Stop this server's instance found running at a start, so that it boots again.
+
+        JupyterHub calls ``start()`` only for a server it does not show running, and gives
+        every start a new API token; an instance still running (a stop that failed, a hub
+        database restored from a backup, a start the hub did not see end) serves a notebook
+        with an earlier start's token, hub URL and image, which the hub no longer honours. The
+        bootstrap reads the server's parameters at every boot, so a stop and a start give
+        the notebook this start's settings; the home volume stays.
+        """
+        if state == "pending":  # EC2 cannot stop an instance before it runs
+            async with asyncio.timeout(300):
+                await poller.wait_for(instance_id, {"running"})
+        self._emit(
+            20, f"Restarting your running instance {instance_id} with this start's settings…"
+        )
+        await aws.call("ec2", "stop_instances", InstanceIds=[instance_id])
+        self._audit(
+            "stop",
+            instance_id=instance_id,
+            reason="found running at a start: restarted to take this start's settings",
+        )
+        poller.kick()
 
     async def _find_instance(self, aws: Aws, poller: InstancePoller) -> Any:
         """This server's instance: by the id in the state, else by its tags."""

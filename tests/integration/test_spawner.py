@@ -13,11 +13,12 @@ import requests
 from hub_config import load_communities
 from spawner.launch import ServerIdentity, subnet_order
 
-from .harness import SERVICE_TOKEN, sign_in
+from .harness import SERVICE_TOKEN, sign_in, wait_until
 from .spawn_harness import (
     front_control,
     instances_of,
     moto,
+    server_model,
     spawn_error,
     start_server,
     stop_server,
@@ -354,3 +355,47 @@ def test_audit_lines_and_metrics_follow_the_lifecycle(hub, cloud, users):
         "snh_tunnel_reconnects_total",
     ):
         assert name in metrics, name
+
+
+def test_an_instance_still_running_at_a_start_is_restarted_with_its_settings(hub, cloud, users):
+    """JupyterHub marks a server stopped even when ``Spawner.stop`` fails (user.py's
+    ``finally``), and gives the next start a new API token: the instance, still running, serves
+    a notebook holding the old one. The next start restarts the instance (stop, start: the
+    bootstrap reads the server's parameters at every boot) instead of adopting it as it is,
+    and the notebook then answers through the proxy with this start's token."""
+    first = start_server(hub, "bob", {"community": "ad-portal"}, name="stale")
+    instance_id = first["state"]["instance_id"]
+    booted = {
+        i["instanceId"]: i["boots"] for i in front_control(cloud, "GET", "/instances")["instances"]
+    }[instance_id]
+    front_control(
+        cloud,
+        "POST",
+        "/faults",
+        {"service": "ec2", "action": "StopInstances", "code": "UnauthorizedOperation", "count": 1},
+    )
+    hub.api("DELETE", "/users/bob/servers/stale")
+    wait_until(
+        lambda: (
+            not (server_model(hub, "bob", "stale") or {}).get("ready")
+            and not (server_model(hub, "bob", "stale") or {}).get("pending")
+        ),
+        30,
+        "the hub to show the server stopped",
+    )
+    [instance] = live(instances_of(cloud, "bob", "stale"))
+    assert instance["State"]["Name"] == "running"  # the failed stop left it running
+
+    again = start_server(hub, "bob", {"community": "ad-portal"}, name="stale", timeout=180)
+    assert again["state"]["instance_id"] == instance_id  # the same instance and home volume
+    assert contents(hub, "bob", "", server="stale").status_code == 200
+    boots = {
+        i["instanceId"]: i["boots"] for i in front_control(cloud, "GET", "/instances")["instances"]
+    }[instance_id]
+    assert boots == booted + 1
+    lines = [
+        json.loads(line) for line in (hub.log_path.parent / "audit.log").read_text().splitlines()
+    ]
+    restarts = [r for r in lines if r.get("server") == "stale" and r["action"] == "stop"]
+    assert restarts and restarts[-1]["reason"].startswith("found running at a start")
+    stop_server(hub, "bob", "stale")
