@@ -37,6 +37,7 @@ from .spawn_harness import front_control, moto, server_model
 
 pytestmark = pytest.mark.integration
 
+HUB_ID = "culling-test"  # its own instances: other modules' servers are not its own
 IDLE_TIMEOUT = 15
 CULL_EVERY = 2
 PROBE_TOKEN = "culler-scope-probe-token-0123456789abcdef"
@@ -63,6 +64,7 @@ c.JupyterHub.load_roles.append(
     env = hub_env(
         cloud,
         state,
+        SNH_HUB_ID=HUB_ID,
         SNH_EXTRA_CONFIG=str(hub_test_config(state, extra=extra)),
         IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT),
         CULL_EVERY_SECONDS=str(CULL_EVERY),
@@ -356,7 +358,7 @@ def test_an_instance_left_alone_stops_itself(hub, cloud) -> None:
     # JupyterHub calls no stop() for a server whose poll() says it stopped by itself: the
     # server's parameters (the Synapse token among them) are deleted by poll() itself.
     ssm = moto(cloud, "ssm")
-    path = "/synapse-notebook-hub/synapse-notebook-hub/bob/_"
+    path = f"/synapse-notebook-hub/{HUB_ID}/bob/_"
     wait_until(
         lambda: not ssm.get_parameters_by_path(Path=path, Recursive=True)["Parameters"],
         10,
