@@ -25,6 +25,7 @@ import pytest
 
 from hub_config.infrastructure import sources
 from hub_config.settings import VARIABLES
+from tests.shell_stubs import run_sourced
 from tests.test_shell_scripts import shell_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,21 +332,7 @@ def host(tmp_path: Path, stubs: Path):
             "IMDS_TOKEN_VALUE": IMDS_TOKEN,
             "LC_ALL": "C",
         }
-        # Sourced, so is_block can be "is a file" (no block devices here).
-        program = 'source "$1"; is_block() { [[ -f $1 ]]; }; shift; main "$@"'
-        result = subprocess.run(
-            ["bash", "-c", program, "deploy-test", str(script), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        calls_file = state / "calls"
-        calls = [
-            line.split("\x1f")
-            for line in (calls_file.read_text().splitlines() if calls_file.exists() else [])
-        ]
-        calls_file.unlink(missing_ok=True)
+        result, calls = run_sourced(script, args, env, state, timeout=60)
         return Run(result.returncode, result.stderr, calls, root, state)
 
     run.root = root  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ from spawner.bootstrap import (
     render_user_data,
     server_conf,
 )
+from tests.shell_stubs import run_sourced
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "spawner" / "bootstrap"
 SCRIPT_FILE = PACKAGE_DIR / "notebook-bootstrap.sh"
@@ -426,21 +427,7 @@ def machine(tmp_path: Path, stubs: Path):
             "ECR_PASSWORD_VALUE": ECR_PASSWORD,
             "LC_ALL": "C",
         }
-        # Sourced, so a test can swap is_block for "is a file" (no block devices here).
-        program = 'source "$1"; is_block() { [[ -f $1 ]]; }; shift; main "$@"'
-        result = subprocess.run(
-            ["bash", "-c", program, "bootstrap-test", str(SCRIPT_FILE), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        calls_file = state / "calls"
-        calls = [
-            line.split("\x1f")
-            for line in (calls_file.read_text().splitlines() if calls_file.exists() else [])
-        ]
-        calls_file.unlink(missing_ok=True)
+        result, calls = run_sourced(SCRIPT_FILE, args, env, state, timeout=30)
         return Run(result.returncode, result.stderr, calls, state, root)
 
     run.root = root  # type: ignore[attr-defined]
