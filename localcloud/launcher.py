@@ -219,9 +219,9 @@ def _print_endpoints(endpoints: dict[str, Any]) -> None:
         print("Light instances: one shared responder instead of a notebook process each")
 
 
-async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
-    stop = _stop_event()
-    cloud = await start_standins(
+async def _standins_of(args: argparse.Namespace, state_dir: Path) -> LocalCloud:
+    """`start_standins` as the command line of ``serve`` and ``demo`` asks."""
+    return await start_standins(
         state_dir,
         args.hub_url,
         args.synapse_port,
@@ -229,6 +229,11 @@ async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
         boot_delay=args.boot_delay,
         light_instances=args.light_instances,
     )
+
+
+async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    stop = _stop_event()
+    cloud = await _standins_of(args, state_dir)
     try:
         _print_endpoints(cloud.endpoints)
         print(f"Endpoints written to {endpoints_path(state_dir)}. Ctrl-C stops.", flush=True)
@@ -251,14 +256,7 @@ async def _hub(args: argparse.Namespace, state_dir: Path, endpoints: dict[str, A
 
 async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
     stop = _stop_event()
-    cloud = await start_standins(
-        state_dir,
-        args.hub_url,
-        args.synapse_port,
-        aws_port=args.aws_port,
-        boot_delay=args.boot_delay,
-        light_instances=args.light_instances,
-    )
+    cloud = await _standins_of(args, state_dir)
     endpoints = cloud.endpoints
     try:
         proc = await start_hub(hub_environment(endpoints, state_dir))

@@ -397,7 +397,7 @@ async def describe_views(
     fresh (no extra AWS call), else one paginated describe per region. Returns the views and
     the regions whose describe failed."""
     from .aws import AwsError
-    from .poller import InstancePoller, InstanceView
+    from .poller import InstancePoller, describe_hub_instances
 
     views: list[Any] = []
     failed: list[str] = []
@@ -408,21 +408,12 @@ async def describe_views(
             views.extend(poller.instances.values())
             continue
         try:
-            pages = await aws.paginate(
-                "ec2",
-                "describe_instances",
-                Filters=[{"Name": "tag:jupyterhub:hub", "Values": [hub_id]}],
-            )
+            found = await describe_hub_instances(aws, hub_id)
         except AwsError as e:
             log.warning("servers overview: describe in %s failed: %s", region, e)
             failed.append(region)
             continue
-        views.extend(
-            InstanceView.from_api(raw)
-            for page in pages
-            for reservation in page.get("Reservations", [])
-            for raw in reservation.get("Instances", [])
-        )
+        views.extend(found.values())
     return views, failed
 
 
@@ -520,11 +511,9 @@ class ServersOverviewHandler(BaseHandler):
     def _communities(self) -> CommunitiesConfig | None:
         if not self.communities_file:
             return None
-        from .ec2spawner import _communities, load_communities
+        from .ec2spawner import cached_communities
 
-        if self.communities_file not in _communities:
-            _communities[self.communities_file] = load_communities(self.communities_file)
-        return _communities[self.communities_file]
+        return cached_communities(self.communities_file)
 
     def aws_for(self, region: str) -> Any:
         if self._aws_for is not None:

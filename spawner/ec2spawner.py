@@ -60,6 +60,14 @@ _ami_root_devices: dict[tuple[int, str], str] = {}
 _communities: dict[str, CommunitiesConfig] = {}
 
 
+def cached_communities(path: str) -> CommunitiesConfig:
+    """The communities file, loaded once per hub process (a change needs a restart, as the
+    hub's own configuration does): shared by the spawners and the hub's pages."""
+    if path not in _communities:
+        _communities[path] = load_communities(path)
+    return _communities[path]
+
+
 def _article(instance_type: str) -> str:
     """'an m5.large', 'a t3.large': by how the family's first letter is spoken."""
     return "an" if instance_type[:1].lower() in "aefhilmnorsx" else "a"
@@ -287,9 +295,7 @@ class EC2Spawner(Spawner):
     def communities_config(self) -> CommunitiesConfig:
         if not self.communities_file:
             raise StartFailed("The hub has no communities configured; ask an admin.")
-        if self.communities_file not in _communities:
-            _communities[self.communities_file] = load_communities(self.communities_file)
-        return _communities[self.communities_file]
+        return cached_communities(self.communities_file)
 
     def aws_for(self, region: str) -> Aws:
         return Aws.shared(region, self.aws_endpoint_url)

@@ -145,11 +145,9 @@ class HomeNotices:
     def communities(self) -> CommunitiesConfig | None:
         if not self.communities_file:
             return None
-        from .ec2spawner import _communities, load_communities
+        from .ec2spawner import cached_communities
 
-        if self.communities_file not in _communities:
-            _communities[self.communities_file] = load_communities(self.communities_file)
-        return _communities[self.communities_file]
+        return cached_communities(self.communities_file)
 
 
 class _Page:
@@ -161,16 +159,14 @@ class _Page:
         self._views: dict[str, dict[str, InstanceView] | Any] = {}
         self._stops: dict[str, dt.datetime] | None = None
 
-    def _instance_ids(self, region: str) -> list[str]:
+    def _instance_ids(self, region: str) -> set[str]:
         """The instances of all the user's servers in ``region``, from their saved state."""
         states = [s.state or {} for s in self.user.orm_user.orm_spawners.values()]
-        return sorted(
-            {
-                str(s["instance_id"])
-                for s in states
-                if s.get("instance_id") and s.get("region") == region
-            }
-        )
+        return {
+            str(s["instance_id"])
+            for s in states
+            if s.get("instance_id") and s.get("region") == region
+        }
 
     async def views(self, region: str, *, describe: bool = False) -> dict[str, InstanceView] | Any:
         """The hub's instances in ``region`` (the poller's when fresh, unless ``describe``;
@@ -179,7 +175,7 @@ class _Page:
         key = f"{region} described" if describe else region
         if key not in self._views:
             from .aws import Aws, AwsError
-            from .poller import InstancePoller
+            from .poller import InstancePoller, describe_hub_instances
 
             aws = Aws.shared(region, self.notices.aws_endpoint_url)
             poller = InstancePoller._shared.get((id(aws), self.notices.hub_id))
@@ -187,28 +183,15 @@ class _Page:
                 self._views[key] = poller.instances
             else:
                 try:
-                    pages = await asyncio.wait_for(
-                        aws.paginate(
-                            "ec2",
-                            "describe_instances",
-                            Filters=[
-                                {"Name": "tag:jupyterhub:hub", "Values": [self.notices.hub_id]},
-                                {"Name": "instance-id", "Values": self._instance_ids(region)},
-                            ],
+                    self._views[key] = await asyncio.wait_for(
+                        describe_hub_instances(
+                            aws, self.notices.hub_id, self._instance_ids(region)
                         ),
                         self.notices.describe_timeout,
                     )
                 except (AwsError, TimeoutError) as e:
                     log.warning("home page: cannot describe instances in %s: %s", region, e)
                     self._views[key] = UNKNOWN
-                else:
-                    found = (
-                        InstanceView.from_api(raw)
-                        for page in pages
-                        for reservation in page.get("Reservations", [])
-                        for raw in reservation.get("Instances", [])
-                    )
-                    self._views[key] = {v.instance_id: v for v in found}
         return self._views[key]
 
     async def audit_stops(self) -> dict[str, dt.datetime]:

@@ -203,30 +203,16 @@ class InstancePoller:
     async def _describe(self) -> None:
         self._began = True
         try:
-            pages = await self._describe_pages()
+            found = await describe_hub_instances(self.aws, self.hub_id)
         finally:
             self._began = False
         self.describes += 1
-        found: dict[str, InstanceView] = {}
-        for page in pages:
-            for reservation in page.get("Reservations", []):
-                for raw in reservation.get("Instances", []):
-                    view = InstanceView.from_api(raw)
-                    found[view.instance_id] = view
         self.instances = found
         prom.update_from_poller(found.values(), region=self.aws.region)
         self.last_success = asyncio.get_running_loop().time()
         self.last_error = None
         async with self._updated:
             self._updated.notify_all()
-
-    async def _describe_pages(self) -> list[dict[str, Any]]:
-        return await self.aws.paginate(
-            "ec2",
-            "describe_instances",
-            Filters=[{"Name": "tag:jupyterhub:hub", "Values": [self.hub_id]}],
-            PaginationConfig={"PageSize": PAGE_SIZE},
-        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -278,3 +264,24 @@ def _retrieved(future: asyncio.Future[None]) -> asyncio.Future[None]:
     retrieved": its error was theirs, and the poller's loop logs its own."""
     future.add_done_callback(lambda f: f.cancelled() or f.exception())
     return future
+
+
+async def describe_hub_instances(
+    aws: Aws, hub_id: str, instance_ids: Iterable[str] | None = None
+) -> dict[str, InstanceView]:
+    """The hub's instances (only ``instance_ids`` of them, if given), by id: one paginated
+    ``DescribeInstances`` filtered by the hub's tag. The poller's describe; the pages that
+    need a view the poller has not got (not fresh, or just changed) ask the same way."""
+    filters = [{"Name": "tag:jupyterhub:hub", "Values": [hub_id]}]
+    if instance_ids is not None:
+        filters.append({"Name": "instance-id", "Values": sorted(instance_ids)})
+    pages = await aws.paginate(
+        "ec2", "describe_instances", Filters=filters, PaginationConfig={"PageSize": PAGE_SIZE}
+    )
+    views = (
+        InstanceView.from_api(raw)
+        for page in pages
+        for reservation in page.get("Reservations", [])
+        for raw in reservation.get("Instances", [])
+    )
+    return {view.instance_id: view for view in views}
