@@ -21,6 +21,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 
 from .aws.moto_server import MotoServer, index_moto_tags, start_moto
+from .aws.principals import MotoPrincipals, issue_user_keys
 from .aws_front import AwsFront, serve_front, shutdown_front
 from .instances.control import control_routes as simulator_routes
 from .moto_setup import (
@@ -36,9 +37,12 @@ from .ssm import SsmStandIn
 from .ssm import serve as serve_ssm
 from .ssm import shutdown as shutdown_ssm
 
-#: credentials the hub and tests use against the local cloud (moto checks none)
+#: credentials that provision the local cloud in moto (moto checks none)
 TEST_ACCESS_KEY_ID = "testing"
 TEST_SECRET_ACCESS_KEY = "testing"
+#: the IAM user whose keys the hub (and the tests acting as the hub) sign with: issued by
+#: moto's IAM, so that the SSM stand-in can verify the data channel's signatures
+HUB_USER_NAME = "notebook-hub"
 
 
 @dataclass
@@ -56,6 +60,8 @@ class LocalAws:
     simulator: InstanceSimulator
     ids: CloudIds
     communities_file: Path
+    access_key_id: str
+    secret_access_key: str
     region: str = REGION
 
     def endpoints(self) -> dict[str, Any]:
@@ -70,21 +76,21 @@ class LocalAws:
             "control_url": f"{self.front_url}/_control",
             "instances_log": str(self.simulator.activity.path),
             "volumes_dir": str(self.simulator.volumes_dir),
-            "access_key_id": TEST_ACCESS_KEY_ID,
-            "secret_access_key": TEST_SECRET_ACCESS_KEY,
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
             "resources": self.ids.to_json(),
         }
 
     def client(self, service: str, **config: Any) -> Any:
-        """A boto3 client on the front, as the hub makes them (test credentials)."""
+        """A boto3 client on the front, as the hub makes them (the hub's credentials)."""
         import boto3
 
         return boto3.client(
             service,
             endpoint_url=self.front_url,
             region_name=self.region,
-            aws_access_key_id=TEST_ACCESS_KEY_ID,
-            aws_secret_access_key=TEST_SECRET_ACCESS_KEY,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
             **config,
         )
 
@@ -115,7 +121,10 @@ async def start_aws(
     moto = await asyncio.to_thread(start_moto)
     started: list[Any] = []
     try:
-        ssm, ssm_server, ssm_url = await serve_ssm(moto_url=moto.url)
+        hub_keys = await asyncio.to_thread(_hub_keys, moto.url, region)
+        ssm, ssm_server, ssm_url = await serve_ssm(
+            moto_url=moto.url, credentials=MotoPrincipals(), region=region
+        )
         started.append((shutdown_ssm, ssm, ssm_server))
         simulator = InstanceSimulator(
             moto_url=moto.url,
@@ -159,5 +168,21 @@ async def start_aws(
         simulator=simulator,
         ids=ids,
         communities_file=communities_file,
+        access_key_id=hub_keys[0],
+        secret_access_key=hub_keys[1],
         region=region,
     )
+
+
+def _hub_keys(moto_url: str, region: str) -> tuple[str, str]:
+    """The hub's own access key, issued by moto's IAM (blocking)."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_url,
+        region_name=region,
+        aws_access_key_id=TEST_ACCESS_KEY_ID,
+        aws_secret_access_key=TEST_SECRET_ACCESS_KEY,
+    )
+    return issue_user_keys(iam, HUB_USER_NAME)

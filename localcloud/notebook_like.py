@@ -6,8 +6,11 @@ behind it. Run it alone: ``python -m localcloud.notebook_like --port 8888``; it 
 ``{"listening": "127.0.0.1:<port>"}`` when ready.
 
 Endpoints: ``GET /api`` (a JSON version, like Jupyter Server's), ``GET /small`` (two bytes),
-``GET /blob?size=N&seed=S`` (N deterministic bytes, see :func:`blob`), ``POST /sha256``
-(digest of the request body), ``GET /ws/echo`` (websocket echo).
+``GET /blob?size=N&seed=S`` (N deterministic bytes, see :func:`blob`; a ``Range: bytes=A-B``
+header gets that part with 206, as Jupyter Server's file handlers answer), ``POST /sha256``
+(digest of the request body), ``GET /ws/echo`` (websocket echo), and ``GET /static/lab/…``:
+JupyterLab's own built assets (``<prefix>/share/jupyter/lab/static``), as a notebook server
+serves them on a first page load.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import asyncio
 import hashlib
 import json
 import random
+import re
+import sys
+from pathlib import Path
 
 import tornado.web
 import tornado.websocket
@@ -24,6 +30,9 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 CHUNK = 256 * 1024
+#: JupyterLab's built application (what ``/lab`` loads), from the installed jupyterlab package
+LAB_STATIC = Path(sys.prefix) / "share" / "jupyter" / "lab" / "static"
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
 def blob(size: int, seed: int = 0) -> bytes:
@@ -46,9 +55,21 @@ class BlobHandler(tornado.web.RequestHandler):
         size = int(self.get_argument("size", "0"))
         data = blob(size, int(self.get_argument("seed", "0")))
         self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Length", str(size))
-        view = memoryview(data)
-        for start in range(0, size, CHUNK):
+        self.set_header("Accept-Ranges", "bytes")
+        first, last = 0, size - 1
+        match = _RANGE.match(self.request.headers.get("Range", ""))
+        if match is not None and size:
+            first = int(match[1])
+            last = min(int(match[2]) if match[2] else size - 1, size - 1)
+            if first > last:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{size}")
+                return
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.set_header("Content-Length", str(last - first + 1 if size else 0))
+        view = memoryview(data)[first : last + 1]
+        for start in range(0, len(view), CHUNK):
             self.write(bytes(view[start : start + CHUNK]))
             await self.flush()
 
@@ -80,6 +101,7 @@ def make_app() -> tornado.web.Application:
             (r"/blob", BlobHandler),
             (r"/sha256", Sha256Handler),
             (r"/ws/echo", EchoSocket),
+            (r"/static/lab/(.*)", tornado.web.StaticFileHandler, {"path": str(LAB_STATIC)}),
         ],
         websocket_max_message_size=64 * 1024 * 1024,
     )

@@ -49,8 +49,8 @@ from .options import OptionsError, SpawnOptions, options_form, options_from_form
 from .parameters import ParameterStore, ServerParameters
 from .poller import UNKNOWN, InstancePoller
 from .reaper import snapshot_then_terminate
-from .ssm.datachannel import SessionError
-from .ssm.tunnel import Tunnel
+from .ssm.datachannel import DEFAULT_RESUME_TIMEOUT, SessionError
+from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
 
 STATE_VERSION = 1
 _HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -204,6 +204,34 @@ class EC2Spawner(Spawner):
         30.0,
         config=True,
         help="Longest wait between attempts to reopen a server's SSM session.",
+    )
+
+    tunnel_max_sessions = Integer(
+        DEFAULT_MAX_SESSIONS,
+        min=1,
+        config=True,
+        help="""
+        Session Manager sessions the hub spreads one server's connections over, at most.
+
+        AWS carries about 1,000 messages of at most 1 KiB a second per session: about 1 MB/s
+        for everything one server sends, where a JupyterLab first load is several megabytes
+        of JavaScript. Extra sessions are opened when every open one already carries a
+        connection, and closed again after a minute without one; a connection whose client
+        reads slowly keeps only its own session waiting. ``1`` is the official client's shape
+        (one session per port). See docs/ssm-tunnel.md for the measurements behind the
+        default.
+        """,
+    )
+
+    tunnel_resume_timeout = Float(
+        DEFAULT_RESUME_TIMEOUT,
+        config=True,
+        help="""
+        Seconds a server's tunnel may take to resume a session whose websocket was lost
+        (ResumeSession, then a signed reconnect) before it gives the session up and opens a
+        new one. While it resumes, the server's open connections (kernel websockets, uploads,
+        downloads) wait rather than being reset. ``0`` never resumes.
+        """,
     )
 
     @default("start_timeout")
@@ -757,6 +785,8 @@ class EC2Spawner(Spawner):
             region=self.region,
             ssm_client_factory=lambda: aws.client("ssm"),
             backoff_max=self.tunnel_backoff_max,
+            max_sessions=self.tunnel_max_sessions,
+            resume_timeout=self.tunnel_resume_timeout,
         )
 
     async def _open_tunnel(self, *, lazy: bool = False) -> None:

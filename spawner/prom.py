@@ -165,6 +165,9 @@ class AwsCollector(Collector):
 _TUNNEL_COUNTERS = {
     "sessions_opened": "Session Manager sessions opened (handshake completed) by the hub's tunnels",
     "reconnects": "Sessions reopened by the tunnels' supervisors after one ended",
+    "resumes": "Lost websockets whose session was resumed (ResumeSession), connections kept",
+    "resume_failures": "Resumes refused or timed out (the session was replaced by a new one)",
+    "resume_seconds_total": "Seconds spent resuming sessions, summed over the resumes",
     "session_failures": "Failed attempts to open a session (StartSession, websocket, handshake)",
     "bytes_to_remote": "Payload bytes sent through the tunnels towards the instances",
     "bytes_from_remote": "Payload bytes received through the tunnels from the instances",
@@ -200,6 +203,11 @@ class TunnelCollector(Collector):
             "snh_tunnel_streams_open",
             "Connections currently open through the tunnels",
             value=sum(m.streams_open for m in live),
+        )
+        yield GaugeMetricFamily(
+            "snh_tunnel_sessions_open",
+            "Session Manager sessions currently up under the tunnels",
+            value=sum(m.sessions_open for m in live),
         )
 
 

@@ -302,9 +302,54 @@ def test_hub_ends_only_its_own_sessions() -> None:
         "aws:userid": "AROAEXAMPLE:i-0hub",
         "ssm:resourceTag/aws:ssmmessages:session-id": "AROAEXAMPLE:i-0hub-0a1b2c3d",
     }
-    assert hub("ssm:TerminateSession", session, **mine) is Decision.ALLOW
-    theirs = {**mine, "ssm:resourceTag/aws:ssmmessages:session-id": "alice-0a1b2c3d"}
-    assert hub("ssm:TerminateSession", session, **theirs) is Decision.IMPLICIT_DENY
+    for action in ("ssm:TerminateSession", "ssm:ResumeSession"):
+        assert hub(action, session, **mine) is Decision.ALLOW, action
+        theirs = {**mine, "ssm:resourceTag/aws:ssmmessages:session-id": "alice-0a1b2c3d"}
+        assert hub(action, session, **theirs) is Decision.IMPLICIT_DENY, action
+
+
+def test_hub_opens_data_channels_of_its_own_sessions_only() -> None:
+    """The official client signs the websocket upgrade of each StreamUrl, authorised as
+    ``ssmmessages:OpenDataChannel`` on the session (AWS's example end-user policies grant it
+    on ``arn:aws:ssm:*:*:session/${aws:userid}-*``): the hub's sessions policy lets it open
+    its own sessions' channels (first open and every resume), not another principal's."""
+    sessions_policy = [sources.rendered_policy("hub-sessions.json")]
+
+    def sessions(action: str, resource: str, **context: Any) -> Decision:
+        return evaluate(sessions_policy, Request(action, resource, _keys(context)))
+
+    arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:session/"
+    me = {"aws:userid": "AROAEXAMPLE:i-0hub"}
+    own = arn + "AROAEXAMPLE:i-0hub-0a1b2c3d4e5f67890"
+    assert sessions("ssmmessages:OpenDataChannel", own, **me) is Decision.ALLOW
+    assert hub("ssmmessages:OpenDataChannel", own, **me) is Decision.ALLOW
+    for other in (
+        "alice-0a1b2c3d4e5f67890",  # an IAM user's session
+        "AROAOTHER:i-0hub-0a1b2c3d4e5f67890",  # another role's
+        "AROAEXAMPLE:i-0hubx-0a1b2c3d",  # a role session whose name only starts like ours
+    ):
+        assert sessions("ssmmessages:OpenDataChannel", arn + other, **me) is (
+            Decision.IMPLICIT_DENY
+        ), other
+    elsewhere = f"arn:aws:ssm:eu-west-1:{ACCOUNT}:session/AROAEXAMPLE:i-0hub-0a1b2c3d"
+    assert sessions("ssmmessages:OpenDataChannel", elsewhere, **me) is Decision.IMPLICIT_DENY
+    for action in ("ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel"):
+        assert sessions(action, own, **me) is Decision.IMPLICIT_DENY, action
+
+
+def test_another_principals_session_stays_closed_to_the_hub_role() -> None:
+    """The hub host's role also carries its own SSM agent's permissions (operators' shells on
+    the hub host), which AWS documents on "*", OpenDataChannel among them. A channel is
+    opened with the session's token as well, and the only ways to a token are StartSession
+    (to this hub's instances, with the port-forwarding document) and ResumeSession — which
+    the role may call only on its own sessions. So another principal's session stays closed."""
+    theirs = f"arn:aws:ssm:{REGION}:{ACCOUNT}:session/alice-0a1b2c3d4e5f67890"
+    context = {
+        "aws:userid": "AROAEXAMPLE:i-0hub",
+        "ssm:resourceTag/aws:ssmmessages:session-id": "alice-0a1b2c3d4e5f67890",
+    }
+    for action in ("ssm:ResumeSession", "ssm:TerminateSession"):
+        assert hub(action, theirs, **context) is Decision.IMPLICIT_DENY, action
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ from typing import Any
 import botocore.config
 import pytest
 import pytest_asyncio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
@@ -25,6 +28,7 @@ from localcloud.aws_stack import LocalAws, start_aws
 from localcloud.launcher import hub_environment
 from localcloud.moto_setup import parameter_policy
 from localcloud.ssm import fixed_resolver
+from localcloud.ssm.sigv4 import SignatureError
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -143,6 +147,46 @@ async def test_session_manager_calls_reach_the_ssm_standin(aws: LocalAws) -> Non
         aws.ssm.deregister(instance)
     backends = {r.action: r.backend for r in aws.front.calls.records(service="ssm")}
     assert backends["StartSession"] == backends["DescribeSessions"] == "ssm"
+
+
+async def test_data_channel_upgrades_are_verified_against_the_keys_moto_issued(
+    aws: LocalAws,
+) -> None:
+    """The stand-in checks each upgrade's SigV4 signature against the principals moto's IAM
+    and STS issued keys to: the hub's IAM user (its key is in endpoints.json) and an assumed
+    role's temporary key with its session token are accepted; moto's blanket "testing" key,
+    which moto itself accepts for anything, is not a principal, and a role key without its
+    token is refused."""
+    sts = aws.client("sts")
+    role_arn = next(iter(aws.ids.communities.values())).role_arn
+    role = (await call(sts, "assume_role", RoleArn=role_arn, RoleSessionName="i-0hub"))[
+        "Credentials"
+    ]
+    url = f"{aws.ssm_url.replace('http', 'ws', 1)}/v1/data-channel/x-1?role=publish_subscribe"
+    host = aws.ssm_url.split("//", 1)[1]
+
+    def signed(key: str, secret: str, token: str | None) -> dict[str, str]:
+        request = AWSRequest(method="GET", url=url)
+        SigV4Auth(ReadOnlyCredentials(key, secret, token), "ssmmessages", aws.region).add_auth(
+            request
+        )
+        return {**request.headers, "Host": host}
+
+    hub = aws.ssm.verify_upgrade(url, signed(aws.access_key_id, aws.secret_access_key, None))
+    assert hub is not None and hub.arn.endswith(":user/notebook-hub")
+    assert aws.access_key_id != "testing"
+    assumed = aws.ssm.verify_upgrade(
+        url, signed(role["AccessKeyId"], role["SecretAccessKey"], role["SessionToken"])
+    )
+    assert assumed is not None and assumed.arn.endswith("/i-0hub")
+    for headers, code in (
+        (signed("testing", "testing", None), "InvalidClientTokenId"),
+        (signed(role["AccessKeyId"], role["SecretAccessKey"], None), "InvalidClientTokenId"),
+        (signed(aws.access_key_id, "wrong", None), "SignatureDoesNotMatch"),
+    ):
+        with pytest.raises(SignatureError) as info:
+            aws.ssm.verify_upgrade(url, headers)
+        assert info.value.code == code
 
 
 # --- faults ----------------------------------------------------------------------------------

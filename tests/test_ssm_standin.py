@@ -25,15 +25,20 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from localcloud.ssm import SsmStandIn, fixed_resolver, serve, shutdown
 from localcloud.ssm.agent import IDLE_TIMEOUT_MESSAGE
+from localcloud.ssm.sigv4 import StaticCredentials
 from spawner.ssm import messages as m
 
 INSTANCE = "i-0123456789abcdef0"
+KEYS = {"testing": "testing"}  # the principal the tests sign with
 OTHER_INSTANCE = "i-0fedcba9876543210"
 PORT_DOC = "AWS-StartPortForwardingSession"
 SYN, FIN, PSH = 0, 1, 2  # smux v1 commands
@@ -65,6 +70,16 @@ class Aws:
         )
 
 
+def signed(
+    url: str, key: str = "testing", secret: str = "testing", region: str = "us-east-1"
+) -> HTTPRequest:
+    """The upgrade request as the plugin sends it: SigV4 for ``ssmmessages`` (botocore's
+    signer, websocketchannel.go getV4SignatureHeader)."""
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(ReadOnlyCredentials(key, secret, None), "ssmmessages", region).add_auth(request)
+    return HTTPRequest(url, headers=dict(request.headers.items()))
+
+
 def ssm_client(url: str) -> Any:
     return boto3.client(
         "ssm",
@@ -85,7 +100,7 @@ async def echo() -> AsyncIterator[Echo]:
 
 @pytest.fixture
 async def aws(echo: Echo) -> AsyncIterator[Aws]:
-    standin, server, url = await serve()
+    standin, server, url = await serve(credentials=StaticCredentials(KEYS))
     standin.register(INSTANCE, fixed_resolver("127.0.0.1", echo.port))
     yield Aws(standin, url, ssm_client(url))
     await shutdown(standin, server)
@@ -173,7 +188,7 @@ class Wire:
     ) -> Wire:
         """Dial and send the token frame (or ``first`` instead); ``after``: carry on the
         sequence state of an earlier websocket of the same session."""
-        ws = await websocket_connect(stream_url)
+        ws = await websocket_connect(signed(stream_url))
         if first is not None:
             await ws.write_message(first, binary=isinstance(first, bytes))
         elif token is not None:
@@ -886,3 +901,147 @@ async def test_cli_serves_demo_instance(echo: Echo) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0  # SIGTERM: a clean exit
+
+
+# --- signed upgrades, resume window, message rate ----------------------------------------------
+
+
+async def _upgrade(url: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Dial the data channel with exactly these headers; (HTTP status, error body)."""
+    try:
+        ws = await websocket_connect(HTTPRequest(url, headers=headers))
+    except Exception as exc:  # tornado's HTTPClientError for a non-101 answer
+        body = exc.response.body if getattr(exc, "response", None) is not None else b"{}"
+        return exc.code, json.loads(body)
+    ws.close()
+    return 101, {}
+
+
+async def test_unsigned_and_wrongly_signed_upgrades_are_refused_with_403(aws: Aws) -> None:
+    """websocketchannel.go Open signs the upgrade with SigV4 (service ``ssmmessages``, the
+    session's region); an upgrade the service cannot verify is refused with HTTP 403 and no
+    websocket. Each refusal names the AWS error code of the SigV4 troubleshooting page: no
+    signature, a signature made with the wrong secret, an unknown key, a temporary key without
+    its session token, and a signature scoped to another service or region."""
+    session = await aws.start()
+    url = session["StreamUrl"]
+
+    def headers(**options: Any) -> dict[str, str]:
+        return dict(signed(url, **options).headers)
+
+    cases = {
+        "unsigned": ({}, "MissingAuthenticationToken"),
+        "wrong secret": (headers(secret="not-the-secret"), "SignatureDoesNotMatch"),
+        "unknown key": (headers(key="AKIAUNKNOWN", secret="x"), "InvalidClientTokenId"),
+        "other region": (headers(region="eu-west-1"), "SignatureDoesNotMatch"),
+    }
+    other_service = AWSRequest(method="GET", url=url)
+    SigV4Auth(ReadOnlyCredentials("testing", "testing", None), "ssm", "us-east-1").add_auth(
+        other_service
+    )
+    cases["other service"] = (dict(other_service.headers.items()), "SignatureDoesNotMatch")
+    tampered = headers()
+    tampered["X-Amz-Date"] = tampered["X-Amz-Date"][:-3] + "00Z"  # not what was signed
+    cases["date changed after signing"] = (tampered, "SignatureDoesNotMatch")
+    for name, (sent, code) in cases.items():
+        status, body = await _upgrade(url, sent)
+        assert (status, body.get("__type")) == (403, code), name
+    # nothing was opened: the session still waits for its first (signed) websocket
+    [item] = (await aws.call("describe_sessions", State="Active"))["Sessions"]
+    assert item["Status"] == "Connecting"
+    wire = await Wire.open(url, session["TokenValue"])
+    assert (await wire.next_data()).payload_type == m.PayloadType.HANDSHAKE_REQUEST
+
+
+def test_signature_checks_clock_skew_and_temporary_credentials() -> None:
+    """SigV4 rules no live test can reach in time: X-Amz-Date more than 5 minutes from the
+    service's clock is "Signature expired"; temporary (ASIA…) keys must present their own
+    session token, and stop working when they expire (ExpiredToken)."""
+    from localcloud.ssm.sigv4 import Principal, SignatureError, verify
+
+    url = "ws://127.0.0.1:1/v1/data-channel/s-1?role=publish_subscribe"
+
+    class Store:
+        def lookup(self, key: str) -> Principal | None:
+            return {
+                "ASIATEMP": Principal("ASIATEMP", "s", "arn:role", "tok", expires=2_000_000_000.0)
+            }.get(key)
+
+    def sign(token: str | None) -> dict[str, str]:
+        request = AWSRequest(method="GET", url=url)
+        creds = ReadOnlyCredentials("ASIATEMP", "s", token)
+        SigV4Auth(creds, "ssmmessages", "us-east-1").add_auth(request)
+        return {**request.headers, "Host": "127.0.0.1:1"}  # as the HTTP client sends it
+
+    now = time.time()
+    good = sign("tok")
+    assert verify("GET", url, good, store=Store(), region="us-east-1", now=now).arn == "arn:role"
+    for headers, when, code in [
+        (good, now + 301, "InvalidSignatureException"),
+        (sign(None), now, "InvalidClientTokenId"),
+        (sign("other"), now, "InvalidClientTokenId"),
+        (good, 2_000_000_000.0, None),  # skew first: expiry is checked on a fresh signature
+    ]:
+        with pytest.raises(SignatureError) as info:
+            verify("GET", url, headers, store=Store(), region="us-east-1", now=when)
+        if code is not None:
+            assert info.value.code == code
+
+
+async def test_allow_unsigned_accepts_an_unsigned_upgrade(echo: Echo) -> None:
+    """``--allow-unsigned`` (``require_signature=False``) keeps the old behaviour for whoever
+    needs it; a signature that is present is still checked."""
+    standin, server, url = await serve(require_signature=False)
+    standin.register(INSTANCE, fixed_resolver("127.0.0.1", echo.port))
+    try:
+        aws = Aws(standin, url, ssm_client(url))
+        session = await aws.start()
+        status, _ = await _upgrade(session["StreamUrl"], {})
+        assert status == 101
+        bad = dict(signed(session["StreamUrl"], secret="wrong").headers)
+        assert (await _upgrade(session["StreamUrl"], bad))[0] == 403
+    finally:
+        await shutdown(standin, server)
+
+
+async def test_disconnected_session_ends_after_the_reconnect_window(aws: Aws) -> None:
+    """A session whose client websocket is gone stays ``Disconnected`` for a bounded time
+    (``reconnect_timeout``); then the service ends it and ResumeSession hands out no token
+    (what the plugin reads as "timed out", sessionhandler.go)."""
+    aws.standin.settings.reconnect_timeout = 0.3
+    session, wire = await connect(aws)
+    await wire.handshake()
+    assert aws.standin.drop_connection(session["SessionId"])
+    await wire.wait_closed()
+    record = aws.standin.sessions[session["SessionId"]]
+    for _ in range(200):  # 0.3 s is the window; 10 s is the deadline on a loaded machine
+        if not record.active:
+            break
+        await asyncio.sleep(0.05)
+    assert record.status.value == "Terminated"
+    answer = await aws.call("resume_session", SessionId=session["SessionId"])
+    assert "TokenValue" not in answer
+
+
+async def test_message_rate_model_holds_back_what_exceeds_it(aws: Aws, echo: Echo) -> None:
+    """With the service's per-session rate on, stream data beyond the burst is held back and
+    passed on at the rate, in order, nothing lost; the websocket is not read meanwhile."""
+    aws.standin.settings.message_rate = 20.0
+    aws.standin.settings.message_burst = 5
+    _session, wire = await connect(aws)
+    await wire.handshake()
+    wire.send(m.PayloadType.OUTPUT, smux_frame(SYN, 3))
+    first = wire.next_seq
+    for i in range(40):
+        wire.send(m.PayloadType.OUTPUT, smux_frame(PSH, 3, bytes([i]) * 10))
+    sent = set(range(first, wire.next_seq))
+    # at 20 a second after a burst of 5, 41 messages need about 2 s: early on, not all of them
+    # can have been acknowledged (a slow machine only makes fewer of them acknowledged)
+    await wire.until(lambda: bool(sent & set(wire.acks)), timeout=10)
+    assert not sent <= set(wire.acks)
+    await wire.until(lambda: sent <= set(wire.acks), timeout=30)
+    got = bytearray()
+    while len(got) < 400:
+        for _cmd, _sid, data in await wire.smux_frames(1, timeout=30):
+            got += data
+    assert bytes(got) == b"".join(bytes([i]) * 10 for i in range(40))

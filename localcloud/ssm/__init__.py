@@ -21,7 +21,9 @@ dials; raising ``LookupError`` means nothing listens there (ConnectToPortError f
 Modules: ``service`` (state and operations), ``api`` (JSON 1.1 endpoint), ``websocket``
 (data channel endpoint) and ``wsreader`` (its frame reader), ``agent`` (the agent role of the
 channel), ``ports`` (smux and basic port sessions), ``documents``, ``registry``, ``sessions``,
-``pagination``, ``faults``, ``control``, ``app``.
+``pagination``, ``faults``, ``control``, ``app``, and ``sigv4`` (the signature check of every
+data-channel upgrade; ``serve(credentials=...)`` names the principals, ``require_signature=False``
+accepts unsigned upgrades as well).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run the SSM stand-in on its own.
 
-``python -m localcloud.ssm --port 8200 --forward-to 127.0.0.1:8888``
+``python -m localcloud.ssm --port 8200 --forward-to 127.0.0.1:8888 --access-key AKID:SECRET``
 
 Answers the SSM API (``endpoint_url=http://127.0.0.1:8200``) and the data channel websockets
 on one port. One managed instance, ``i-0123456789abcdef0`` (more with ``--instance``), has an
@@ -8,6 +8,10 @@ agent online whose every session is forwarded to ``--forward-to``, whatever ``po
 session asks for. With ``--any-instance``, any well-formed instance id a client asks for is
 taken as such a managed instance too (handy against instance ids that moto makes up); without
 it, other ids get ``TargetNotConnected`` as on AWS.
+
+Data-channel upgrades must be SigV4-signed with one of the ``--access-key`` pairs, as the
+service requires; ``--allow-unsigned`` accepts unsigned upgrades too (the old behaviour).
+``--message-rate`` models the service's per-session message rate (about 1,000 a second).
 
 The first line on standard output is the base URL (so a launcher can read it); the stand-in
 then serves until SIGINT or SIGTERM, and exits 0.
@@ -25,6 +29,7 @@ import sys
 from .agent import AgentSettings
 from .app import serve, shutdown
 from .registry import DEFAULT_AGENT_VERSION, fixed_resolver
+from .sigv4 import StaticCredentials
 
 DEMO_INSTANCE_ID = "i-0123456789abcdef0"
 
@@ -34,6 +39,13 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _access_key(value: str) -> tuple[str, str]:
+    key, sep, secret = value.partition(":")
+    if not sep or not key or not secret:
+        raise argparse.ArgumentTypeError(f"expected ACCESS_KEY_ID:SECRET, got {value!r}")
+    return key, secret
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +79,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"managed instance id (repeatable; default {DEMO_INSTANCE_ID})",
     )
     parser.add_argument(
+        "--access-key",
+        type=_access_key,
+        action="append",
+        default=[],
+        metavar="ID:SECRET",
+        help="a principal whose SigV4 signature opens data channels (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept data channel upgrades without a signature (AWS refuses them)",
+    )
+    parser.add_argument("--region", default="us-east-1", help="region upgrades are signed for")
+    parser.add_argument(
+        "--message-rate",
+        type=float,
+        default=None,
+        metavar="N",
+        help="stream-data messages per second and direction a session carries (AWS: ~1000)",
+    )
+    parser.add_argument(
         "--any-instance",
         action="store_true",
         help="treat any well-formed instance id as a managed instance with an online agent",
@@ -85,7 +118,10 @@ async def main(argv: list[str] | None = None) -> None:
             args.host,
             moto_url=args.moto_url,
             agent_version=args.agent_version,
-            settings=AgentSettings(idle_timeout=args.idle_timeout),
+            settings=AgentSettings(idle_timeout=args.idle_timeout, message_rate=args.message_rate),
+            credentials=StaticCredentials(dict(args.access_key)),
+            require_signature=not args.allow_unsigned,
+            region=args.region,
         )
     except (ValueError, OSError) as exc:
         print(f"cannot start the SSM stand-in: {exc}", file=sys.stderr)

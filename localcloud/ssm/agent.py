@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from spawner.ssm import messages
 from spawner.ssm.channel import ChannelConnection, Role
 from spawner.ssm.messages import Flag
 
+from .faults import message_type_of
 from .ports import BasicPort, MuxPorts, use_mux
 from .registry import Resolver
 
@@ -41,6 +43,9 @@ HANDSHAKE_TIMEOUT_MESSAGE = (
     "manager plugin."
 )
 IDLE_TIMEOUT_MESSAGE = "Your session timed out due to inactivity and has been terminated."
+RECONNECT_TIMEOUT_MESSAGE = (
+    "The client did not reconnect to the disconnected session in time; it has been terminated."
+)
 
 
 @dataclass
@@ -55,6 +60,17 @@ class AgentSettings:
     max_in_flight: int = 2048
     #: the agent's outgoing buffer capacity (config.go OutgoingMessageBufferCapacity)
     resend_buffer: int = 100_000
+    #: seconds the service keeps a session whose client websocket is gone (``Disconnected``)
+    #: for a ResumeSession, before it ends it; AWS does not document the figure
+    reconnect_timeout: float = 60.0
+    #: stream-data messages per second the service carries per session and direction (the
+    #: reported ~1,000), with bursts of ``message_burst``; None: unlimited (unit tests)
+    message_rate: float | None = None
+    message_burst: int = 64
+    #: on a resumed websocket, replay at once what the agent sent and the client has not
+    #: acknowledged (see ``AgentSession.attach``); False: only the agent's resend check
+    #: repairs it, one message per 100 ms, as ``ResendStreamDataMessageScheduler`` does
+    replay_on_resume: bool = True
 
 
 class ClientLink(Protocol):
@@ -131,6 +147,8 @@ class AgentSession:
             properties=dict(sorted(self.properties.items())),  # Go marshals map keys sorted
             resend_buffer=settings.resend_buffer,
             epoch_offset=time.time() - self.loop.time(),
+            pace=settings.message_rate,  # the service's rate, modelled on the agent's side
+            pace_burst=settings.message_burst,
         )
         self.link: ClientLink | None = None
         self.ports: MuxPorts | BasicPort | None = None
@@ -146,30 +164,96 @@ class AgentSession:
         self._ready_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._blocked_targets = 0  # target sockets whose write buffer is full
+        self._reconnect_timer: asyncio.TimerHandle | None = None
+        # the service's rate on what the client sends (the agent's own sends are paced)
+        self._inbox: deque[bytes] = deque()
+        self._inbox_timer: asyncio.TimerHandle | None = None
+        self._tokens = float(settings.message_burst)
+        self._tokens_at = self.loop.time()
         self.stats = {"frames_in": 0, "frames_out": 0, "bytes_to_target": 0}
         self._arm_idle_timer()  # a session nobody connects to times out as well
 
     # -- the websocket ---------------------------------------------------------------------
     def attach(self, link: ClientLink) -> None:
-        """A websocket with a valid token: it replaces any earlier one of this session."""
+        """A websocket with a valid token: it replaces any earlier one of this session.
+
+        On a resumed session the service replays what the agent sent and the client has not
+        acknowledged (``replay_on_resume``): the Message Gateway Service relays between the
+        two websockets and whether it keeps the agent's messages for a resumed client is not
+        documented; without the replay the agent's resend check (oldest message only, every
+        100 ms) would take minutes to repair a full window, and that is not what users of
+        the official client report.
+        """
         old, self.link = self.link, link
         if old is not None:
             old.abort()
-        link.pause_reading(self._blocked_targets > 0)
+        if self._reconnect_timer is not None:
+            self._reconnect_timer.cancel()
+            self._reconnect_timer = None
+        self._update_reading()
         if not self.started:
             self.started = True
             self.conn.start_handshake(self.loop.time())
+        elif self.settings.replay_on_resume:
+            self.conn.resend_all(self.loop.time())
         self._flush()
 
     def detach(self, link: ClientLink) -> None:
-        """The websocket is gone; the session lives on (it may be resumed)."""
+        """The websocket is gone; the session lives on for ``reconnect_timeout`` seconds."""
         if self.link is link:
             self.link = None
+            if not self.ended and self._reconnect_timer is None:
+                self._reconnect_timer = self.loop.call_later(
+                    self.settings.reconnect_timeout, self._reconnect_expired
+                )
+
+    def _reconnect_expired(self) -> None:
+        self._reconnect_timer = None
+        if self.link is None and not self.ended:
+            self.end(output=RECONNECT_TIMEOUT_MESSAGE)
+
+    def _update_reading(self) -> None:
+        if self.link is not None:
+            self.link.pause_reading(self._blocked_targets > 0 or bool(self._inbox))
 
     def receive_frames(self, frames: list[bytes]) -> None:
-        """Binary messages from the client, after fault injection."""
+        """Binary messages from the client, after fault injection (and the service's rate)."""
         if self.ended:
             return
+        if self.settings.message_rate is None:
+            self._process(frames)
+            return
+        self._inbox.extend(frames)
+        self._drain_inbox()
+
+    def _drain_inbox(self) -> None:
+        """Pass on the client's stream data at the service's rate; hold the rest (and stop
+        reading the websocket) until tokens accrue. Acks and flags are not counted."""
+        self._inbox_timer = None
+        if self.ended:
+            return
+        rate = self.settings.message_rate
+        assert rate is not None
+        now = self.loop.time()
+        self._tokens = min(
+            float(self.settings.message_burst), self._tokens + (now - self._tokens_at) * rate
+        )
+        self._tokens_at = now
+        inbox = self._inbox
+        batch: list[bytes] = []
+        while inbox:
+            if message_type_of(inbox[0]) == "input_stream_data":
+                if self._tokens < 1.0:
+                    break
+                self._tokens -= 1.0
+            batch.append(inbox.popleft())
+        if batch:
+            self._process(batch)
+        if inbox and not self.ended:
+            self._inbox_timer = self.loop.call_later((1.0 - self._tokens) / rate, self._drain_inbox)
+        self._update_reading()
+
+    def _process(self, frames: list[bytes]) -> None:
         now = self.loop.time()
         for frame in frames:
             self.stats["frames_in"] += 1
@@ -239,8 +323,7 @@ class AgentSession:
         """A target socket's write buffer filled up (or drained): stop (resume) reading the
         websocket, so that what the client sends waits in TCP buffers, not here."""
         self._blocked_targets += 1 if blocked else -1
-        if self.link is not None:
-            self.link.pause_reading(self._blocked_targets > 0)
+        self._update_reading()
 
     def send_flag(self, flag: Flag) -> None:
         self._flush_output()  # keep the byte stream's order ahead of the flag
@@ -274,7 +357,13 @@ class AgentSession:
             return
         self._flush()
         self.ended = True
-        for timer in (self._timer, self._idle_timer, self._ready_timer):
+        for timer in (
+            self._timer,
+            self._idle_timer,
+            self._ready_timer,
+            self._reconnect_timer,
+            self._inbox_timer,
+        ):
             if timer is not None:
                 timer.cancel()
         if self._flush_handle is not None:

@@ -19,7 +19,11 @@ POST    /_control/sessions/{id}/close            ``{"output": "..."}``: channel_
 POST    /_control/sessions/{id}/idle             end it as the idle timeout does, now
 POST    /_control/sessions/{id}/drop             websocket closed abruptly; session survives
 PUT     /_control/settings                       ``{"idleTimeout": s, "readyDelay": s,
-                                                 "maxInFlight": n}`` -> current settings
+                                                 "maxInFlight": n, "messageRate": n|null,
+                                                 "reconnectTimeout": s, "replayOnResume":
+                                                 bool, "requireSignature": bool}`` -> current
+                                                 settings (rate, reconnect, replay: new
+                                                 sessions only)
 GET     /_control/faults                         ``{"faults": [...]}``
 POST    /_control/faults                         ``{"kind", "direction", "sessionId",
                                                  "messageTypes", "probability", "count",
@@ -128,6 +132,15 @@ class SettingsHandler(ControlHandler):
                 settings.ready_delay = float(body["readyDelay"])
             if "maxInFlight" in body:
                 settings.max_in_flight = int(body["maxInFlight"])
+            if "messageRate" in body:
+                rate = body["messageRate"]
+                settings.message_rate = None if rate is None else float(rate)
+            if "reconnectTimeout" in body:
+                settings.reconnect_timeout = float(body["reconnectTimeout"])
+            if "replayOnResume" in body:
+                settings.replay_on_resume = bool(body["replayOnResume"])
+            if "requireSignature" in body:
+                self.standin.require_signature = bool(body["requireSignature"])
         except (TypeError, ValueError) as exc:
             raise ControlError(400, f"bad setting: {exc}") from exc
         self.reply(
@@ -135,6 +148,10 @@ class SettingsHandler(ControlHandler):
                 "idleTimeout": settings.idle_timeout,
                 "readyDelay": settings.ready_delay,
                 "maxInFlight": settings.max_in_flight,
+                "messageRate": settings.message_rate,
+                "reconnectTimeout": settings.reconnect_timeout,
+                "replayOnResume": settings.replay_on_resume,
+                "requireSignature": self.standin.require_signature,
             }
         )
 

@@ -21,16 +21,23 @@ from .faults import FaultInjector, FaultRule
 from .pagination import decode_page_token, encode_page_token
 from .registry import DEFAULT_AGENT_VERSION, InstanceRegistry, ManagedInstance, Resolver
 from .sessions import SessionRecord, Status, new_session_id
+from .sigv4 import CredentialStore, Principal, StaticCredentials, verify
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ACCOUNT = "123456789012"  # moto's default account
 DEFAULT_CALLER = "localcloud"
+DEFAULT_REGION = "us-east-1"
 AGENT_RESTART_OUTPUT = "The agent on the instance went away; the session is over."
 
 
 class SsmStandIn:
-    """Everything the SSM stand-in knows. ``base_url`` (set by ``serve``) builds StreamUrls."""
+    """Everything the SSM stand-in knows. ``base_url`` (set by ``serve``) builds StreamUrls.
+
+    Data-channel upgrades must be SigV4-signed for ``region`` by a principal of
+    ``credentials`` (default: none known, so every upgrade is refused) unless
+    ``require_signature`` is False, the old lenient behaviour (``--allow-unsigned``).
+    """
 
     def __init__(
         self,
@@ -42,6 +49,9 @@ class SsmStandIn:
         caller: str = DEFAULT_CALLER,
         account: str = DEFAULT_ACCOUNT,
         base_url: str = "",
+        credentials: CredentialStore | None = None,
+        require_signature: bool = True,
+        region: str = DEFAULT_REGION,
     ) -> None:
         self.moto_url = moto_url.rstrip("/") if moto_url else None
         self.default_agent_version = agent_version
@@ -50,6 +60,9 @@ class SsmStandIn:
         self.caller = caller
         self.owner = f"arn:aws:iam::{account}:user/{caller}"
         self.base_url = base_url.rstrip("/")
+        self.credentials: CredentialStore = credentials or StaticCredentials({})
+        self.require_signature = require_signature
+        self.region = region
         self.instances = InstanceRegistry()
         self.sessions: dict[str, SessionRecord] = {}
         self.agents: dict[str, AgentSession] = {}
@@ -180,6 +193,7 @@ class SsmStandIn:
         if not record.active:
             # What the official plugin reads as "timed out" (sessionhandler.go): no token.
             return {"SessionId": session_id}
+        record.resumes += 1
         return {
             "SessionId": session_id,
             "TokenValue": record.issue_token(),
@@ -234,6 +248,13 @@ class SsmStandIn:
         return session_id
 
     # -- the data channel -------------------------------------------------------------------
+    def verify_upgrade(self, url: str, headers: dict[str, str]) -> Principal | None:
+        """The principal that signed a data-channel upgrade (`sigv4.SignatureError` if none
+        did); None when signatures are not required and the upgrade carries none."""
+        if not self.require_signature and not any(k.lower() == "authorization" for k in headers):
+            return None
+        return verify("GET", url, headers, store=self.credentials, region=self.region)
+
     def agent_for_token(self, session_id: str, token: str) -> AgentSession | None:
         """The agent a websocket may talk to, if ``token`` is the session's current token."""
         record = self.sessions.get(session_id)
@@ -309,12 +330,14 @@ class SsmStandIn:
                     **r.describe(),
                     "Properties": r.properties,
                     "EndOutput": r.end_output,
+                    "Resumes": r.resumes,
                     "Agent": self._agent_state(r.session_id),
                 }
                 for r in self.sessions.values()
             ],
             "faults": [f.to_json() for f in self.faults.rules],
             "idleTimeout": self.settings.idle_timeout,
+            "requireSignature": self.require_signature,
         }
 
     def _agent_state(self, session_id: str) -> dict[str, Any] | None:

@@ -61,6 +61,8 @@ class SessionRecord:
     token: str = field(default_factory=new_token)
     token_issued: float = field(default_factory=time.monotonic)
     end_output: str = ""
+    #: ResumeSession calls answered with a token (tests count the client's resumes)
+    resumes: int = 0
 
     @property
     def active(self) -> bool:

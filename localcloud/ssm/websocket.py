@@ -12,6 +12,10 @@ violation) and the reason below, and tests pin that choice.
 A later websocket with a fresh token (from ResumeSession) takes the session over; the earlier
 one is dropped. Closing the websocket (by the client or by a fault) leaves the session
 ``Disconnected``, not ended.
+
+Before any of that, the upgrade itself must be SigV4-signed (``sigv4``), as the service
+requires of the plugin since 1.2.764.0: an unsigned or wrongly signed upgrade gets HTTP 403
+and no websocket, with a JSON body naming the AWS error code.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import tornado.websocket
+from tornado.escape import json_encode
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
 from . import wsreader
 from .faults import FaultyPipe
+from .sigv4 import SignatureError
 
 if TYPE_CHECKING:
     from .agent import AgentSession
@@ -82,6 +88,21 @@ class DataChannelHandler(tornado.websocket.WebSocketHandler):
         #: cleared while the agent cannot take more data (``wsreader`` waits for it)
         self.read_gate = asyncio.Event()
         self.read_gate.set()
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse an upgrade that is not signed by a known principal, then upgrade."""
+        request = self.request
+        url = f"{request.protocol}://{request.host}{request.uri}"
+        try:
+            self.standin.verify_upgrade(url, dict(request.headers.get_all()))
+        except SignatureError as exc:
+            log.info("data channel upgrade refused: %s", exc)
+            self.set_status(403)
+            self.set_header("Content-Type", "application/json")
+            self.set_header("x-amzn-ErrorType", exc.code)
+            self.finish(json_encode({"__type": exc.code, "message": exc.message}))
+            return
+        await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
         return True  # the official client sends no Origin; browsers are not clients here

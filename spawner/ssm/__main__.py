@@ -3,7 +3,10 @@
     python -m spawner.ssm forward --target i-0123456789abcdef0 --remote-port 8888 \\
         --local-port 9999 [--region R] [--endpoint-url URL] [--profile P]
 
-Credentials and region come from boto3's usual chain (environment, profile, instance role).
+Credentials and region come from boto3's usual chain (environment, profile, instance role);
+the data channel is SigV4-signed with them, and a lost websocket is resumed, as the official
+session-manager-plugin 1.2.764.0 does. ``--max-sessions`` spreads connections over several
+sessions (1: one session, like ``aws ssm start-session``).
 Once the port is ready it prints exactly one line on stdout,
 ``Forwarding 127.0.0.1:9999 -> i-… port 8888 (session …)``, so scripts can wait for it; it
 then runs until SIGINT or SIGTERM, terminates the session and exits 0. A session that cannot
@@ -20,7 +23,7 @@ import signal
 import sys
 
 from .datachannel import DEFAULT_DOCUMENT, SessionError
-from .tunnel import Tunnel
+from .tunnel import DEFAULT_MAX_SESSIONS, Tunnel
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"Session document (default: {DEFAULT_DOCUMENT})",
     )
     fwd.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"sessions to spread connections over (default: {DEFAULT_MAX_SESSIONS})",
+    )
+    fwd.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
     )
     return parser
@@ -63,6 +72,7 @@ async def _forward(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         profile=args.profile,
         document_name=args.document,
+        max_sessions=max(1, args.max_sessions),
         start_timeout=0.0,  # like `aws ssm start-session`: the first failure is reported
     )
     loop = asyncio.get_running_loop()

@@ -29,6 +29,20 @@ Backpressure. The resend buffer holds at most 10,000 messages (CLIENT) or 100,00
 where the Go peers then silently drop messages, messages beyond the limit wait here, unsent,
 until acks make room. `send_data` always accepts everything; callers stop reading their own
 sources while `can_send` is false (`send_window` says how many 1024-byte messages still fit).
+
+Pacing. The plugin sleeps about 1 ms after each stream-data message it sends
+(``portsession/muxportforwarding.go`` transferDataToServer; the basic-mode loop likewise), so
+a session carries at most about 1,000 messages a second from the client, which is what the
+service is reported to carry. ``pace`` (messages per second) makes the same rule a token
+bucket: ``pace_burst`` messages may leave at once (so a small request waits for nothing), and
+the rest leave as tokens accrue, driven by `tick` and `next_deadline`. Retransmissions and
+control messages (acks, handshake) are not paced, as in the plugin, whose resend scheduler and
+ack writer do not sleep. The stand-in's agent uses the same bucket to model the service's rate.
+
+Resuming. After the websocket under a session was replaced (``ResumeSession``), the peer may
+have lost any message sent on the old one: `resend_all` puts every unacknowledged message on
+the wire again, in order (go-back-N), instead of leaving the repair to the resend check,
+which retransmits one message per 100 ms and would need minutes for a full window.
 """
 
 from __future__ import annotations
@@ -173,6 +187,8 @@ _AGENT_CONTROL = frozenset({_HS_RESPONSE, _ENC_RESPONSE})
 _DELIVER, _HOLD, _DISCARD = 0, 1, 2
 
 _ID_BATCH = 1024
+#: a token that accrued to within rounding of a whole one counts (clocks are floats)
+_PACE_EPSILON = 1e-3
 
 
 def _fresh_ids() -> bytes:
@@ -213,8 +229,13 @@ class ChannelConnection:
         resend_buffer: int | None = None,
         reack_duplicates: bool | None = None,
         epoch_offset: float = 0.0,
+        pace: float | None = None,
+        pace_burst: int = 64,
     ) -> None:
         """``resend_buffer`` overrides the role's resend buffer capacity (messages).
+
+        ``pace``: stream-data messages per second at most (None: unpaced), with bursts of up
+        to ``pace_burst`` messages (see the module docstring).
 
         ``reack_duplicates`` overrides the role's duplicate rule (CLIENT: drop silently, as the
         plugin does; AGENT: acknowledge again, as the agent does). ``epoch_offset`` is added to
@@ -261,6 +282,12 @@ class ChannelConnection:
         self._backlog: deque[tuple[int, bytes]] = deque()  # data not yet sent
         self._next_check = now
         self._handshake_started: float | None = None
+        if pace is not None and (pace <= 0 or pace_burst < 1):
+            raise ValueError("pace must be positive and pace_burst at least 1")
+        self._pace = pace
+        self._burst = float(pace_burst)
+        self._tokens = float(pace_burst)
+        self._tokens_at = now
         # receiving
         self._expected = 0
         self._incoming: dict[int, tuple[int, bytes]] = {}
@@ -343,7 +370,13 @@ class ChannelConnection:
             view = memoryview(data)
             chunks = [bytes(view[i : i + MAX_PAYLOAD]) for i in range(0, n, MAX_PAYLOAD)]
         backlog = self._backlog
-        if backlog or self._priority or self.paused or not self._gate_open():
+        if (
+            backlog
+            or self._priority
+            or self.paused
+            or not self._gate_open()
+            or (self._pace is not None and self._refill(now) < len(chunks) - _PACE_EPSILON)
+        ):
             backlog.extend([(_OUTPUT, c) for c in chunks])
             self._flush(now)
             return
@@ -373,6 +406,8 @@ class ChannelConnection:
             inflight[seq] = _Pending(frame, now)
             order.append(seq)
             seq += 1
+        if self._pace is not None:
+            self._tokens -= seq - self._next_seq
         self._next_seq = seq
 
     def send_flag(self, flag: Flag, now: float) -> None:
@@ -404,6 +439,8 @@ class ChannelConnection:
         """Run the resend check if it is due; returns `GaveUp` when the channel is lost."""
         if self.gave_up:
             return []
+        if self._backlog and self._pace is not None:
+            self._flush(now)  # paced messages whose tokens have accrued
         started = self._handshake_started
         if (
             started is not None
@@ -455,7 +492,30 @@ class ChannelConnection:
             if order:
                 due = max(self._next_check, inflight[order[0]].sent + self.rto)
                 deadline = due if deadline is None else min(deadline, due)
+            if (
+                self._pace is not None
+                and self._backlog
+                and self._gate_open()
+                and len(inflight) < self._capacity
+            ):
+                due = self._tokens_at + max(0.0, 1.0 - self._tokens) / self._pace
+                deadline = due if deadline is None else min(deadline, due)
         return deadline
+
+    def resend_all(self, now: float) -> None:
+        """Put every unacknowledged message on the wire again, oldest first (after a resume).
+
+        Their resend timers restart now, so the resend check does not send them a third time
+        before the new websocket had a chance to carry their acks.
+        """
+        inflight = self._inflight
+        out = self._out
+        for seq in sorted(inflight):
+            pending = inflight[seq]
+            pending.sent = now
+            out.append(pending.frame)
+        self._order = deque(sorted(inflight))
+        self._next_check = now + RESEND_CHECK_INTERVAL
 
     # --- draining it -----------------------------------------------------------------------
 
@@ -693,6 +753,23 @@ class ChannelConnection:
             return
         inflight = self._inflight
         cap = self._capacity
-        while backlog and len(inflight) < cap:
+        if self._pace is None:
+            while backlog and len(inflight) < cap:
+                ptype, payload = backlog.popleft()
+                self._transmit(ptype, payload, created, now)
+            return
+        tokens = self._refill(now)
+        while backlog and len(inflight) < cap and tokens >= 1.0 - _PACE_EPSILON:
             ptype, payload = backlog.popleft()
             self._transmit(ptype, payload, created, now)
+            tokens -= 1.0
+        self._tokens = tokens
+
+    def _refill(self, now: float) -> float:
+        """Tokens of the pacing bucket at ``now`` (stored back)."""
+        elapsed = now - self._tokens_at
+        if elapsed > 0.0:
+            assert self._pace is not None
+            self._tokens = min(self._burst, self._tokens + elapsed * self._pace)
+            self._tokens_at = now
+        return self._tokens

@@ -12,7 +12,17 @@ control is asyncio-style in both directions: when too many messages wait for an 
 listener's ``pause_writing`` tells it to stop reading local sockets; when local sockets cannot
 take more, the listener calls `DataChannel.pause_reading` and the websocket is not read.
 
-A session is never resumed (``ResumeSession``): when it ends, its owner opens a new one.
+Every upgrade of the websocket is SigV4-signed with the caller's current credentials
+(`spawner.ssm.signing`), as the official plugin does since 1.2.764.0.
+
+A lost websocket is not the end of the session. As the plugin does (``sessionhandler.go``
+``ResumeSessionHandler``, ``datachannel/streaming.go`` ``Reconnect``), the channel calls
+``ResumeSession``, dials the same ``StreamUrl`` again (signed anew), sends the token frame with
+the new token and carries on with the same sequence numbers, resend buffer and, above it, the
+same smux session: local TCP connections never notice. Unlike the plugin it retransmits every
+unacknowledged message at once on the new websocket (the plugin's resend check would take one
+per 100 ms) and gives up after ``resume_timeout`` instead of never. Only a refused resume (the
+session is gone, a 4xx) or one that times out ends the session; its owner then opens a new one.
 """
 
 from __future__ import annotations
@@ -25,24 +35,49 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from . import channel as _channel
 from .channel import CLIENT_BUFFER_CAPACITY, ChannelConnection, Role
 from .messages import Flag, ProtocolError, token_frame
+from .metrics import TunnelMetrics
+from .signing import (
+    CredentialSource,
+    client_credentials,
+    client_region,
+    is_presigned,
+    upgrade_headers,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DOCUMENT = "AWS-StartPortForwardingSession"
-#: The version of the official plugin whose behaviour this client implements. It matters on the
-#: wire: the agent keeps its own smux keep-alive on (and closes a session silent for 30 s) for
-#: clients at or below 1.2.331.0, and the client sends NOPs only to agents at or below
-#: 3.1.1511.0 (see `spawner.ssm.smux.needs_keepalive`). With a modern agent an idle session
-#: therefore carries no traffic at all and ends at the account's idle timeout (20 min by
-#: default); the tunnel's supervisor then opens a new one on the same local port.
-DEFAULT_CLIENT_VERSION = "1.2.707.0"
+#: The version of the official plugin whose behaviour this client implements: the release AWS
+#: asks for, whose upgrade is SigV4-signed, which resumes a lost websocket with ResumeSession,
+#: paces stream data (about 1,000 messages a second) and multiplexes only LocalPortForwarding
+#: sessions with agents newer than 3.0.196.0. It matters on the wire too: the agent keeps its
+#: own smux keep-alive on (and closes a session silent for 30 s) for clients at or below
+#: 1.2.331.0, and the client sends NOPs only to agents at or below 3.1.1511.0 (see
+#: `spawner.ssm.smux.needs_keepalive`). With a modern agent an idle session therefore carries
+#: no traffic at all and ends at the account's idle timeout (20 min by default); the tunnel's
+#: supervisor then opens a new one on the same local port.
+DEFAULT_CLIENT_VERSION = "1.2.764.0"
+#: Stream-data messages a second that one session sends at most: the plugin sleeps 1 ms after
+#: each (``muxportforwarding.go``), and the service is reported to carry about that many.
+DEFAULT_PACE = 1000.0
+#: Messages that may leave at once before pacing applies, so that a small request never waits.
+DEFAULT_PACE_BURST = 64
+#: How long a lost websocket may take to come back (ResumeSession + signed dial) before the
+#: session is given up and a new one is opened instead.
+DEFAULT_RESUME_TIMEOUT = 30.0
+#: What a 403 on the upgrade means, for whoever reads the error: the two causes AWS documents.
+OPEN_DATA_CHANNEL_DENIED = (
+    "HTTP 403 on the data channel upgrade: the caller needs ssmmessages:OpenDataChannel on "
+    "arn:aws:ssm:<region>:<account>:session/<session id> (AWS's example policies grant it on "
+    "session/${aws:userid}-*), and the upgrade must be SigV4-signed with current credentials"
+)
 #: The official client pings every 5 minutes; a shorter interval keeps NAT and load-balancer
 #: idle timers (often 60-350 s) from dropping a quiet websocket.
 DEFAULT_PING_INTERVAL = 60.0
@@ -139,7 +174,8 @@ class WebSocket(Protocol):
     def close_reason(self) -> str | None: ...
 
 
-WebSocketConnector = Callable[[str], Awaitable[WebSocket]]
+#: Dials ``url`` with the given extra headers (the signature) and returns the open websocket.
+WebSocketConnector = Callable[[str, Mapping[str, str]], Awaitable[WebSocket]]
 
 
 class TornadoWebSocket:
@@ -240,7 +276,7 @@ def tornado_connector(
     ping_timeout: float | None = 0.0,
     max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> WebSocketConnector:
-    """A connector dialling the StreamUrl exactly as given: no headers, no compression.
+    """A connector dialling the StreamUrl as given, with the signature headers, uncompressed.
 
     ``ping_timeout=0`` sends pings without requiring pongs, as the official client does; a
     positive value closes the websocket when no pong arrives in time (a dead path is then
@@ -254,12 +290,12 @@ def tornado_connector(
         # never expires. From 6.5 on, 0 is the documented "no pong needed".
         ping_timeout = 10.0 * 365 * 24 * 3600
 
-    async def connect(url: str) -> WebSocket:
+    async def connect(url: str, headers: Mapping[str, str]) -> WebSocket:
+        from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
         conn = await websocket_connect(
-            url,
-            connect_timeout=connect_timeout,
+            HTTPRequest(url, headers=dict(headers), connect_timeout=connect_timeout),
             compression_options=None,
             ping_interval=ping_interval or None,
             ping_timeout=ping_timeout,
@@ -273,6 +309,22 @@ def tornado_connector(
 _background: set[asyncio.Future[Any]] = set()
 
 
+#: Error codes of a 4xx answer to ResumeSession that retrying can fix.
+_RETRY_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestTimeout"}
+)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed botocore call or websocket upgrade, if it had one."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    code = getattr(exc, "code", None)  # tornado's HTTPClientError
+    return code if isinstance(code, int) and 100 <= code < 600 else None
+
+
 def keep_task(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
     """Hold a reference to a fire-and-forget task until it ends (asyncio keeps weak ones)."""
     _background.add(task)
@@ -283,9 +335,13 @@ def keep_task(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
 class DataChannel:
     """One SSM port-forwarding session, from StartSession to TerminateSession.
 
-    Use: ``await open()``; read `agent_version` to choose smux or basic mode; `set_listener`;
-    then `write` / `send_flag`; `wait_closed` tells how the session ended; `close` ends it.
-    A DataChannel is not reusable: a new session is a new object.
+    Use: ``await open()``; read `agent_version` and `session_properties` to choose smux or
+    basic mode; `set_listener`; then `write` / `send_flag`; `wait_closed` tells how the session
+    ended; `close` ends it. A DataChannel is not reusable: a new session is a new object.
+
+    ``credentials`` (default: those of ``ssm_client``) and ``region`` (default: the client's)
+    sign each upgrade; ``pace`` / ``pace_burst`` pace stream data; ``resume_timeout`` bounds a
+    resume (0: never resume); ``metrics`` counts resumes.
     """
 
     def __init__(
@@ -305,6 +361,12 @@ class DataChannel:
         ping_timeout: float | None = 0.0,
         max_unacked: int = DEFAULT_MAX_UNACKED,
         terminate_timeout: float = 10.0,
+        credentials: CredentialSource | None = None,
+        region: str | None = None,
+        pace: float | None = DEFAULT_PACE,
+        pace_burst: int = DEFAULT_PACE_BURST,
+        resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
+        metrics: TunnelMetrics | None = None,
     ) -> None:
         self.target = target
         self.remote_port = remote_port
@@ -314,7 +376,18 @@ class DataChannel:
         self.session_id: str | None = None
         self.stream_url: str | None = None
         self.agent_version: str | None = None
+        #: the document's parameters as the agent's handshake passed them (``type`` among them)
+        self.session_properties: dict[str, Any] = {}
         self._ssm = ssm_client
+        self._credentials = credentials or client_credentials(ssm_client)
+        self._region = region or client_region(ssm_client)
+        self._pace = pace
+        self._pace_burst = pace_burst
+        self._resume_timeout = resume_timeout
+        self._metrics = metrics
+        self._resuming = False
+        self._resume_deadline: float | None = None  # kept while resumed sockets stay silent
+        self._heard = False  # something arrived on the current websocket
         self._executor = executor
         self._parameters = {"portNumber": [str(remote_port)], "localPortNumber": ["0"]}
         if parameters:
@@ -357,6 +430,43 @@ class DataChannel:
             self._executor or shared_executor(), functools.partial(method, **kwargs)
         )
 
+    def _signed_headers(self, url: str) -> dict[str, str]:
+        """The upgrade's SigV4 headers with the credentials of this moment (blocking)."""
+        if is_presigned(url):
+            return {}
+        credentials = self._credentials()
+        if credentials is None:
+            log.warning("%r: no AWS credentials to sign the data channel with", self)
+            return {}
+        if not self._region:
+            log.warning("%r: no region to sign the data channel for", self)
+            return {}
+        return upgrade_headers(url, credentials, self._region)
+
+    async def _dial(self) -> WebSocket:
+        """Sign (in the pool: a credential refresh may block) and open the websocket."""
+        assert self.stream_url is not None
+        url = self.stream_url
+        headers = await self._run(self._signed_headers, url)
+        try:
+            connecting = self._connector(url, headers)
+            return await asyncio.wait_for(connecting, self._connect_timeout + 1.0)
+        except Exception as exc:
+            if _http_status(exc) == 403:
+                raise SessionError(
+                    "websocket connect", OPEN_DATA_CHANNEL_DENIED, code="AccessDeniedException"
+                ) from exc
+            raise
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor or shared_executor(), fn, *args)
+
+    @property
+    def resuming(self) -> bool:
+        """The websocket was lost and is being resumed: nothing arrives meanwhile."""
+        return self._resuming
+
     async def open(self) -> None:
         """StartSession, websocket, token frame, handshake: returns once data may flow.
 
@@ -390,9 +500,7 @@ class DataChannel:
         token = response["TokenValue"]
         step = "websocket connect"
         try:
-            self._ws = await asyncio.wait_for(
-                self._connector(self.stream_url), self._connect_timeout + 1.0
-            )
+            self._ws = await self._dial()
             step = "handshake"
             self._conn = ChannelConnection(
                 Role.CLIENT,
@@ -402,6 +510,8 @@ class DataChannel:
                 # The plugin drops duplicates silently; if one of its acks was lost, the agent
                 # (which resends only its oldest message) would stall. A second ack is harmless.
                 reack_duplicates=True,
+                pace=self._pace,
+                pace_burst=self._pace_burst,
             )
             self._ws.send_text(
                 token_frame(
@@ -417,6 +527,9 @@ class DataChannel:
             await asyncio.wait_for(asyncio.shield(self._handshake), self._handshake_timeout)
         except asyncio.CancelledError:
             self._finish("cancelled while opening", terminate=True)
+            raise
+        except SessionError as exc:
+            self._finish(str(exc), terminate=True)
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError | asyncio.TimeoutError):
@@ -528,24 +641,121 @@ class DataChannel:
         return self._loop.time()
 
     async def _watch(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        try:
-            await ws.wait_closed()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            reason = f"websocket error: {describe_error(exc)[1]}"
-        else:
-            code, why = ws.close_code, ws.close_reason
-            reason = f"websocket closed (code {code}{', ' + why if why else ''})"
-        if not self._closing:
-            self._finish(reason, terminate=True)
+        """Follow the websocket; when it is lost under a live session, resume the session."""
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                await ws.wait_closed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"websocket error: {describe_error(exc)[1]}"
+            else:
+                code, why = ws.close_code, ws.close_reason
+                reason = f"websocket closed (code {code}{', ' + why if why else ''})"
+            if self._closing:
+                return
+            if not self._resumable:
+                self._finish(reason, terminate=True)
+                return
+            if not await self._resume(reason):
+                return
+
+    @property
+    def _resumable(self) -> bool:
+        """A lost websocket can be resumed once the session is up (not during the handshake)."""
+        conn = self._conn
+        return conn is not None and conn.handshake_complete and self._resume_timeout > 0
+
+    async def _resume(self, lost: str) -> bool:
+        """ResumeSession, signed dial, token frame, go-back-N; False once the session is over.
+
+        A 4xx answer (the session is gone, access denied) or an answer without a token (the
+        plugin reads that as "timed out") ends the session at once; network errors, throttling
+        and 5xx are retried with backoff until ``resume_timeout``. Resumed websockets that
+        close again before anything arrived on them share one deadline, so a service that
+        keeps refusing the token cannot keep the session resuming for ever.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self._heard or self._resume_deadline is None:
+            self._resume_deadline = started + self._resume_timeout
+        deadline = self._resume_deadline
+        self._ws = None
+        self._resuming = True
+        self._heard = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        log.info("%r: %s; resuming the session", self, lost)
+        failure = f"no resume within {self._resume_timeout:g} s"
+        delay = 0.1
+        while not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                answer = await asyncio.wait_for(
+                    self._call(self._ssm.resume_session, SessionId=self.session_id), remaining
+                )
+                token = answer.get("TokenValue")
+                if not token:
+                    return self._resume_failed(
+                        "ResumeSession: the session has ended", lost, terminate=False
+                    )
+                ws = await self._dial()
+            except asyncio.CancelledError:
+                raise
+            except SessionError as exc:  # 403 on the upgrade: retrying cannot help
+                return self._resume_failed(str(exc), lost, terminate=True)
+            except Exception as exc:
+                code, message = describe_error(exc)
+                status = _http_status(exc)
+                if status is not None and 400 <= status < 500 and code not in _RETRY_CODES:
+                    return self._resume_failed(f"ResumeSession: {message}", lost, terminate=True)
+                failure = message if not isinstance(exc, TimeoutError) else failure
+                await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._closing:
+                ws.close()
+                return False
+            self._ws = ws
+            ws.send_text(
+                token_frame(
+                    token,
+                    request_id=str(uuid.uuid4()),
+                    client_id=self.client_id,
+                    client_version=self.client_version,
+                )
+            )
+            assert self._conn is not None
+            self._conn.resend_all(self._now())
+            ws.start(self._on_message)
+            self._resuming = False
+            took = loop.time() - started
+            if self._metrics is not None:
+                self._metrics.resumes += 1
+                self._metrics.resume_seconds_total += took
+                self._metrics.last_resume_seconds = took
+            log.info("%r: resumed in %.2fs", self, took)
+            self._flush()
+            return True
+        return self._resume_failed(failure, lost, terminate=True)
+
+    def _resume_failed(self, why: str, lost: str, *, terminate: bool) -> bool:
+        self._resuming = False
+        if self._metrics is not None:
+            self._metrics.resume_failures += 1
+        self._finish(f"resume failed: {why} (after {lost})", terminate=terminate)
+        return False
 
     def _on_message(self, message: bytes | str) -> asyncio.Future[None] | None:
         """Called by the websocket for every message; returns the read gate when paused."""
         if self._closing:
             return None
+        self._heard = True
         if isinstance(message, str):
             log.debug("%r: ignoring text message %.200s", self, message)
             return None
@@ -587,6 +797,8 @@ class DataChannel:
                 listener.flag_received(event.flag)
         elif isinstance(event, _channel.HandshakeRequested):
             self.agent_version = event.agent_version
+            props = event.properties
+            self.session_properties = dict(props) if isinstance(props, dict) else {}
         elif isinstance(event, _channel.HandshakeCompleted):
             if self.agent_version is None:
                 self.agent_version = getattr(self._conn, "agent_version", None)
@@ -618,16 +830,28 @@ class DataChannel:
             self._flush_handle.cancel()
             self._flush_handle = None
         conn, ws = self._conn, self._ws
-        if self._closing or conn is None or ws is None:
+        if self._closing or conn is None:
             return
         now = self._now()
         self._move_out(now)
+        if ws is None:
+            # Resuming: what was queued is in the resend buffer (acks excepted, which the agent
+            # makes good by resending); `resend_all` puts it on the new websocket.
+            conn.frames_to_send()
+            self._check_window()
+            return
         frames = conn.frames_to_send()
         if frames:
             try:
                 ws.send_frames(frames)
             except Exception as exc:
-                self._finish(f"websocket write failed: {describe_error(exc)[1]}", terminate=True)
+                reason = f"websocket write failed: {describe_error(exc)[1]}"
+                if not self._resumable:
+                    self._finish(reason, terminate=True)
+                    return
+                # The frames are in the resend buffer; the watcher sees the close and resumes.
+                log.info("%r: %s", self, reason)
+                ws.close()
                 return
         self._arm_timer(now)
         self._check_window()

@@ -17,6 +17,16 @@ class TunnelMetrics:
     sessions_opened: int = 0
     #: sessions opened after the first one, i.e. recoveries by the supervisor
     reconnects: int = 0
+    #: lost websockets whose session was resumed (ResumeSession): connections kept
+    resumes: int = 0
+    #: resumes that were refused or timed out (the session was then replaced)
+    resume_failures: int = 0
+    #: seconds spent resuming, summed over `resumes` (mean = total / resumes) ...
+    resume_seconds_total: float = 0.0
+    #: ... and the last one's
+    last_resume_seconds: float | None = None
+    #: sessions currently up (a tunnel spreads its connections over up to ``max_sessions``)
+    sessions_open: int = 0
     #: StartSession / websocket / handshake attempts that failed
     session_failures: int = 0
     #: payload bytes read from local connections and sent towards the instance
@@ -32,5 +42,5 @@ class TunnelMetrics:
     #: how the last session ended (``None`` while the first one is up)
     last_end_reason: str | None = None
 
-    def as_dict(self) -> dict[str, int | str | None]:
+    def as_dict(self) -> dict[str, int | float | str | None]:
         return asdict(self)

@@ -37,7 +37,9 @@ from .datachannel import (
     DEFAULT_CLIENT_VERSION,
     DEFAULT_DOCUMENT,
     DEFAULT_MAX_UNACKED,
+    DEFAULT_PACE,
     DEFAULT_PING_INTERVAL,
+    DEFAULT_RESUME_TIMEOUT,
     DataChannel,
     SessionError,
     WebSocketConnector,
@@ -47,6 +49,7 @@ from .datachannel import (
 )
 from .messages import Flag
 from .metrics import TunnelMetrics
+from .signing import CredentialSource
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,13 @@ FATAL_CODES = frozenset(
 )
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+#: Sessions a tunnel spreads its connections over at most (see `Tunnel`; measured in
+#: ``benchmarks/tunnel.py``: a JupyterLab first load over 6 connections and a 50 MB download).
+DEFAULT_MAX_SESSIONS = 6
+#: Bytes waiting for one slow local client before its session stops being read: bounds the
+#: hub's memory per connection while keeping loopback writes efficient.
+DEFAULT_LOCAL_WRITE_LIMIT = 1024 * 1024
 
 
 def backoff_delay(
@@ -201,20 +211,24 @@ class _Local(asyncio.Protocol):
             self.wait_timer = None
         if self.write_paused:
             self.write_paused = False
-            self.tunnel._local_write_resumed()
+            if self.handler is not None:
+                self.handler.local_write_resumed()
         self.tunnel._forget_waiting(self)
         if self.handler is not None:
             self.handler.local_lost(self)
 
     def pause_writing(self) -> None:
+        """The client does not read as fast as its data arrives (asyncio's high-water mark)."""
         if not self.write_paused:
             self.write_paused = True
-            self.tunnel._local_write_paused()
+            if self.handler is not None:
+                self.handler.local_write_paused()
 
     def resume_writing(self) -> None:
         if self.write_paused:
             self.write_paused = False
-            self.tunnel._local_write_resumed()
+            if self.handler is not None:
+                self.handler.local_write_resumed()
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the client: one socket write per loop turn, not per 1 KiB message."""
@@ -254,21 +268,65 @@ class _Local(asyncio.Protocol):
         self.reset()
 
 
-class _MuxHandler:
-    """smux mode: one stream per local connection, all sharing the session's byte stream."""
+class _Handler:
+    """What both modes share: the session's lane, and pausing it for a slow local reader.
 
-    def __init__(self, tunnel: Tunnel, dc: DataChannel, keepalive: float | None) -> None:
+    One local connection whose client stops reading must not stop the others. Its bytes wait
+    in its own transport buffer (bounded by ``local_write_limit``); past that the session's
+    websocket is no longer read — smux v1 has no per-stream flow control, so the only way to
+    stop the agent sending is to stop reading the session — and the tunnel places new
+    connections on its other sessions. Connections on other sessions are not affected at all.
+    """
+
+    def __init__(self, tunnel: Tunnel, dc: DataChannel, lane: _Lane) -> None:
         self.tunnel = tunnel
         self.dc = dc
+        self.lane = lane
+        self.paused = not dc.writable
+        self.write_paused = 0  # local connections of this session whose client reads slowly
+
+    @property
+    def load(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def local_write_paused(self) -> None:
+        self.write_paused += 1
+        if self.write_paused == 1:
+            self.dc.pause_reading()
+
+    def local_write_resumed(self) -> None:
+        self.write_paused -= 1
+        if self.write_paused == 0:
+            self.dc.resume_reading()
+
+
+class _MuxHandler(_Handler):
+    """smux mode: one stream per local connection, all sharing the session's byte stream.
+
+    With the smux keep-alive on (agents up to 3.1.1511.0) the client sends a NOP every 10 s
+    and, as xtaci/smux's ``keepalive`` does with the plugin's default configuration, closes
+    the session when nothing at all arrived for 30 s. Time spent resuming a lost websocket or
+    with reading paused for a slow local reader does not count: nothing can arrive then.
+    """
+
+    def __init__(
+        self, tunnel: Tunnel, dc: DataChannel, lane: _Lane, keepalive: float | None
+    ) -> None:
+        super().__init__(tunnel, dc, lane)
         self.smux = _smux.SmuxSession(client=True)
         self.streams: dict[int, _Local] = {}
         self.connect_errors = 0  # ConnectToPortError flags not yet matched with a FIN
-        self.paused = not dc.writable
         self.active = False  # sent something since the last keep-alive tick
         self.keepalive = keepalive
         self.keepalive_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        self.last_heard = self.loop.time()
         if keepalive:
-            self.keepalive_timer = asyncio.get_running_loop().call_later(keepalive, self._keepalive)
+            self.keepalive_timer = self.loop.call_later(keepalive, self._keepalive)
+
+    @property
+    def load(self) -> int:
+        return len(self.streams)
 
     def _push(self) -> None:
         data = self.smux.data_to_send()
@@ -277,14 +335,22 @@ class _MuxHandler:
             self.dc.write(data)
 
     def _keepalive(self) -> None:
+        self.keepalive_timer = None
+        now = self.loop.time()
+        if self.dc.resuming or self.write_paused:
+            self.last_heard = now
+        elif now - self.last_heard >= _smux.KEEPALIVE_TIMEOUT:
+            silent = now - self.last_heard
+            reason = f"smux keep-alive timeout: nothing from the agent for {silent:.0f} s"
+            log.warning("%s: %s", self.tunnel, reason)
+            keep_task(asyncio.ensure_future(self.dc.close(reason)))
+            return
         if not self.active:
             self.smux.nop()
             self._push()
         self.active = False
         assert self.keepalive is not None
-        self.keepalive_timer = asyncio.get_running_loop().call_later(
-            self.keepalive, self._keepalive
-        )
+        self.keepalive_timer = self.loop.call_later(self.keepalive, self._keepalive)
 
     # local side
 
@@ -293,6 +359,7 @@ class _MuxHandler:
         conn.sid = self.smux.open_stream()
         self.streams[conn.sid] = conn
         self.tunnel.metrics.streams_open += 1
+        self.tunnel._load_changed(self.lane)
         self._push()
         assert conn.transport is not None
         if self.paused:
@@ -321,10 +388,12 @@ class _MuxHandler:
             conn.fin_sent = True
             self.smux.close_stream(conn.sid)
             self._push()
+        self.tunnel._load_changed(self.lane)
 
     # ChannelListener
 
     def data_received(self, data: bytes) -> None:
+        self.last_heard = self.loop.time()
         try:
             events = self.smux.receive(data)
         except _smux.SmuxError as exc:
@@ -357,6 +426,7 @@ class _MuxHandler:
         self._push()
 
     def flag_received(self, flag: Flag) -> None:
+        self.last_heard = self.loop.time()
         if flag == Flag.CONNECT_TO_PORT_ERROR:
             self.connect_errors += 1
             log.warning(
@@ -393,7 +463,7 @@ class _MuxHandler:
         return []
 
 
-class _BasicHandler:
+class _BasicHandler(_Handler):
     """Basic mode: raw bytes of one connection at a time, DisconnectToPort when it closes.
 
     The plugin accepts the next connection only after the current one ended, so the others
@@ -401,12 +471,14 @@ class _BasicHandler:
     connection ends when its local client closes it.
     """
 
-    def __init__(self, tunnel: Tunnel, dc: DataChannel) -> None:
-        self.tunnel = tunnel
-        self.dc = dc
+    def __init__(self, tunnel: Tunnel, dc: DataChannel, lane: _Lane) -> None:
+        super().__init__(tunnel, dc, lane)
         self.current: _Local | None = None
         self.queue: deque[_Local] = deque()
-        self.paused = not dc.writable
+
+    @property
+    def load(self) -> int:
+        return (self.current is not None) + len(self.queue)
 
     def attach(self, conn: _Local) -> None:
         conn.handler = self
@@ -416,6 +488,7 @@ class _BasicHandler:
         else:
             conn.transport.pause_reading()
             self.queue.append(conn)
+        self.tunnel._load_changed(self.lane)
 
     def _serve(self, conn: _Local) -> None:
         self.current = conn
@@ -439,6 +512,7 @@ class _BasicHandler:
             if not nxt.closed:
                 self._serve(nxt)
                 break
+        self.tunnel._load_changed(self.lane)
 
     def local_data(self, conn: _Local, data: bytes) -> None:
         if conn is self.current:
@@ -456,7 +530,8 @@ class _BasicHandler:
             try:
                 self.queue.remove(conn)
             except ValueError:
-                pass
+                return
+            self.tunnel._load_changed(self.lane)
 
     def data_received(self, data: bytes) -> None:
         if self.current is not None:
@@ -490,17 +565,59 @@ class _BasicHandler:
         return waiting
 
 
+class _Lane:
+    """One session slot of a tunnel: lane 0 is kept up for the tunnel's life, the others are
+    opened when connections need them and closed again when they have been idle a while."""
+
+    __slots__ = ("dc", "handler", "idle_timer", "index", "opened_at", "task")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.dc: DataChannel | None = None
+        self.handler: _MuxHandler | _BasicHandler | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.opened_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<lane {self.index} {self.dc.session_id if self.dc else None}>"
+
+    @property
+    def up(self) -> bool:
+        return self.handler is not None and self.dc is not None and not self.dc.closed
+
+    @property
+    def load(self) -> int:
+        return self.handler.load if self.handler is not None else 0
+
+    @property
+    def stalled(self) -> bool:
+        """A client of this session reads too slowly: its websocket is not being read."""
+        return self.handler is not None and self.handler.write_paused > 0
+
+
 class Tunnel:
-    """``127.0.0.1:<local_port>`` → SSM session → ``<target>:<remote_port>``, supervised.
+    """``127.0.0.1:<local_port>`` → SSM sessions → ``<target>:<remote_port>``, supervised.
 
     ``await start()`` binds the port and returns once the first session is up (raising
     `SessionError` if it cannot be opened); from then on the supervisor keeps a session up
-    until ``await stop()``. `metrics` counts what happened; `session_id` names the current
+    until ``await stop()``. `metrics` counts what happened; `session_id` names the first
     session (``None`` while reconnecting).
+
+    Several sessions. One session carries about 1,000 messages of at most 1 KiB a second on
+    AWS: about 1 MB/s for everything a server sends. The tunnel therefore spreads its local
+    connections over up to ``max_sessions`` sessions: a connection goes to an idle session if
+    there is one; when every session carries a connection and fewer than ``max_sessions``
+    are up, another session is opened and the connection waits for it. Sessions beyond the
+    first close after ``extra_session_idle`` seconds without a connection. A session whose
+    client reads slowly is avoided and does not count against the limit (see `_Handler`).
+    ``max_sessions=1`` is the official client's shape, one session per port, except that a
+    session stalled by a slow reader is still replaced for the other connections.
 
     The boto3 client comes from ``ssm_client``, else ``ssm_client_factory()``, else
     `default_ssm_client` (``region`` / ``endpoint_url`` / ``profile``); it is built and
-    called in ``executor`` (default: a pool shared by all tunnels).
+    called in ``executor`` (default: a pool shared by all tunnels). The data channel is signed
+    with that client's credentials unless ``credentials`` says otherwise.
     """
 
     def __init__(
@@ -519,13 +636,18 @@ class Tunnel:
         document_name: str = DEFAULT_DOCUMENT,
         client_version: str = DEFAULT_CLIENT_VERSION,
         connector: WebSocketConnector | None = None,
+        credentials: CredentialSource | None = None,
         connect_timeout: float = 10.0,
         handshake_timeout: float = 20.0,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float | None = 0.0,
         keepalive_interval: float = 10.0,
         max_unacked: int = DEFAULT_MAX_UNACKED,
-        local_write_limit: int = 4 * 1024 * 1024,
+        pace: float | None = DEFAULT_PACE,
+        resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        extra_session_idle: float = 60.0,
+        local_write_limit: int = DEFAULT_LOCAL_WRITE_LIMIT,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         backoff_factor: float = 2.0,
@@ -538,6 +660,8 @@ class Tunnel:
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
         self.target = target
         self.remote_port = remote_port
         self.local_host = local_host
@@ -548,6 +672,8 @@ class Tunnel:
         self.document_name = document_name
         self.client_version = client_version
         self.keepalive_interval = keepalive_interval
+        self.max_sessions = max_sessions
+        self.extra_session_idle = extra_session_idle
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.backoff_factor = backoff_factor
@@ -566,11 +692,15 @@ class Tunnel:
             "document_name": document_name,
             "client_version": client_version,
             "connector": connector,
+            "credentials": credentials,
             "connect_timeout": connect_timeout,
             "handshake_timeout": handshake_timeout,
             "ping_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "max_unacked": max_unacked,
+            "pace": pace,
+            "resume_timeout": resume_timeout,
+            "metrics": self.metrics,
         }
         self._datachannel_factory = datachannel_factory
         self._local_write_limit = local_write_limit
@@ -578,19 +708,17 @@ class Tunnel:
         self._sleep = sleep
 
         self._server: asyncio.Server | None = None
-        self._supervisor: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
-        self._dc: DataChannel | None = None
-        self._opening: DataChannel | None = None
-        self._handler: _MuxHandler | _BasicHandler | None = None
+        self._lanes: list[_Lane] = []  # lane 0 first
+        self._opening: set[DataChannel] = set()  # being opened, to terminate on stop
         self._waiting: dict[_Local, None] = {}  # insertion-ordered set
         self._session_waiters: list[asyncio.Future[str]] = []
-        self._write_paused = 0
         self._dirty: list[_Local] = []
         self._dirty_handle: asyncio.Handle | None = None
         self._ever_connected = False
         self._stopping = False
         self._demand: asyncio.Event | None = None  # lazy start: set by the first connection
+        self._grow_after = 0.0  # no extra session before this loop time (after a failure)
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.local_host}:{self.local_port} -> {self.target}:{self.remote_port}>"
@@ -598,18 +726,35 @@ class Tunnel:
     # -- public ---------------------------------------------------------------------------
 
     @property
+    def _primary(self) -> _Lane | None:
+        return self._lanes[0] if self._lanes else None
+
+    @property
     def connected(self) -> bool:
-        """A session is up and carrying connections."""
-        return self._handler is not None and self._dc is not None and not self._dc.closed
+        """The first session is up and carrying connections."""
+        lane = self._primary
+        return lane is not None and lane.up
 
     @property
     def mode(self) -> str | None:
         """``"smux"``, ``"basic"``, or ``None`` while no session is up."""
-        if isinstance(self._handler, _MuxHandler):
+        lane = self._primary
+        handler = lane.handler if lane is not None else None
+        if isinstance(handler, _MuxHandler):
             return "smux"
-        if isinstance(self._handler, _BasicHandler):
+        if isinstance(handler, _BasicHandler):
             return "basic"
         return None
+
+    @property
+    def sessions(self) -> list[str]:
+        """Ids of the sessions up now, the first session's first."""
+        return [lane.dc.session_id or "" for lane in self._lanes if lane.up and lane.dc is not None]
+
+    @property
+    def stalled_sessions(self) -> int:
+        """Sessions not being read because one of their local clients reads too slowly."""
+        return sum(lane.stalled for lane in self._lanes)
 
     @property
     def url(self) -> str:
@@ -637,7 +782,9 @@ class Tunnel:
         if lazy:
             self._demand = asyncio.Event()
             self._first.set_result(None)
-        self._supervisor = loop.create_task(self._supervise())
+        lane = _Lane(0)
+        self._lanes.append(lane)
+        lane.task = loop.create_task(self._supervise(lane))
         if lazy:
             log.info("%r listening; session opens on first use", self)
             return
@@ -649,29 +796,39 @@ class Tunnel:
         log.info("%r up (session %s)", self, self.session_id)
 
     async def stop(self) -> None:
-        """Close the port, reset open connections and terminate the session."""
+        """Close the port, reset open connections and terminate the sessions."""
         if self._stopping:
             return
         self._stopping = True
         if self._server is not None:
             self._server.close()
-        sup = self._supervisor
-        if sup is not None and not sup.done():
-            sup.cancel()
-            await asyncio.gather(sup, return_exceptions=True)
-        handler, dc, opening = self._handler, self._dc, self._opening
-        self._handler = self._dc = self._opening = None
+        lanes = list(self._lanes)
+        tasks = [lane.task for lane in lanes if lane.task is not None and not lane.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._lanes.clear()
         self.session_id = None
-        if opening is not None:  # cancelled mid-open: wait for its TerminateSession
-            await opening.close("tunnel stopped", terminate=True)
-        if handler is not None:
-            for conn in handler.session_lost():
-                conn.reset()
+        opening, self._opening = list(self._opening), set()
+        channels: list[DataChannel] = []
+        for lane in lanes:
+            if lane.idle_timer is not None:
+                lane.idle_timer.cancel()
+            if lane.handler is not None:
+                for conn in lane.handler.session_lost():
+                    conn.reset()
+                self.metrics.sessions_open -= 1
+            if lane.dc is not None:
+                channels.append(lane.dc)
+            lane.handler = lane.dc = None
         for conn in list(self._waiting):
             conn.reset()
         self._waiting.clear()
-        if dc is not None:
-            await dc.close("tunnel stopped", terminate=True)
+        # cancelled mid-open: wait for their TerminateSession too
+        await asyncio.gather(
+            *(dc.close("tunnel stopped", terminate=True) for dc in opening + channels),
+            return_exceptions=True,
+        )
         for fut in self._session_waiters:
             if not fut.done():
                 fut.set_exception(ConnectionError("tunnel stopped"))
@@ -682,15 +839,15 @@ class Tunnel:
         log.info("%r stopped", self)
 
     async def drop_session(self, reason: str = "dropped by request") -> None:
-        """End the current session (TerminateSession) so that the supervisor opens another."""
-        dc = self._dc
-        if dc is not None:
-            await dc.close(reason, terminate=True)
+        """End the first session (TerminateSession) so that the supervisor opens another."""
+        lane = self._primary
+        if lane is not None and lane.dc is not None:
+            await lane.dc.close(reason, terminate=True)
 
     async def wait_for_session(
         self, *, newer_than: str | None = None, timeout: float | None = None
     ) -> str:
-        """Wait until a session other than ``newer_than`` is up; returns its id."""
+        """Wait until a first session other than ``newer_than`` is up; returns its id."""
         if self.connected and self.session_id is not None and self.session_id != newer_than:
             return self.session_id
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -743,10 +900,21 @@ class Tunnel:
             self.target,
             self.remote_port,
             executor=self._executor,
+            region=self.region,
             **self._dc_options,  # type: ignore[arg-type]
         )
 
-    async def _supervise(self) -> None:
+    async def _open(self) -> DataChannel:
+        dc = await self._new_datachannel()
+        self._opening.add(dc)
+        try:
+            await dc.open()
+        finally:
+            self._opening.discard(dc)
+        return dc
+
+    async def _supervise(self, lane: _Lane) -> None:
+        """Keep lane 0's session up for the tunnel's life (new session, backoff)."""
         loop = asyncio.get_running_loop()
         assert self._first is not None
         if self._demand is not None:
@@ -755,12 +923,10 @@ class Tunnel:
         attempt = 0
         while not self._stopping:
             try:
-                dc = self._opening = await self._new_datachannel()
-                await dc.open()
+                dc = await self._open()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._opening = None
                 self.metrics.session_failures += 1
                 self.last_error = exc
                 code = getattr(exc, "code", None) or describe_error(exc)[0]
@@ -774,63 +940,171 @@ class Tunnel:
                 log.warning("%r: %s; retrying in %.1fs", self, exc, delay)
                 await self._sleep(delay)
                 continue
-            self._opening = None
-            opened_at = loop.time()
-            self._install(dc)
+            self._install(lane, dc)
             reason = await dc.wait_closed()
-            self._uninstall(reason)
+            self._uninstall(lane, reason)
             if self._stopping:
                 return
-            if loop.time() - opened_at >= self.stable_after:
+            if loop.time() - lane.opened_at >= self.stable_after:
                 attempt = 0
             delay = self.backoff_delay(attempt)
             attempt += 1
             log.info("%r: session ended (%s); new session in %.1fs", self, reason, delay)
             await self._sleep(delay)
 
-    def _install(self, dc: DataChannel) -> None:
+    async def _serve_extra(self, lane: _Lane) -> None:
+        """One session for an extra lane: opened once, used until it ends, then forgotten."""
+        loop = asyncio.get_running_loop()
+        try:
+            dc = await self._open()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.session_failures += 1
+            self.last_error = exc
+            # Spreading is an optimisation: back off from it, the first session carries on.
+            self._grow_after = loop.time() + self.backoff_delay(2)
+            log.info("%r: no extra session: %s", self, exc)
+            self._drop_lane(lane)
+            return
+        if self._stopping or lane not in self._lanes:
+            await dc.close("tunnel stopped", terminate=True)
+            return
+        self._install(lane, dc)
+        reason = await dc.wait_closed()
+        self._uninstall(lane, reason)
+        self._drop_lane(lane)
+
+    def _drop_lane(self, lane: _Lane) -> None:
+        if lane.idle_timer is not None:
+            lane.idle_timer.cancel()
+            lane.idle_timer = None
+        if lane in self._lanes and lane.index != 0:
+            self._lanes.remove(lane)
+        self._place_waiting()
+
+    def _install(self, lane: _Lane, dc: DataChannel) -> None:
         agent_version = dc.agent_version or ""
         handler: _MuxHandler | _BasicHandler
-        if _smux.use_smux(agent_version):
+        # As the plugin (portsession.go Initialize) and the agent (plugins/port/port.go):
+        # multiplexing needs a new enough agent *and* a LocalPortForwarding document; any
+        # other session is basic mode, whatever the agent's version.
+        port_type = (dc.session_properties or {}).get("type")
+        if _smux.use_smux(agent_version) and port_type == "LocalPortForwarding":
             keepalive = None
             if _smux.needs_keepalive(agent_version, self.client_version):
                 keepalive = self.keepalive_interval or None
-            handler = _MuxHandler(self, dc, keepalive)
+            handler = _MuxHandler(self, dc, lane, keepalive)
         else:
-            handler = _BasicHandler(self, dc)
+            handler = _BasicHandler(self, dc, lane)
         dc.set_listener(handler)
-        if self._write_paused:
-            dc.pause_reading()
-        self._dc, self._handler = dc, handler
-        self.session_id, self.agent_version = dc.session_id, dc.agent_version
+        lane.dc, lane.handler = dc, handler
+        lane.opened_at = asyncio.get_running_loop().time()
         self.metrics.sessions_opened += 1
-        if self._ever_connected:
-            self.metrics.reconnects += 1
-        self._ever_connected = True
-        assert self._first is not None
-        if not self._first.done():
-            self._first.set_result(None)
-        waiters, self._session_waiters = self._session_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(dc.session_id or "")
-        waiting = list(self._waiting)
-        self._waiting.clear()
-        for conn in waiting:
+        self.metrics.sessions_open += 1
+        if lane.index == 0:
+            self.session_id, self.agent_version = dc.session_id, dc.agent_version
+            if self._ever_connected:
+                self.metrics.reconnects += 1
+            self._ever_connected = True
+            assert self._first is not None
+            if not self._first.done():
+                self._first.set_result(None)
+            waiters, self._session_waiters = self._session_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(dc.session_id or "")
+        self._load_changed(lane)
+        self._place_waiting()
+
+    def _uninstall(self, lane: _Lane, reason: str) -> None:
+        handler = lane.handler
+        lane.handler = lane.dc = None
+        if lane.idle_timer is not None:
+            lane.idle_timer.cancel()
+            lane.idle_timer = None
+        if lane.index == 0:
+            self.session_id = None
+        self.metrics.last_end_reason = reason
+        if handler is not None:
+            self.metrics.sessions_open -= 1
+            for conn in handler.session_lost():
+                self._park(conn)
+            self._place_waiting()
+
+    # -- spreading connections over sessions ----------------------------------------------
+
+    def _choose(self) -> _Lane | None:
+        """The session for a new connection, or None: wait for one that is being opened.
+
+        An idle session that is not stalled is best. Without one, another session is opened
+        (when allowed) and the connection waits for it; only when no more can be opened does
+        it share the least loaded session (a stalled one last).
+        """
+        up = [lane for lane in self._lanes if lane.up]
+        if not up:
+            return None  # the first session is being (re)opened: wait for it
+        for lane in up:
+            if lane.load == 0 and not lane.stalled:
+                return lane
+        self._grow()
+        if any(not lane.up and lane.index != 0 for lane in self._lanes):
+            return None  # another session is being opened: wait for it
+        return min(up, key=lambda lane: (lane.stalled, lane.load, lane.index))
+
+    def _grow(self) -> None:
+        """Open one more session, if the limit and the backoff after a failure allow.
+
+        A session held by a slow reader does not count against ``max_sessions`` (its
+        capacity is not available to anyone else), up to twice the limit in all.
+        """
+        loop = asyncio.get_running_loop()
+        usable = sum(1 for lane in self._lanes if not lane.stalled)
+        if (
+            self._stopping
+            or usable >= self.max_sessions
+            or len(self._lanes) >= 2 * self.max_sessions
+            or loop.time() < self._grow_after
+            or not self.connected
+        ):
+            return
+        lane = _Lane(max(lane.index for lane in self._lanes) + 1)
+        self._lanes.append(lane)
+        lane.task = keep_task(loop.create_task(self._serve_extra(lane)))  # type: ignore[assignment]
+
+    def _load_changed(self, lane: _Lane) -> None:
+        """Close an extra session once it has carried nothing for ``extra_session_idle``."""
+        if lane.index == 0 or not lane.up:
+            return
+        if lane.load == 0:
+            if lane.idle_timer is None:
+                lane.idle_timer = asyncio.get_running_loop().call_later(
+                    self.extra_session_idle, self._close_if_idle, lane
+                )
+        elif lane.idle_timer is not None:
+            lane.idle_timer.cancel()
+            lane.idle_timer = None
+
+    def _close_if_idle(self, lane: _Lane) -> None:
+        lane.idle_timer = None
+        if lane.up and lane.load == 0 and lane.dc is not None:
+            log.debug("%r: closing idle extra session %s", self, lane.dc.session_id)
+            keep_task(asyncio.ensure_future(lane.dc.close("idle extra session")))
+
+    def _place_waiting(self) -> None:
+        """Hand waiting connections to sessions, in arrival order, while any will take them."""
+        for conn in list(self._waiting):
+            if conn.closed:
+                self._waiting.pop(conn, None)
+                continue
+            lane = self._choose()
+            if lane is None or lane.handler is None:
+                return
+            self._waiting.pop(conn, None)
             if conn.wait_timer is not None:
                 conn.wait_timer.cancel()
                 conn.wait_timer = None
-            if not conn.closed:
-                handler.attach(conn)
-
-    def _uninstall(self, reason: str) -> None:
-        handler = self._handler
-        self._handler = self._dc = None
-        self.session_id = None
-        self.metrics.last_end_reason = reason
-        if handler is not None:
-            for conn in handler.session_lost():
-                self._park(conn)
+            lane.handler.attach(conn)
 
     # -- local connections ------------------------------------------------------------------
 
@@ -841,14 +1115,14 @@ class Tunnel:
         if self._stopping:
             conn.reset()
             return
-        handler, dc = self._handler, self._dc
-        if handler is not None and dc is not None and not dc.closed:
-            handler.attach(conn)
+        lane = None if self._waiting else self._choose()
+        if lane is not None and lane.handler is not None:
+            lane.handler.attach(conn)
         else:
             self._park(conn)
 
     def _park(self, conn: _Local) -> None:
-        """Hold a connection until the next session is up, at most ``wait_timeout``."""
+        """Hold a connection until a session takes it, at most ``wait_timeout``."""
         assert conn.transport is not None
         conn.transport.pause_reading()
         self._waiting[conn] = None
@@ -870,13 +1144,3 @@ class Tunnel:
 
     def _forget_waiting(self, conn: _Local) -> None:
         self._waiting.pop(conn, None)
-
-    def _local_write_paused(self) -> None:
-        self._write_paused += 1
-        if self._write_paused == 1 and self._dc is not None:
-            self._dc.pause_reading()
-
-    def _local_write_resumed(self) -> None:
-        self._write_paused -= 1
-        if self._write_paused == 0 and self._dc is not None:
-            self._dc.resume_reading()

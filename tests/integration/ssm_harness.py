@@ -14,6 +14,8 @@ import requests
 from .harness import REPO, stop_group
 
 INSTANCE_ID = "i-0123456789abcdef0"
+#: the key pair the stand-in knows and the tests sign with (AWS_ACCESS_KEY_ID / ..._SECRET...)
+ACCESS_KEY_ID, SECRET_ACCESS_KEY = "testing", "testing"
 
 
 @dataclass
@@ -53,6 +55,8 @@ def start_ssm_standin(forward_to: str, *extra: str) -> Process:
             forward_to,
             "--instance",
             INSTANCE_ID,
+            "--access-key",
+            f"{ACCESS_KEY_ID}:{SECRET_ACCESS_KEY}",
             *extra,
         ],
         cwd=REPO,

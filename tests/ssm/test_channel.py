@@ -680,3 +680,51 @@ def test_lossy_network_with_faithful_client(seed, drop, dup, delay, up, down) ->
     assert got_down == b"".join(down)
     assert client.resend_buffer_size == 0
     assert agent.resend_buffer_size == 0 or net.client_acks_dropped > 0
+
+
+# --- pacing and resuming -------------------------------------------------------------------
+
+
+def test_pacing_sends_a_burst_then_one_message_per_interval() -> None:
+    """muxportforwarding.go transferDataToServer sleeps 1 ms after each message of up to
+    1024 bytes: with ``pace=1000`` a burst leaves at once, the rest as tokens accrue (driven
+    by ``tick``/``next_deadline``), in order; acks and retransmissions are not paced."""
+    client = handshaken_client(pace=1000.0, pace_burst=4)
+    client.send_data(bytes(10 * 1024), T0)
+    first = decoded(client)
+    assert [msg.sequence_number for msg in first] == [1, 2, 3, 4]
+    deadline = client.next_deadline()
+    assert deadline is not None and deadline == pytest.approx(T0 + 0.001)
+    client.tick(deadline)
+    assert [msg.sequence_number for msg in decoded(client)] == [5]
+    now = deadline + 0.0035  # 3.5 tokens more: three messages
+    client.tick(now)
+    assert [msg.sequence_number for msg in decoded(client)] == [6, 7, 8]
+    client.receive(out_msg(2, 1, b"data from the agent"), now)  # its ack is not paced
+    assert [msg.message_type for msg in decoded(client)] == ["acknowledge"]
+    client.tick(now + 1.0)  # the last two, then the (unpaced) resend of the oldest
+    assert [msg.sequence_number for msg in decoded(client)] == [9, 10, 1]
+    assert client.resend_buffer_size == 10
+
+
+def test_unpaced_channel_sends_everything_at_once() -> None:
+    client = handshaken_client()
+    client.send_data(bytes(10 * 1024), T0)
+    assert len(decoded(client)) == 10
+
+
+def test_resend_all_retransmits_every_unacknowledged_message_in_order() -> None:
+    """After a resume the new websocket may lack anything sent on the old one: every message
+    not yet acknowledged goes out again, oldest first, and the resend check then waits a full
+    RTO before sending any of them a third time."""
+    client = handshaken_client()
+    client.send_data(bytes(5 * 1024), T0)
+    client.frames_to_send()
+    client.receive(ack_of(3), T0 + 0.01)
+    client.resend_all(T0 + 5.0)
+    assert [msg.sequence_number for msg in decoded(client)] == [1, 2, 4, 5]
+    client.tick(T0 + 5.1)
+    assert decoded(client) == []
+    for seq in (1, 2, 4, 5):
+        client.receive(ack_of(seq), T0 + 5.2)
+    assert client.resend_buffer_size == 0

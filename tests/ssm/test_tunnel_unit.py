@@ -23,10 +23,14 @@ from typing import Any
 
 import boto3
 import pytest
+import tornado.httpclient
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
 from localcloud.ssm import fixed_resolver, serve, shutdown
+from localcloud.ssm.sigv4 import StaticCredentials
 from spawner.ssm import datachannel as dc_module
+from spawner.ssm import smux as smux_module
 from spawner.ssm.channel import ChannelConnection, DataReceived, FlagReceived, Role
 from spawner.ssm.datachannel import DataChannel, SessionError
 from spawner.ssm.messages import ClientMessage, Flag, MessageType, channel_closed_payload, encode
@@ -60,6 +64,7 @@ class FakeSSM:
         self.threads: list[threading.Thread] = []
         self.errors = list(errors or [])
         self.started = 0
+        self.resume_answers: list[Any] = []
 
     def start_session(self, **kwargs: Any) -> dict[str, str]:
         self.calls.append(("StartSession", kwargs))
@@ -79,31 +84,63 @@ class FakeSSM:
         self.threads.append(threading.current_thread())
         return {"SessionId": kwargs["SessionId"]}
 
+    def resume_session(self, **kwargs: Any) -> dict[str, str]:
+        """A new token for the same session, or the next scripted answer (dict or error)."""
+        self.calls.append(("ResumeSession", kwargs))
+        self.threads.append(threading.current_thread())
+        if self.resume_answers:
+            answer = self.resume_answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        session = kwargs["SessionId"]
+        n = session.rsplit("0", 1)[-1]
+        return {
+            "SessionId": session,
+            "TokenValue": f"resumed-{len(self.resumed())}",
+            "StreamUrl": f"wss://ssmmessages.test/v1/data-channel/hub-{n}?role=publish_subscribe",
+        }
+
     def terminated(self) -> list[str]:
         return [kw["SessionId"] for name, kw in self.calls if name == "TerminateSession"]
+
+    def resumed(self) -> list[str]:
+        return [kw["SessionId"] for name, kw in self.calls if name == "ResumeSession"]
 
 
 class FakeAgent:
     """An in-memory websocket whose other end is an SSM agent (the channel's AGENT role)."""
 
     def __init__(
-        self, *, agent_version: str = NEW_AGENT, handshake: bool = True, deliver: bool = True
+        self,
+        *,
+        agent_version: str = NEW_AGENT,
+        handshake: bool = True,
+        deliver: bool = True,
+        properties: dict[str, str] | None = None,
+        resumes: FakeAgent | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.agent = ChannelConnection(
-            Role.AGENT,
-            now=self.loop.time(),
-            agent_version=agent_version,
-            properties=PROPERTIES,
-            epoch_offset=time.time() - self.loop.time(),
-        )
-        self.agent.set_ready(True)
+        if resumes is not None:  # a new websocket of the same session: same agent state
+            self.agent = resumes.agent
+            self.data = resumes.data
+            self.flags = resumes.flags
+        else:
+            self.agent = ChannelConnection(
+                Role.AGENT,
+                now=self.loop.time(),
+                agent_version=agent_version,
+                properties=PROPERTIES if properties is None else properties,
+                epoch_offset=time.time() - self.loop.time(),
+            )
+            self.agent.set_ready(True)
+            self.data = bytearray()  # Output bytes the agent received
+            self.flags: list[Flag] = []
+        self.resumed = resumes is not None
         self.handshake = handshake
         self.deliver = deliver  # False: a black hole, nothing is acknowledged
         self.sent: list[tuple[str, Any]] = []  # what the client sent, in order
         self.held: list[bytes] = []
-        self.data = bytearray()  # Output bytes the agent received
-        self.flags: list[Flag] = []
         self.on_message: Callable[[bytes | str], Any] | None = None
         self.results: list[Any] = []  # what on_message returned
         self._closed = asyncio.Event()
@@ -120,7 +157,10 @@ class FakeAgent:
 
     def send_text(self, text: str) -> None:
         self.sent.append(("text", text))
-        if self.handshake:
+        if self.resumed:  # the agent resends what the lost websocket may have lost
+            self.agent.resend_all(self.loop.time())
+            self.loop.call_soon(self.pump)
+        elif self.handshake:
             self.loop.call_soon(self._begin)
 
     def send_frames(self, frames: list[bytes]) -> None:
@@ -186,12 +226,19 @@ class AgentConnector:
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+        self.refuse = 0  # upgrades to answer with HTTP 403
         self.urls: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.agents: list[FakeAgent] = []
 
-    async def __call__(self, url: str) -> FakeAgent:
+    async def __call__(self, url: str, headers: Any = None) -> FakeAgent:
         self.urls.append(url)
-        agent = FakeAgent(**self.options)
+        self.headers.append(dict(headers or {}))
+        earlier = [a for a, u in zip(self.agents, self.urls, strict=False) if u == url]
+        if self.refuse:
+            self.refuse -= 1
+            raise tornado.httpclient.HTTPClientError(403, "Forbidden")
+        agent = FakeAgent(**self.options, resumes=earlier[-1] if earlier else None)
         self.agents.append(agent)
         return agent
 
@@ -374,14 +421,141 @@ async def test_channel_closed_ends_the_session_without_terminate_call() -> None:
     assert ssm.terminated() == []
 
 
-async def test_websocket_close_ends_the_session_and_terminates_it() -> None:
+async def test_lost_websocket_resumes_the_session_and_loses_no_byte() -> None:
+    """sessionhandler.go ResumeSessionHandler, streaming.go Reconnect: on a lost websocket
+    the client calls ResumeSession, dials the same StreamUrl (signed again), sends the token
+    frame with the new token and the same ClientId, and carries on with the same sequence
+    numbers; messages the old websocket lost in either direction arrive once, in order."""
+    keys = iter([("AKIDFIRST", "s1", None), ("ASIAROTATED", "s2", "tok2")])
+
+    def rotating() -> ReadOnlyCredentials:
+        return ReadOnlyCredentials(*next(keys))
+
     ssm, connector = FakeSSM(), AgentConnector()
+    metrics = TunnelMetrics()
+    dc = make_dc(ssm, connector, credentials=rotating, region="eu-west-1", metrics=metrics)
+    await dc.open()
+    listener = Listener()
+    dc.set_listener(listener)
+    first = connector.agents[0]
+    first.deliver = False  # what the client sends now is lost with the websocket
+    dc.write(b"lost-upstream ")
+    await until(lambda: first.held)
+    first.on_message = None  # ... and so is what the agent sends
+    first.send(b"lost-downstream ")
+    first.server_close(1006)
+
+    await until(lambda: len(connector.agents) == 2)
+    again = connector.agents[1]
+    assert ssm.resumed() == [dc.session_id]
+    assert connector.urls[1] == connector.urls[0]
+    assert ssm.threads[-1] is not threading.main_thread()
+    kind, text = again.sent[0]
+    token = json.loads(text)
+    assert kind == "text" and token["TokenValue"] == "resumed-1"
+    assert token["ClientId"] == json.loads(first.sent[0][1])["ClientId"]
+    # each upgrade signed with the credentials of its moment: rotated ones for the resume
+    assert "Credential=AKIDFIRST/" in connector.headers[0]["Authorization"]
+    assert "Credential=ASIAROTATED/" in connector.headers[1]["Authorization"]
+    assert "/eu-west-1/ssmmessages/aws4_request" in connector.headers[1]["Authorization"]
+    assert connector.headers[1]["X-Amz-Security-Token"] == "tok2"
+
+    dc.write(b"after")
+    again.send(b"after")
+    await until(lambda: bytes(again.data) == b"lost-upstream after")
+    await until(lambda: bytes(listener.data) == b"lost-downstream after")
+    assert not dc.closed and ssm.terminated() == []
+    assert metrics.resumes == 1 and metrics.last_resume_seconds is not None
+    await dc.close()
+
+
+async def test_resume_refused_ends_the_session() -> None:
+    """An answer without a token (the plugin's "timed out") or a 4xx ends the session; only
+    then does the owner open a new one. A session the service ended is not terminated again,
+    one refused for another reason is."""
+    ended = {"SessionId": "hub-00000000000000001"}
+    denied = ClientError(
+        {
+            "Error": {"Code": "AccessDeniedException", "Message": "not allowed"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        "ResumeSession",
+    )
+    for answer, terminated in ((ended, False), (denied, True)):
+        ssm, connector = FakeSSM(), AgentConnector()
+        ssm.resume_answers.append(answer)
+        metrics = TunnelMetrics()
+        dc = make_dc(ssm, connector, metrics=metrics)
+        await dc.open()
+        connector.agents[0].server_close(1006)
+        reason = await asyncio.wait_for(dc.wait_closed(), 5)
+        assert reason.startswith("resume failed: ") and "websocket closed (code 1006" in reason
+        assert metrics.resume_failures == 1 and metrics.resumes == 0
+        if terminated:
+            await until(lambda ssm=ssm, dc=dc: ssm.terminated() == [dc.session_id])
+        else:
+            await asyncio.sleep(0.05)
+            assert ssm.terminated() == []
+
+
+async def test_resume_retries_transient_errors_then_gives_up_in_time() -> None:
+    """Throttling, 5xx and network errors are retried with backoff; a resume that has not
+    succeeded within ``resume_timeout`` ends the session (the plugin would wait for ever)."""
+    busy = ClientError(
+        {
+            "Error": {"Code": "InternalServerError", "Message": "try again"},
+            "ResponseMetadata": {"HTTPStatusCode": 500},
+        },
+        "ResumeSession",
+    )
+    ssm, connector = FakeSSM(), AgentConnector()
+    ssm.resume_answers.extend([busy, busy])
     dc = make_dc(ssm, connector)
     await dc.open()
     connector.agents[0].server_close(1006)
-    reason = await asyncio.wait_for(dc.wait_closed(), 2)
-    assert "websocket closed (code 1006" in reason
-    await until(lambda: ssm.terminated() == [dc.session_id])
+    await until(lambda: len(connector.agents) == 2)
+    assert len(ssm.resumed()) == 3 and not dc.closed
+    await dc.close()
+
+    ssm, connector = FakeSSM(), AgentConnector()
+    ssm.resume_answers.extend([busy] * 100)
+    dc = make_dc(ssm, connector, resume_timeout=0.5)
+    await dc.open()
+    connector.agents[0].server_close(1006)
+    reason = await asyncio.wait_for(dc.wait_closed(), 5)
+    assert reason.startswith("resume failed: InternalServerError: try again")
+
+
+async def test_forbidden_upgrade_names_the_missing_permission() -> None:
+    """websocketchannel.go Open: the service answers an upgrade it does not accept with HTTP
+    403; the error says which permission and which signature the caller needs."""
+    ssm, connector = FakeSSM(), AgentConnector()
+    connector.refuse = 1
+    dc = make_dc(ssm, connector)
+    with pytest.raises(SessionError) as info:
+        await dc.open()
+    assert info.value.call == "websocket connect"
+    assert info.value.code == "AccessDeniedException"
+    assert "ssmmessages:OpenDataChannel" in str(info.value) and "SigV4" in str(info.value)
+    await until(lambda: ssm.terminated() == ["hub-00000000000000001"])
+
+
+async def test_presigned_stream_url_is_dialled_unsigned() -> None:
+    """websocketchannel.go isPresignedURL: a URL carrying X-Amz-* query parameters is not
+    signed again."""
+
+    class PresignedSSM(FakeSSM):
+        def start_session(self, **kwargs: Any) -> dict[str, str]:
+            answer = super().start_session(**kwargs)
+            answer["StreamUrl"] += "&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc"
+            return answer
+
+    ssm, connector = PresignedSSM(), AgentConnector()
+    creds = ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)
+    dc = make_dc(ssm, connector, credentials=lambda: creds, region="us-east-1")
+    await dc.open()
+    assert connector.headers == [{}]
+    await dc.close()
 
 
 async def test_start_session_error_names_the_call() -> None:
@@ -448,6 +622,8 @@ class FakeChannel:
         self.writable = True
         self.terminated = False
         self.read_paused = False
+        self.resuming = False
+        self.session_properties = dict(PROPERTIES)
         self._closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def open(self) -> None:
@@ -534,6 +710,8 @@ class Sleeps:
 
 
 def make_tunnel(script: Script, **options: Any) -> Tunnel:
+    """A tunnel over scripted channels; one session unless a test asks for more."""
+    options.setdefault("max_sessions", 1)
     options.setdefault("sleep", Sleeps())
     options.setdefault("rng", lambda: 0.0)
     return Tunnel(INSTANCE, 8888, datachannel_factory=script, **options)
@@ -731,6 +909,114 @@ async def test_keepalive_nops_only_when_the_agent_needs_them() -> None:
     await tunnel.stop()
 
 
+async def test_keepalive_timeout_closes_a_silent_session(monkeypatch) -> None:
+    """xtaci/smux keepalive with the plugin's configuration: with the keep-alive on (agents up
+    to 3.1.1511.0) a session from which nothing arrived for KeepAliveTimeout is closed, and the
+    supervisor opens a new one; anything heard from the agent keeps it open."""
+    monkeypatch.setattr(smux_module, "KEEPALIVE_TIMEOUT", 0.3)
+    script = Script(agent_version=OLD_MUX_AGENT)
+    tunnel = make_tunnel(script, keepalive_interval=0.05)
+    await tunnel.start()
+    first = script.current
+    for _ in range(8):  # the agent speaks: no timeout
+        first.listener.data_received(SmuxSession(client=False).data_to_send() or b"")
+        server = SmuxSession(client=False)
+        server.nop()
+        first.listener.data_received(server.data_to_send())
+        await asyncio.sleep(0.05)
+    assert not first.closed
+    await until(lambda: first.closed)  # then silence
+    assert (await first.wait_closed()).startswith("smux keep-alive timeout")
+    await until(lambda: len(script.made) == 2 and tunnel.connected)
+    await tunnel.stop()
+
+
+async def test_smux_only_for_a_local_port_forwarding_document() -> None:
+    """portsession.go Initialize and the agent's port.go: multiplexing needs an agent newer
+    than 3.0.196.0 *and* a session whose properties say "type": "LocalPortForwarding"; any
+    other port document (no type) is basic mode even with a new agent."""
+    script = Script(agent_version=NEW_AGENT)
+    tunnel = make_tunnel(script)
+    original = script.__call__
+
+    def without_type() -> FakeChannel:
+        channel = original()
+        channel.session_properties = {"portNumber": "8888", "localPortNumber": "0"}
+        return channel
+
+    script.__call__ = without_type  # type: ignore[method-assign]
+    tunnel._datachannel_factory = without_type
+    await tunnel.start()
+    assert tunnel.mode == "basic"
+    await tunnel.stop()
+
+
+async def test_connections_spread_over_sessions_opened_on_demand() -> None:
+    """One session carries about 1 MB/s on AWS: a connection that finds every session busy
+    waits for another one to open (up to ``max_sessions``); beyond that, connections share
+    the least loaded session. Extra sessions close after ``extra_session_idle``."""
+    script = Script()
+    tunnel = make_tunnel(script, max_sessions=3, extra_session_idle=0.2)
+    await tunnel.start()
+    assert len(script.made) == 1
+    writers = []
+    for i in range(4):
+        _reader, writer = await connect(tunnel)
+        writer.write(f"c{i}".encode())
+        writers.append(writer)
+        await until(lambda i=i: tunnel.metrics.streams_open == i + 1)
+    assert len(script.made) == 3 and tunnel.metrics.sessions_open == 3
+
+    def carried() -> list[bytes]:
+        return sorted(channel.stream_data(3) + channel.stream_data(5) for channel in script.made)
+
+    await until(lambda: carried() == sorted([b"c0c3", b"c1", b"c2"]))
+    assert len(tunnel.sessions) == 3 and tunnel.sessions[0] == tunnel.session_id
+    for writer in writers:
+        writer.close()
+    for channel in script.made:  # the agent ends the streams too
+        channel.smux_events()
+        for sid in channel.server.stream_ids:
+            channel.reply(sid, fin=True)
+    await until(lambda: tunnel.metrics.streams_open == 0)
+    await until(lambda: script.made[1].closed and script.made[2].closed)
+    assert not script.made[0].closed and tunnel.metrics.sessions_open == 1
+    assert script.made[1].terminated
+    await tunnel.stop()
+
+
+async def test_a_slow_reader_pauses_only_its_own_session() -> None:
+    """The defect the official client has: one local reader that stops reading stalls every
+    connection of the session. Here its bytes wait in its own buffer (bounded), then only its
+    session stops being read; the next connection goes to another session and works."""
+    script = Script()
+    tunnel = make_tunnel(script, max_sessions=2, local_write_limit=64 * 1024)
+    await tunnel.start()
+    slow_reader, slow = await connect(tunnel)
+    slow.write(b"GET /big")
+    first = script.current
+    await until(lambda: first.stream_data(3) == b"GET /big")
+    for _ in range(200):  # 12.8 MB that nobody reads
+        first.reply(3, bytes(64 * 1024))
+        if first.read_paused:
+            break
+        await asyncio.sleep(0)
+    await until(lambda: first.read_paused)
+    reader, writer = await connect(tunnel)
+    writer.write(b"ping")
+    await until(lambda: len(script.made) == 2)
+    second = script.made[1]
+    await until(lambda: second.stream_data(3) == b"ping")
+    second.reply(3, b"pong")
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"pong"
+    assert first.read_paused and not second.read_paused
+    # once the slow client reads again, its session is read again
+    while first.read_paused:
+        await asyncio.wait_for(slow_reader.read(1 << 20), 5)
+    assert tunnel.metrics.connections_reset == 0
+    await tunnel.stop()
+
+
 async def test_backpressure_pauses_local_reads_while_the_channel_is_full() -> None:
     script = Script()
     tunnel = make_tunnel(script)
@@ -801,7 +1087,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 @pytest.fixture
 async def ssm_cloud():
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    standin, server, base_url = await serve()
+    standin, server, base_url = await serve(credentials=StaticCredentials({"testing": "testing"}))
     standin.register(INSTANCE, fixed_resolver("127.0.0.1", echo.sockets[0].getsockname()[1]))
 
     def client() -> Any:
@@ -841,9 +1127,26 @@ async def test_e2e_round_trip_and_ten_concurrent_connections(ssm_cloud) -> None:
     assert not standin.sessions[session_id].active  # stop() terminated it
 
 
-@pytest.mark.parametrize(
-    "end", ["close_session", "expire_idle", "restart_agent", "drop_connection"]
-)
+async def test_e2e_dropped_websocket_is_resumed_and_the_connection_survives(ssm_cloud) -> None:
+    """A websocket lost under a live session (the stand-in's ``drop``) is resumed: the open
+    TCP connection goes on in the same session; nothing is reset or reopened."""
+    standin, _base_url, client = ssm_cloud
+    async with Tunnel(INSTANCE, 8888, ssm_client_factory=client) as tunnel:
+        first = tunnel.session_id
+        reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.local_port)
+        _writers.append(writer)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        assert standin.drop_connection(first)
+        writer.write(b"still here")
+        assert await asyncio.wait_for(reader.readexactly(10), 10) == b"still here"
+        assert tunnel.session_id == first
+        assert tunnel.metrics.resumes == 1 and tunnel.metrics.reconnects == 0
+        assert tunnel.metrics.connections_reset == 0
+        assert standin.sessions[first].resumes == 1
+
+
+@pytest.mark.parametrize("end", ["close_session", "expire_idle", "restart_agent"])
 async def test_e2e_session_end_resets_in_flight_then_same_port_works(ssm_cloud, end) -> None:
     standin, _base_url, client = ssm_cloud
     tunnel = Tunnel(INSTANCE, 8888, ssm_client_factory=client, backoff_initial=0.05)
