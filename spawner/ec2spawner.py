@@ -783,7 +783,10 @@ class EC2Spawner(Spawner):
             self.notebook_port,
             local_port=local_port,
             region=self.region,
-            ssm_client_factory=lambda: aws.client("ssm"),
+            # one attempt per call: the tunnel retries StartSession and ResumeSession itself,
+            # with its own backoff and deadlines, and a call must not hold a pool thread for
+            # minutes of botocore's retries while hundreds of tunnels resume after a blip
+            ssm_client_factory=lambda: aws.client("ssm", retry=False),
             backoff_max=self.tunnel_backoff_max,
             max_sessions=self.tunnel_max_sessions,
             resume_timeout=self.tunnel_resume_timeout,

@@ -29,13 +29,14 @@ class MotoPrincipals:
         from moto.iam.models import iam_backends
         from moto.sts.models import sts_backends
 
+        # moto's server thread may add keys meanwhile: iterate over copies
         iam = iam_backends[self.account][self.partition]
-        for user in iam.users.values():
-            for key in user.access_keys:
+        for user in list(iam.users.values()):
+            for key in list(user.access_keys):
                 if key.access_key_id == access_key_id and key.status == "Active":
                     return Principal(access_key_id, key.secret_access_key, user.arn)
         sts = sts_backends[self.account][self.partition]
-        for role in sts.assumed_roles:
+        for role in list(sts.assumed_roles):
             if role.access_key_id == access_key_id:
                 return Principal(
                     access_key_id,

@@ -229,7 +229,9 @@ class AgentSession:
     def _drain_inbox(self) -> None:
         """Pass on the client's stream data at the service's rate; hold the rest (and stop
         reading the websocket) until tokens accrue. Acks and flags are not counted."""
-        self._inbox_timer = None
+        if self._inbox_timer is not None:
+            self._inbox_timer.cancel()
+            self._inbox_timer = None
         if self.ended:
             return
         rate = self.settings.message_rate

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+
+from spawner.ssm.signing import signing_request
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "ssmmessages"
@@ -173,7 +174,9 @@ def verify(
         raise SignatureError(
             "InvalidClientTokenId", "The security token included in the request is invalid."
         )
-    request = AWSRequest(method=method, url=url, headers={name: lower[name] for name in signed})
+    request = signing_request(url, method)
+    for name in signed:
+        request.headers[name] = lower[name]
     request.context["timestamp"] = amz_date
     auth = SigV4Auth(
         ReadOnlyCredentials(principal.access_key_id, principal.secret_access_key, token),

@@ -92,6 +92,7 @@ DEFAULT_MAX_UNACKED = 1024
 _MIN_TIMER_GAP = 0.01
 
 _shared_executor: ThreadPoolExecutor | None = None
+_signing_executor: ThreadPoolExecutor | None = None
 
 
 def shared_executor() -> Executor:
@@ -104,6 +105,19 @@ def shared_executor() -> Executor:
     if _shared_executor is None:
         _shared_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ssm-api")
     return _shared_executor
+
+
+def signing_executor() -> Executor:
+    """Threads for reading credentials and signing upgrades, apart from the API calls.
+
+    Signing is quick unless a credential refresh blocks; after a network blip hundreds of
+    tunnels resume at once and their ResumeSession calls may hang in the API pool, and the
+    signatures of the resumes that did get a token must not queue behind them.
+    """
+    global _signing_executor
+    if _signing_executor is None:
+        _signing_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssm-sign")
+    return _signing_executor
 
 
 class SessionError(Exception):
@@ -443,24 +457,26 @@ class DataChannel:
             return {}
         return upgrade_headers(url, credentials, self._region)
 
-    async def _dial(self) -> WebSocket:
-        """Sign (in the pool: a credential refresh may block) and open the websocket."""
+    async def _dial(self, timeout: float | None = None) -> WebSocket:
+        """Sign (in a thread: a credential refresh may block) and open the websocket, within
+        ``timeout`` seconds in all (default: the connect timeout)."""
         assert self.stream_url is not None
         url = self.stream_url
-        headers = await self._run(self._signed_headers, url)
+        loop = asyncio.get_running_loop()
+        limit = self._connect_timeout + 1.0 if timeout is None else timeout
+        deadline = loop.time() + limit
+        signing = loop.run_in_executor(signing_executor(), self._signed_headers, url)
+        headers = await asyncio.wait_for(signing, limit)
         try:
             connecting = self._connector(url, headers)
-            return await asyncio.wait_for(connecting, self._connect_timeout + 1.0)
+            remaining = max(0.0, min(self._connect_timeout + 1.0, deadline - loop.time()))
+            return await asyncio.wait_for(connecting, remaining)
         except Exception as exc:
             if _http_status(exc) == 403:
                 raise SessionError(
                     "websocket connect", OPEN_DATA_CHANNEL_DENIED, code="AccessDeniedException"
                 ) from exc
             raise
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor or shared_executor(), fn, *args)
 
     @property
     def resuming(self) -> bool:
@@ -689,6 +705,13 @@ class DataChannel:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
         log.info("%r: %s; resuming the session", self, lost)
+        try:
+            return await self._resume_until(deadline, started, lost)
+        finally:
+            self._resuming = False
+
+    async def _resume_until(self, deadline: float, started: float, lost: str) -> bool:
+        loop = asyncio.get_running_loop()
         failure = f"no resume within {self._resume_timeout:g} s"
         delay = 0.1
         while not self._closing:
@@ -704,7 +727,7 @@ class DataChannel:
                     return self._resume_failed(
                         "ResumeSession: the session has ended", lost, terminate=False
                     )
-                ws = await self._dial()
+                ws = await self._dial(max(0.1, deadline - loop.time()))
             except asyncio.CancelledError:
                 raise
             except SessionError as exc:  # 403 on the upgrade: retrying cannot help

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -52,9 +52,19 @@ def is_presigned(url: str) -> bool:
     return any(name in query for name in PRESIGNED_PARAMS)
 
 
+def signing_request(url: str, method: str = "GET") -> AWSRequest:
+    """The request as SigV4 canonicalises it: the query decoded into parameters, so that
+    botocore URI-encodes each name and value (a raw query would be signed as it stands; the
+    Go signer, like AWS, decodes and re-encodes it: ``=``, ``+`` or ``/`` in a value differ)."""
+    parts = urlsplit(url)
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    return AWSRequest(method=method, url=base, params=params)
+
+
 def upgrade_headers(url: str, credentials: ReadOnlyCredentials, region: str) -> dict[str, str]:
     """The headers that sign the websocket upgrade ``GET url`` with SigV4 (now)."""
-    request = AWSRequest(method="GET", url=url)
+    request = signing_request(url)
     SigV4Auth(credentials, SERVICE_NAME, region).add_auth(request)
     return {
         name: request.headers[name]

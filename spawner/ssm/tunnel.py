@@ -298,6 +298,7 @@ class _Handler:
         self.write_paused -= 1
         if self.write_paused == 0:
             self.dc.resume_reading()
+            self.tunnel._place_waiting()  # the session may take waiting connections again
 
 
 class _MuxHandler(_Handler):
@@ -569,7 +570,7 @@ class _Lane:
     """One session slot of a tunnel: lane 0 is kept up for the tunnel's life, the others are
     opened when connections need them and closed again when they have been idle a while."""
 
-    __slots__ = ("dc", "handler", "idle_timer", "index", "opened_at", "task")
+    __slots__ = ("dc", "handler", "idle_timer", "index", "opened_at", "retiring", "task")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -578,13 +579,24 @@ class _Lane:
         self.task: asyncio.Task[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.opened_at = 0.0
+        self.retiring = False  # being closed for idleness: takes no new connection
 
     def __repr__(self) -> str:
         return f"<lane {self.index} {self.dc.session_id if self.dc else None}>"
 
     @property
     def up(self) -> bool:
-        return self.handler is not None and self.dc is not None and not self.dc.closed
+        return (
+            self.handler is not None
+            and self.dc is not None
+            and not self.dc.closed
+            and not self.retiring
+        )
+
+    @property
+    def opening(self) -> bool:
+        """Its session is being opened (or, for lane 0, reopened)."""
+        return self.handler is None and not self.retiring
 
     @property
     def load(self) -> int:
@@ -608,7 +620,8 @@ class Tunnel:
     AWS: about 1 MB/s for everything a server sends. The tunnel therefore spreads its local
     connections over up to ``max_sessions`` sessions: a connection goes to an idle session if
     there is one; when every session carries a connection and fewer than ``max_sessions``
-    are up, another session is opened and the connection waits for it. Sessions beyond the
+    are up, another session is opened and the connection waits for it (at most
+    ``spread_wait`` seconds; then it shares the least loaded one). Sessions beyond the
     first close after ``extra_session_idle`` seconds without a connection. A session whose
     client reads slowly is avoided and does not count against the limit (see `_Handler`).
     ``max_sessions=1`` is the official client's shape, one session per port, except that a
@@ -647,6 +660,7 @@ class Tunnel:
         resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         extra_session_idle: float = 60.0,
+        spread_wait: float = 3.0,
         local_write_limit: int = DEFAULT_LOCAL_WRITE_LIMIT,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -674,6 +688,7 @@ class Tunnel:
         self.keepalive_interval = keepalive_interval
         self.max_sessions = max_sessions
         self.extra_session_idle = extra_session_idle
+        self.spread_wait = spread_wait
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.backoff_factor = backoff_factor
@@ -719,6 +734,7 @@ class Tunnel:
         self._stopping = False
         self._demand: asyncio.Event | None = None  # lazy start: set by the first connection
         self._grow_after = 0.0  # no extra session before this loop time (after a failure)
+        self._spread_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.local_host}:{self.local_port} -> {self.target}:{self.remote_port}>"
@@ -802,6 +818,9 @@ class Tunnel:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._spread_timer is not None:
+            self._spread_timer.cancel()
+            self._spread_timer = None
         lanes = list(self._lanes)
         tasks = [lane.task for lane in lanes if lane.task is not None and not lane.task.done()]
         for task in tasks:
@@ -905,12 +924,18 @@ class Tunnel:
         )
 
     async def _open(self) -> DataChannel:
+        """A new open session. One whose opening is cancelled (by `stop`) stays in
+        ``_opening``, so that `stop` waits for its StartSession and terminates it."""
         dc = await self._new_datachannel()
         self._opening.add(dc)
         try:
             await dc.open()
-        finally:
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
             self._opening.discard(dc)
+            raise
+        self._opening.discard(dc)
         return dc
 
     async def _supervise(self, lane: _Lane) -> None:
@@ -970,10 +995,16 @@ class Tunnel:
         if self._stopping or lane not in self._lanes:
             await dc.close("tunnel stopped", terminate=True)
             return
-        self._install(lane, dc)
-        reason = await dc.wait_closed()
-        self._uninstall(lane, reason)
-        self._drop_lane(lane)
+        try:
+            self._install(lane, dc)
+            reason = await dc.wait_closed()
+            self._uninstall(lane, reason)
+            if not lane.retiring and loop.time() - lane.opened_at < self.stable_after:
+                # it ended on its own, soon: do not replace it at once (an instance-side
+                # limit, an agent closing sessions) — the first session carries on
+                self._grow_after = loop.time() + self.backoff_delay(2)
+        finally:
+            self._drop_lane(lane)
 
     def _drop_lane(self, lane: _Lane) -> None:
         if lane.idle_timer is not None:
@@ -1034,12 +1065,12 @@ class Tunnel:
 
     # -- spreading connections over sessions ----------------------------------------------
 
-    def _choose(self) -> _Lane | None:
+    def _choose(self, *, force: bool = False) -> _Lane | None:
         """The session for a new connection, or None: wait for one that is being opened.
 
-        An idle session that is not stalled is best. Without one, another session is opened
-        (when allowed) and the connection waits for it; only when no more can be opened does
-        it share the least loaded session (a stalled one last).
+        An idle session that is not stalled is best. Without one, the connection waits while
+        another session can be or is being opened (the caller opens it), unless ``force``
+        (the wait is over); then it shares the least loaded session (a stalled one last).
         """
         up = [lane for lane in self._lanes if lane.up]
         if not up:
@@ -1047,34 +1078,54 @@ class Tunnel:
         for lane in up:
             if lane.load == 0 and not lane.stalled:
                 return lane
-        self._grow()
-        if any(not lane.up and lane.index != 0 for lane in self._lanes):
-            return None  # another session is being opened: wait for it
+        if not force and (
+            self._can_grow() or any(lane.opening and lane.index != 0 for lane in self._lanes)
+        ):
+            return None
         return min(up, key=lambda lane: (lane.stalled, lane.load, lane.index))
 
-    def _grow(self) -> None:
-        """Open one more session, if the limit and the backoff after a failure allow.
+    def _can_grow(self) -> bool:
+        """Whether one more session may be opened now.
 
         A session held by a slow reader does not count against ``max_sessions`` (its
         capacity is not available to anyone else), up to twice the limit in all.
         """
-        loop = asyncio.get_running_loop()
-        usable = sum(1 for lane in self._lanes if not lane.stalled)
-        if (
-            self._stopping
-            or usable >= self.max_sessions
-            or len(self._lanes) >= 2 * self.max_sessions
-            or loop.time() < self._grow_after
-            or not self.connected
-        ):
-            return
-        lane = _Lane(max(lane.index for lane in self._lanes) + 1)
-        self._lanes.append(lane)
-        lane.task = keep_task(loop.create_task(self._serve_extra(lane)))  # type: ignore[assignment]
+        usable = sum(1 for lane in self._lanes if not lane.stalled and not lane.retiring)
+        return (
+            not self._stopping
+            and usable < self.max_sessions
+            and len(self._lanes) < 2 * self.max_sessions
+            and asyncio.get_running_loop().time() >= self._grow_after
+            and self.connected
+        )
+
+    def _grow_for_waiting(self) -> None:
+        """Open sessions for the waiting connections, one each, as far as allowed."""
+        opening = sum(1 for lane in self._lanes if lane.opening and lane.index != 0)
+        while opening < len(self._waiting) and self._can_grow():
+            loop = asyncio.get_running_loop()
+            lane = _Lane(max(lane.index for lane in self._lanes) + 1)
+            self._lanes.append(lane)
+            lane.task = keep_task(loop.create_task(self._serve_extra(lane)))  # type: ignore[assignment]
+            opening += 1
+        if self._waiting and self._spread_timer is None and any(lane.up for lane in self._lanes):
+            # waiting only to be spread: not longer than spread_wait
+            self._spread_timer = asyncio.get_running_loop().call_later(
+                self.spread_wait, self._spread_expired
+            )
+
+    def _spread_expired(self) -> None:
+        self._spread_timer = None
+        self._place_waiting(force=True)
 
     def _load_changed(self, lane: _Lane) -> None:
-        """Close an extra session once it has carried nothing for ``extra_session_idle``."""
-        if lane.index == 0 or not lane.up:
+        """An idle session takes a waiting connection; an extra one left idle for
+        ``extra_session_idle`` closes."""
+        if not lane.up:
+            return
+        if lane.load == 0 and self._waiting:
+            self._place_waiting()
+        if lane.index == 0:
             return
         if lane.load == 0:
             if lane.idle_timer is None:
@@ -1089,22 +1140,29 @@ class Tunnel:
         lane.idle_timer = None
         if lane.up and lane.load == 0 and lane.dc is not None:
             log.debug("%r: closing idle extra session %s", self, lane.dc.session_id)
+            lane.retiring = True  # from now on no connection is placed on it
             keep_task(asyncio.ensure_future(lane.dc.close("idle extra session")))
 
-    def _place_waiting(self) -> None:
-        """Hand waiting connections to sessions, in arrival order, while any will take them."""
+    def _place_waiting(self, *, force: bool = False) -> None:
+        """Hand waiting connections to sessions, in arrival order, while any will take them;
+        open more sessions for those that still wait."""
         for conn in list(self._waiting):
             if conn.closed:
                 self._waiting.pop(conn, None)
                 continue
-            lane = self._choose()
+            lane = self._choose(force=force)
             if lane is None or lane.handler is None:
-                return
+                break
             self._waiting.pop(conn, None)
             if conn.wait_timer is not None:
                 conn.wait_timer.cancel()
                 conn.wait_timer = None
             lane.handler.attach(conn)
+        if self._waiting:
+            self._grow_for_waiting()
+        elif self._spread_timer is not None:
+            self._spread_timer.cancel()
+            self._spread_timer = None
 
     # -- local connections ------------------------------------------------------------------
 
@@ -1118,8 +1176,9 @@ class Tunnel:
         lane = None if self._waiting else self._choose()
         if lane is not None and lane.handler is not None:
             lane.handler.attach(conn)
-        else:
-            self._park(conn)
+            return
+        self._park(conn)
+        self._grow_for_waiting()
 
     def _park(self, conn: _Local) -> None:
         """Hold a connection until a session takes it, at most ``wait_timeout``."""

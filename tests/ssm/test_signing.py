@@ -143,3 +143,16 @@ def test_credentials_are_read_anew_at_every_signing() -> None:
     current = client_credentials(Client())
     assert [current().access_key for _ in range(2)] == ["ASIAKEY2", "ASIAKEY3"]
     assert client_credentials(object())() is None  # a test double without credentials
+
+
+def test_query_values_are_uri_encoded_as_aws_canonicalises_them(fixed_clock) -> None:
+    """Canonical query string (SigV4 specification; aws-sdk-go's signer decodes the query and
+    encodes it again): names and values URI-encoded (only A-Z a-z 0-9 - _ . ~ stay), sorted
+    by name. A value holding base64's ``+``, ``/`` or ``=`` is not signed as it stands."""
+    url = URL + "&cell-number=AAE%2B%2Fx%3D%3D"
+    headers = upgrade_headers(url, ReadOnlyCredentials(KEY, SECRET, None), "us-east-1")
+    canonical = CANONICAL.replace(
+        "role=publish_subscribe", "cell-number=AAE%2B%2Fx%3D%3D&role=publish_subscribe"
+    )
+    signature = _spec_signature(canonical, SECRET, "20261206T123600Z", "us-east-1")
+    assert headers["Authorization"].endswith(f"Signature={signature}")
