@@ -1012,7 +1012,8 @@ class Tunnel:
             lane.idle_timer = None
         if lane in self._lanes and lane.index != 0:
             self._lanes.remove(lane)
-        self._place_waiting()
+        if not self._stopping:
+            self._place_waiting()
 
     def _install(self, lane: _Lane, dc: DataChannel) -> None:
         agent_version = dc.agent_version or ""
