@@ -11,18 +11,23 @@ their result saved before the next one may start.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from typing import Any
 from urllib.parse import urlencode
 
+from jupyterhub.crypto import decrypt
 from jupyterhub.utils import url_path_join
-from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthenticator
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthenticator, OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Dict, Float, List, Unicode, default, observe, validate
 
+from spawner import audit
+
 from . import errors
+from .access import end_access
 from .claims import (
     ClaimsError,
     SynapseIdentity,
@@ -82,11 +87,32 @@ class SynapseCallbackHandler(OAuthCallbackHandler):
             raise errors.stale_attempt(self._sign_in_url()) from None
 
 
+class SynapseLogoutHandler(OAuthLogoutHandler):
+    """Logout also revokes the user's Synapse tokens at Synapse and forgets them here.
+
+    A Synapse refresh token lives 180 days; left behind at logout it would stay usable by
+    whoever later reads the hub's database or a backup of it. A user who logs out while a
+    server of theirs still runs keeps them: that server logs in to Synapse with them (a long
+    job writing its results), and they are revoked with the rest when access ends.
+    """
+
+    async def default_handle_logout(self) -> None:
+        user = self.current_user  # before the login cookie is cleared
+        await super().default_handle_logout()
+        if user is None or getattr(user, "kind", "user") != "user":
+            return
+        if any(spawner.active for spawner in user.spawners.values()):
+            self.log.info("Keeping the Synapse tokens of %s: a server still runs", user.name)
+            return
+        await self.authenticator.forget_tokens(user, reason="logout")
+
+
 class SynapseOAuthenticator(OAuthenticator):
     """Sign in with Synapse; only members of the configured Synapse teams get in."""
 
     login_service = "Synapse"
     callback_handler = SynapseCallbackHandler
+    logout_handler = SynapseLogoutHandler
     user_auth_state_key = "synapse_userinfo"
 
     issuer = Unicode(
@@ -244,6 +270,20 @@ class SynapseOAuthenticator(OAuthenticator):
     def _manage_groups_default(self) -> bool:
         return True
 
+    @default("refresh_pre_spawn")
+    def _refresh_pre_spawn_default(self) -> bool:
+        # Every start (form or REST) re-checks team membership live at Synapse.
+        return True
+
+    if "auth_refresh_strict" in OAuthenticator.class_trait_names():  # JupyterHub 6.1+
+
+        @default("auth_refresh_strict")
+        def _auth_refresh_strict_default(self) -> bool:
+            # A failed refresh refuses token requests too (6.1 made the default lenient).
+            # Not relied on alone: a lost membership also ends the user's access outright
+            # (`_end_access`), which works on 5.2 as well.
+            return True
+
     @default("http_request_kwargs")
     def _http_request_kwargs_default(self) -> dict[str, Any]:
         # Without timeouts a hung Synapse would hang sign-in pages for tornado's 20 s
@@ -273,6 +313,7 @@ class SynapseOAuthenticator(OAuthenticator):
         super().__init__(**kwargs)
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._identities: IdentityStore | None = None
+        self._background: set[asyncio.Future[Any]] = set()
 
     # -- configuration ------------------------------------------------------------------
 
@@ -452,10 +493,26 @@ class SynapseOAuthenticator(OAuthenticator):
         )
 
     def delete_user(self, user: Any) -> None:
-        """A deleted hub user frees its name for whichever Synapse account signs in next."""
+        """A deleted hub user frees its name for whichever Synapse account signs in next,
+        and its Synapse tokens are revoked (the hub forgets them with the user)."""
+        encrypted = getattr(user, "encrypted_auth_state", None)
         super().delete_user(user)
         if self.identities.unbind(user.name):
             self.log.info("Removed the Synapse identity binding of deleted user %s", user.name)
+        if encrypted:
+            # delete_user is synchronous; the revocation is an HTTP call, so it runs after
+            task = asyncio.ensure_future(self._revoke_encrypted(encrypted, user.name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _revoke_encrypted(self, encrypted: bytes, name: str) -> None:
+        try:
+            state = await decrypt(encrypted)
+        except Exception:
+            self.log.exception("Could not read the auth state of deleted user %s", name)
+            return
+        if state and await self.revoke_tokens(state, name):
+            self.log.info("Synapse tokens of deleted user %s revoked", name)
 
     # -- refresh --------------------------------------------------------------------------
 
@@ -480,7 +537,9 @@ class SynapseOAuthenticator(OAuthenticator):
         """
         lock = self._refresh_locks.setdefault(user.name, asyncio.Lock())
         async with lock:
-            return await self._refresh_locked(user, force=self._is_spawn_request(handler))
+            return await self._refresh_locked(
+                user, force=self._is_spawn_request(handler), handler=handler
+            )
 
     async def refresh_tokens(self, user: Any, *, force: bool = False) -> Any:
         """Refresh outside a request, e.g. for a running server whose token nears expiry."""
@@ -519,7 +578,7 @@ class SynapseOAuthenticator(OAuthenticator):
         self.log.info("Rotated Synapse tokens of %s", user.name)
         return token_info
 
-    async def _refresh_locked(self, user: Any, *, force: bool) -> Any:
+    async def _refresh_locked(self, user: Any, *, force: bool, handler: Any = None) -> Any:
         state = await user.get_auth_state()
         if not state or not state.get("access_token") or not state.get("userid"):
             self.log.info("No Synapse auth state for %s: sign-in required", user.name)
@@ -528,16 +587,21 @@ class SynapseOAuthenticator(OAuthenticator):
         try:
             if self._needs_rotation(state, force):
                 token_info = await self._rotate(user, state)
+                state = await self._keep_rotated(user, state, token_info)
             access_token = (token_info or state)["access_token"]
             try:
                 userinfo = await self._userinfo(access_token)
             except SynapseCallError as e:
-                if e.status != 401 or token_info is not None:
+                if e.status != 401:
                     raise
-                # Expired or revoked access token: one rotation, then one more try.
+                # Expired or revoked access token — even one rotated a moment ago, if
+                # Synapse's clock passed its expiry in between: one rotation (the refresh
+                # token that came with it is valid), then one more try. Only a token that
+                # userinfo accepted is ever handed to a notebook.
                 token_info = await self._rotate(user, state)
                 if token_info is None:
                     return True
+                state = await self._keep_rotated(user, state, token_info)
                 userinfo = await self._userinfo(token_info["access_token"])
             identity = identity_from_userinfo(userinfo)
         except SynapseCallError as e:
@@ -560,12 +624,89 @@ class SynapseOAuthenticator(OAuthenticator):
             return False
         if not allowed_teams_of(identity.teams, self.all_team_ids):
             self.log.warning(
-                "Synapse user %s (%s) is no longer in any allowed team: sign-in refused",
+                "Synapse user %s (%s) is no longer in any allowed team: ending their access",
                 identity.user_name,
                 identity.userid,
             )
+            await self._end_access(user, handler, reason="no longer in any allowed team")
             return False
         return await self._save_refreshed(user, state, token_info, userinfo, identity)
+
+    async def _keep_rotated(
+        self, user: Any, state: dict[str, Any], token_info: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Save rotated tokens the moment Synapse returns them.
+
+        Synapse refresh tokens are single use: if the userinfo call that follows a rotation
+        fails (5xx, timeout, bad claims) and the new tokens were not saved, the next refresh
+        would present the spent one and the user would be signed out.
+        """
+        if token_info is None:
+            return state
+        now = self.now()
+        kept = {
+            **state,
+            "access_token": token_info["access_token"],
+            "refresh_token": token_info.get("refresh_token") or state.get("refresh_token"),
+            "id_token": token_info.get("id_token", state.get("id_token")),
+            "expires_at": now + float(token_info.get("expires_in") or 24 * 3600),
+            "refreshed_at": now,
+        }
+        await user.save_auth_state(kept)
+        return kept
+
+    async def forget_tokens(self, user: Any, *, reason: str) -> None:
+        """Revoke the user's tokens at Synapse and clear them from ``auth_state``."""
+        state = await user.get_auth_state()
+        if state:
+            await self.revoke_tokens(state, user.name)
+        await user.save_auth_state(None)
+        self.log.info("Synapse tokens of %s revoked and forgotten (%s)", user.name, reason)
+
+    async def revoke_tokens(self, state: dict[str, Any], name: str) -> bool:
+        """Synapse's revoke endpoint, once for the refresh token (which ends its access
+        tokens too) or, without one, for the access token. Best effort: False if Synapse
+        did not confirm (the token then ends on its own, 24 h for access tokens)."""
+        token, hint = state.get("refresh_token"), "refresh_token"
+        if not token:
+            token, hint = state.get("access_token"), "access_token"
+        if not token:
+            return True
+        # OAuthClientAuthFilter: the client authenticates with HTTP Basic, whatever the
+        # token endpoint's setting (basic_auth) is.
+        credentials = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode())
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Authorization": f"Basic {credentials.decode()}",
+        }
+        try:
+            await self.httpfetch(
+                self.revoke_url,
+                label="token revocation",
+                method="POST",
+                headers=headers,
+                body=json.dumps({"token": token, "token_type_hint": hint}),
+                parse_json=False,
+                validate_cert=self.validate_server_cert,
+            )
+        except (HTTPClientError, OSError, TimeoutError) as e:
+            self.log.warning("Could not revoke the Synapse tokens of %s: %s", name, e)
+            return False
+        return True
+
+    async def _end_access(self, user: Any, handler: Any, *, reason: str) -> None:
+        """Everything the user could still use, gone at once (see `authenticator.access`)."""
+        await self.forget_tokens(user, reason=reason)
+        done = await end_access(user, handler)
+        self.log.warning("Access of %s ended (%s): %s", user.name, reason, "; ".join(done))
+        audit.record(
+            "access_ended",
+            audit.HUB,
+            user=user.name,
+            reason=f"{reason}: {'; '.join(done)}",
+            outcome="ok",
+        )
 
     async def _save_refreshed(
         self,

@@ -79,6 +79,7 @@ ACTIONS = frozenset(
         "delete_volume",  # DeleteVolume of a home volume kept until its snapshot completed
         "keep_volume",  # a home volume deliberately left behind (says why)
         "skip",  # the reaper left an instance alone (says why)
+        "access_ended",  # a user lost every allowed team: servers, tokens, admin taken away
     }
 )
 

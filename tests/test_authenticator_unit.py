@@ -6,6 +6,7 @@ authenticator makes (token and userinfo), so each rule is checked on its own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import urllib.parse
 
@@ -118,7 +119,7 @@ class FakeUser:
     async def save_auth_state(self, state):
         await asyncio.sleep(0)
         self.saves += 1
-        self.state = dict(state)
+        self.state = dict(state) if state is not None else None
 
 
 class FakeSynapse:
@@ -346,10 +347,16 @@ async def test_refresh_rotates_after_a_401(tmp_path):
     assert synapse.userinfo_calls == 2
 
 
-async def test_user_who_left_every_team_is_refused_at_refresh(tmp_path):
+async def test_user_who_left_every_team_is_refused_at_refresh(tmp_path, monkeypatch):
     auth = make_authenticator(tmp_path)
     user = await logged_in_user(auth)
     FakeSynapse(auth, teams=[])
+
+    async def nothing(*args, **kwargs):
+        return []
+
+    monkeypatch.setattr("authenticator.synapse.end_access", nothing)
+    auth.httpfetch = nothing  # the revocation (see the trust tests below)
     assert await auth.refresh_user(user) is False
 
 
@@ -410,3 +417,76 @@ def test_refresh_request_params_use_the_configured_client_auth(tmp_path):
         "client_secret": "secret",
     }
     assert urllib.parse.urlencode(params)
+
+
+# -- the trust boundary (issue: access follows team membership everywhere) ----------------
+
+
+async def test_rotated_tokens_are_saved_the_moment_synapse_returns_them(tmp_path):
+    """Finding 2: Synapse refresh tokens are single use. When the rotation succeeds but the
+    userinfo call after it fails, the new tokens must already be saved: the next refresh
+    then presents the new refresh token instead of the spent one."""
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    synapse = FakeSynapse(auth)
+    now = user.state["expires_at"] - 60
+    auth.now = lambda: now
+
+    async def failing_userinfo(access_token):
+        raise SynapseCallError("userinfo request", 503)
+
+    auth._userinfo = failing_userinfo
+    assert await auth.refresh_user(user) is True  # an outage keeps the session ...
+    assert user.state["refresh_token"] == "refresh-2"  # ... and the rotated tokens
+    assert user.state["access_token"] == "access-2"
+    assert user.state["expires_at"] == now + 86400
+    auth._userinfo = synapse.userinfo
+    auth.now = lambda: now + 86400 - 60  # due again
+    model = await auth.refresh_user(user)
+    assert model["auth_state"]["access_token"] == "access-3"  # refresh-2 was accepted
+
+
+async def test_losing_every_team_ends_access_revokes_and_forgets(tmp_path, monkeypatch):
+    """Finding 1 and 5: a user in no allowed team loses everything at the refresh that sees
+    it: the hub's side (servers, API tokens, sessions, admin: `authenticator.access`), the
+    Synapse tokens revoked at Synapse (JSON body, client basic auth) and cleared, audited."""
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    FakeSynapse(auth, teams=[])
+    ended: list[tuple] = []
+    revoked: list[dict] = []
+    audited: list[tuple] = []
+
+    async def fake_end_access(u, handler):
+        ended.append((u, handler))
+        return ["default server stopped", "2 API/OAuth tokens deleted, browser sessions ended"]
+
+    async def fake_httpfetch(url, label, method, headers, body, parse_json, **kwargs):
+        revoked.append({"url": url, "label": label, "headers": headers, "body": json.loads(body)})
+
+    monkeypatch.setattr("authenticator.synapse.end_access", fake_end_access)
+    monkeypatch.setattr(
+        "authenticator.synapse.audit.record", lambda *a, **kw: audited.append((a, kw))
+    )
+    auth.httpfetch = fake_httpfetch
+    handler = object()
+    assert await auth.refresh_user(user, handler=handler) is False
+    assert ended == [(user, handler)]
+    [call] = revoked
+    assert call["url"].endswith("/oauth2/revoke")
+    assert call["body"] == {"token": "refresh-1", "token_type_hint": "refresh_token"}
+    basic = call["headers"]["Authorization"].split()[1]
+    assert base64.b64decode(basic).decode() == f"{auth.client_id}:{auth.client_secret}"
+    assert user.state is None  # forgotten
+    [(args, fields)] = audited
+    assert args[0] == "access_ended" and fields["user"] == "alice"
+    assert "default server stopped" in fields["reason"]
+
+
+def test_every_start_and_every_token_request_refresh_strictly(tmp_path):
+    """Starting a server (form or REST) re-checks membership live; on JupyterHub 6.1+ a
+    failed refresh refuses token requests too (auth_refresh_strict), which 5.2 always did."""
+    auth = make_authenticator(tmp_path)
+    assert auth.refresh_pre_spawn is True
+    if auth.has_trait("auth_refresh_strict"):
+        assert auth.auth_refresh_strict is True

@@ -925,15 +925,19 @@ class Tunnel:
 
     async def _open(self) -> DataChannel:
         """A new open session. One whose opening is cancelled (by `stop`) stays in
-        ``_opening``, so that `stop` waits for its StartSession and terminates it."""
+        ``_opening``, so that `stop` waits for its StartSession and terminates it; one that
+        failed is terminated before the error goes on."""
         dc = await self._new_datachannel()
         self._opening.add(dc)
         try:
             await dc.open()
         except asyncio.CancelledError:
             raise
-        except BaseException:
+        except BaseException as exc:
             self._opening.discard(dc)
+            # A session that was started is being terminated: wait for it (bounded), so
+            # that no failed attempt leaves a session behind when the error is reported.
+            await dc.close(f"open failed: {exc}")
             raise
         self._opening.discard(dc)
         return dc

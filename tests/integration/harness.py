@@ -165,7 +165,7 @@ c.JupyterHub.load_roles.append({{
     "name": "integration-tests",
     "scopes": ["admin:users", "admin:auth_state", "admin:groups", "admin:servers",
                "admin:server_state", "servers", "access:servers", "list:users", "read:users",
-               "read:groups", "read:metrics"],
+               "read:groups", "read:metrics", "read:tokens"],
     "services": ["integration-tests"],
 }})
 c.Authenticator.auth_refresh_age = {refresh_age}

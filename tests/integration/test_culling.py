@@ -237,7 +237,15 @@ def test_a_cullers_scopes_reach_only_its_communitys_group(hub) -> None:
 def test_idle_servers_are_stopped_and_busy_ones_are_not(hub, cloud) -> None:
     start(hub, "alice", JUPYTER)
     start(hub, "bob", RSTUDIO)
-    wait_until(lambda: ready(hub, "alice") and ready(hub, "bob"), 120, "both servers")
+    # alice's idle clock runs from her server's start: she starts working as soon as it is
+    # up, not when bob's is (on a loaded machine bob's start can take longer than the
+    # idle timeout, and alice would be culled before she did anything).
+    wait_until(lambda: ready(hub, "alice"), 120, "alice's server")
+    kernel = Kernel(hub, "alice")
+    alice_before = last_activity(hub, "alice")
+    alice_works = Loop(lambda: kernel.run("import time; total = sum(range(10**5))"), 3.0)
+    alice_works.start()
+    wait_until(lambda: ready(hub, "bob"), 120, "bob's server")
     bob_instance, alice_instance = instance_id(hub, "bob"), instance_id(hub, "alice")
 
     # bob writes a file (activity), then leaves his RStudio tab open: its event long-poll
@@ -268,15 +276,10 @@ def test_idle_servers_are_stopped_and_busy_ones_are_not(hub, cloud) -> None:
     def hub_probe() -> None:
         requests.get(f"http://127.0.0.1:{tunnel_port}/user/bob/api", timeout=10)
 
-    # alice runs code in a kernel every few seconds, through the proxy's websocket.
-    kernel = Kernel(hub, "alice")
-    alice_before = last_activity(hub, "alice")
-    loops = [
-        Loop(rstudio_tab, 0.2),
-        Loop(hub_probe, 1.0),
-        Loop(lambda: kernel.run("import time; total = sum(range(10**5))"), 3.0),
-    ]
-    for loop in loops:
+    # alice runs code in a kernel every few seconds, through the proxy's websocket (since
+    # her server came up, above).
+    loops = [Loop(rstudio_tab, 0.2), Loop(hub_probe, 1.0), alice_works]
+    for loop in loops[:2]:
         loop.start()
     try:
         # Until bob's server is culled, its last activity never moves: not with the

@@ -1,0 +1,71 @@
+"""Ending a person's access to the hub at once, when Synapse says they left every team.
+
+Community managers add and remove people by editing a Synapse team and expect that to be the
+whole access story. Refusing the next sign-in is not enough: a JupyterHub API token keeps a
+user (the hub keeps a token request's stale session when a refresh fails), a running notebook
+stays reachable through its own OAuth cookie and its data-access role keeps working, and an
+admin keeps admin rights on tokens. `end_access` takes away every one of those doors in one
+step: servers stopped (disks kept: stop is not delete), API and OAuth tokens deleted, browser
+sessions ended (a new ``cookie_id`` invalidates every login cookie), the admin flag and role
+dropped. Revoking the Synapse tokens and clearing ``auth_state`` is the authenticator's part
+(it holds the client credentials); see ``SynapseOAuthenticator._end_access``.
+
+Works on the `jupyterhub.user.User` of JupyterHub 5.2 and 6.x.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jupyterhub import roles
+from jupyterhub.utils import new_token
+
+log = logging.getLogger(__name__)
+
+
+async def end_access(user: Any, handler: Any = None) -> list[str]:
+    """Stop the user's servers and take away every credential the hub issued them.
+
+    ``handler`` (a JupyterHub request handler, when there is one) stops servers the way the
+    hub's own stop does, proxy route first; without one the proxy is taken from the user's
+    settings. Returns what was done, for the audit line. Never raises for one failed step:
+    each step is independent, and a failed one is logged and named in the result.
+    """
+    done: list[str] = []
+    db = user.db
+    orm_user = user.orm_user
+    # Credentials first: from this moment no request can act as the user.
+    tokens = list(orm_user.api_tokens)
+    for token in tokens:
+        db.delete(token)
+    orm_user.cookie_id = new_token()  # every login cookie of the user stops matching
+    if orm_user.admin or any(role.name == "admin" for role in orm_user.roles):
+        orm_user.admin = False
+        roles.assign_default_roles(db, entity=orm_user)  # drops the admin role with the flag
+        done.append("admin removed")
+    db.commit()
+    done.append(f"{len(tokens)} API/OAuth tokens deleted, browser sessions ended")
+
+    for name, spawner in list(user.spawners.items()):
+        label = f"server {name!r}" if name else "default server"
+        if spawner.pending:
+            # A start or stop in flight finishes on its own; a start re-reads the (now
+            # cleared) auth state for the user's communities and is refused there.
+            done.append(f"{label} {spawner.pending} in progress, left to finish")
+            continue
+        if not spawner.active:
+            continue
+        try:
+            if handler is not None and hasattr(handler, "stop_single_user"):
+                await handler.stop_single_user(user, name)
+            else:
+                proxy = user.settings.get("proxy")
+                if proxy is not None:
+                    await proxy.delete_user(user, name)
+                await user.stop(name)
+            done.append(f"{label} stopped")
+        except Exception as exc:
+            log.exception("could not stop %s of %s", label, user.name)
+            done.append(f"{label} NOT stopped: {exc}")
+    return done

@@ -1,0 +1,118 @@
+"""Trust suite: access follows Synapse team membership at every door.
+
+Each test is an attack a real person could try, against a real hub on the local cloud; each
+asserts the refusal and that nothing was created, changed or leaked. Findings of the review in
+issue "The trust boundary of a PHI-safe workspace" (1: a removed member kept their API token,
+their running server and, for admins, admin rights on tokens; 5: tokens were never revoked at
+Synapse).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from tests.integration.harness import own_hub, sign_in, wait_until
+from tests.integration.spawn_harness import instances_of, server_model, start_server
+
+pytestmark = pytest.mark.integration
+
+BOB = "3400002"
+AD_TEAM, NF_TEAM = "3500001", "3500002"
+HUB_ID = "trust-suite"
+
+
+@pytest.fixture(scope="module")
+def hub(cloud, tmp_path_factory):
+    with own_hub(cloud, tmp_path_factory.mktemp("hub-trust"), HUB_ID) as hub:
+        yield hub
+
+
+def audited(hub, action: str, user: str) -> bool:
+    path = hub.log_path.parent / "audit.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return any(r.get("action") == action and r.get("user") == user for r in records)
+
+
+def active_refresh_tokens(cloud, userid: str) -> list[dict]:
+    state = cloud.control("GET", "/state").json()
+    return [t for t in state["refresh_tokens"] if t["principal_id"] == userid and t["active"]]
+
+
+def test_a_removed_member_loses_token_cookie_and_server_within_the_refresh_age(hub, cloud):
+    """Bob has a browser session, an API token (his laptop's) and a running server with his
+    community's data role. His community manager removes him from the Synapse teams. Within
+    ``auth_refresh_age`` (1 s here) of his next request all three end: the token is refused
+    and deleted, the browser must sign in again (and is refused at the team gate), the server
+    is stopped with its disk kept, his Synapse tokens are revoked at Synapse and gone from the
+    hub, and the event is in the audit log."""
+    session, page = sign_in(hub, "bob")
+    assert page.url == f"{hub.url}/hub/home"
+    # his own token, made as on the hub's token page (his session, its XSRF cookie)
+    session.get(f"{hub.url}/hub/token", timeout=30)
+    created = session.post(
+        f"{hub.url}/hub/api/users/bob/tokens",
+        json={"note": "laptop"},
+        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    as_bob = {"Authorization": f"token {token}"}
+    assert requests.get(f"{hub.url}/hub/api/user", headers=as_bob, timeout=30).status_code == 200
+    model = start_server(hub, "bob")
+    assert model["ready"] and active_refresh_tokens(cloud, BOB)
+    [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
+    assert instance["State"]["Name"] == "running"
+
+    cloud.remove_member(AD_TEAM, BOB)
+    cloud.remove_member(NF_TEAM, BOB)
+    try:
+        time.sleep(1.2)  # past auth_refresh_age: the next request refreshes
+        # the attack: keep using the laptop's token, e.g. to start the server again
+        answer = requests.post(
+            f"{hub.url}/hub/api/users/bob/server", headers=as_bob, json={}, timeout=60
+        )
+        assert answer.status_code == 403, answer.text
+
+        def all_gone() -> bool:
+            r = requests.get(f"{hub.url}/hub/api/user", headers=as_bob, timeout=30)
+            return r.status_code == 403
+
+        wait_until(all_gone, 60, "the token to be refused")
+        assert hub.api("GET", "/users/bob/tokens").json()["api_tokens"] == []
+        wait_until(lambda: not (server_model(hub, "bob") or {}).get("ready"), 120, "stop")
+        wait_until(
+            lambda: instances_of(cloud, "bob", hub_id=HUB_ID)[0]["State"]["Name"] == "stopped",
+            120,
+            "the instance to stop",
+        )
+        # stopped, not terminated: the disk is kept
+        [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
+        assert instance["BlockDeviceMappings"]
+        assert not hub.auth_state("bob")  # forgotten by the hub ...
+        assert active_refresh_tokens(cloud, BOB) == []  # ... and revoked at Synapse
+        page = session.get(f"{hub.url}/hub/home", timeout=30)
+        assert "/hub/login" in page.url  # the browser session has ended
+        _, page = sign_in(hub, "bob", session=session)
+        assert page.status_code == 403 and "synapse-team-refusal" in page.text
+        assert "Access of bob ended (no longer in any allowed team)" in hub.log()
+        wait_until(lambda: audited(hub, "access_ended", "bob"), 30, "the audit line")
+    finally:
+        cloud.add_member(AD_TEAM, BOB)
+        cloud.add_member(NF_TEAM, BOB)
+
+
+def test_logout_revokes_the_synapse_tokens(hub, cloud):
+    """Finding 5: a 180-day refresh token left behind at logout stays usable at Synapse by
+    whoever reads the hub's database later. Logout revokes it and the hub forgets it."""
+    session, _ = sign_in(hub, "alice")
+    alice = "3400001"
+    assert active_refresh_tokens(cloud, alice)
+    session.get(f"{hub.url}/hub/logout", timeout=30)
+    wait_until(lambda: not active_refresh_tokens(cloud, alice), 30, "revocation at Synapse")
+    assert not hub.auth_state("alice")
