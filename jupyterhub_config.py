@@ -26,6 +26,16 @@ settings.state_dir.mkdir(parents=True, exist_ok=True)
 
 # -- hub and proxy -----------------------------------------------------------------------
 c.JupyterHub.bind_url = settings.bind_url
+# Behind the load balancer the hub sees "X-Forwarded-Proto: https,http" (configurable-http-
+# proxy appends its own hop) and tornado takes the last value, so the request alone would say
+# HTTP and cookies would go out without Secure. The public URL says what users see: the hub's
+# cookies are Secure (and HttpOnly) when it is https, the notebooks' own cookies too (they get
+# it as JUPYTERHUB_PUBLIC_URL), and browsers are told to use HTTPS only (HSTS).
+c.JupyterHub.public_url = settings.public_url + "/"
+if settings.public_url.startswith("https://"):
+    c.JupyterHub.tornado_settings = {
+        "headers": {"Strict-Transport-Security": "max-age=31536000; includeSubDomains"}
+    }
 c.JupyterHub.db_url = settings.db_url
 c.JupyterHub.cookie_secret_file = str(settings.state_dir / "jupyterhub_cookie_secret")
 # After sign-in, land on the home page (servers, Start button) instead of spawning at once.
