@@ -279,6 +279,9 @@ class EC2Spawner(Spawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._token_written: str | None = None
+        #: the community whose server limit this server counts against while it starts or
+        #: runs (taken in `_check_server_limit`, released at stop or a failed start)
+        self.claimed_community: str | None = None
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -393,6 +396,7 @@ class EC2Spawner(Spawner):
             return await self._start()
         except BaseException as e:
             error = e
+            self.claimed_community = None  # a failed start holds no place in the limit
             raise
         finally:
             prom.observe_spawn(
@@ -521,22 +525,37 @@ class EC2Spawner(Spawner):
         return f"http://127.0.0.1:{self.tunnel_port}"
 
     async def _check_server_limit(self, community: Community, poller: InstancePoller) -> None:
+        """Count the user's servers in the community and take this one's place, atomically.
+
+        EC2 shows only instances that exist; starts racing each other (parallel REST calls)
+        have none yet. So the servers that passed this check in this hub and have not stopped
+        (their ``claimed_community``) count too, and the count and the claim happen with no
+        ``await`` between them: no other start can run in between on the event loop.
+        """
         if not poller.fresh:
             with contextlib.suppress(AwsError):
                 await poller.refresh()
-        running = [
-            v
+        own = self.name or DEFAULT_SERVER_TAG
+        servers = {
+            v.tags.get(TAG_SERVER)
             for v in poller.find(**{TAG_USER: self.user.name, TAG_COMMUNITY: community.id})
             if v.state in ("pending", "running")
             and v.instance_id != self.instance_id
             # this server's own instance, still running (restarted by this start)
-            and v.tags.get(TAG_SERVER) != (self.name or DEFAULT_SERVER_TAG)
-        ]
-        if len(running) >= community.max_servers_per_user:
+            and v.tags.get(TAG_SERVER) != own
+        }
+        servers |= {
+            spawner.name or DEFAULT_SERVER_TAG
+            for spawner in self.user.spawners.values()
+            if spawner is not self and getattr(spawner, "claimed_community", None) == community.id
+        }
+        if len(servers) >= community.max_servers_per_user:
             raise StartFailed(
-                f"You already have {len(running)} running server(s) in {community.name}, the "
-                f"most this community allows. Stop one before starting another."
+                f"You already have {len(servers)} running server(s) in {community.name}, the "
+                f"most this community allows. Stop one before starting another.",
+                status=403,
             )
+        self.claimed_community = community.id
 
     async def _ensure_instance(
         self,
@@ -981,6 +1000,7 @@ class EC2Spawner(Spawner):
                 await tunnel.stop()
 
     async def stop(self, now: bool = False) -> None:
+        self.claimed_community = None
         await self._close_tunnel()
         if not self.region:
             return
