@@ -440,6 +440,10 @@ class SynapseOAuthenticator(OAuthenticator):
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         state = auth_model["auth_state"]
+        if not self._may_enter(auth_model["name"], state["teams"]):
+            # check_allowed refuses this sign-in next: bind no hub name to someone who is not
+            # let in (the binding would reserve the name against its rightful owner)
+            return auth_model
         try:
             binding = self.identities.resolve(
                 state["userid"], auth_model["name"], state["user_name"]
@@ -471,13 +475,16 @@ class SynapseOAuthenticator(OAuthenticator):
         mapping = {t: self.team_groups.get(t, f"team-{t}") for t in self.all_team_ids}
         return set(groups_for_teams(auth_state.get("teams", []), mapping))
 
+    def _may_enter(self, username: str, teams: list[str]) -> bool:
+        """In an allowed team, or listed by name (allowed_users, admin_users)."""
+        return bool(allowed_teams_of(teams, self.all_team_ids)) or (
+            username in self.allowed_users or username in self.admin_users
+        )
+
     async def check_allowed(self, username: str, auth_model: dict[str, Any]) -> bool:
         if auth_model is None:
             return True
-        teams = auth_model["auth_state"]["teams"]
-        if allowed_teams_of(teams, self.all_team_ids):
-            return True
-        if username in self.allowed_users or username in self.admin_users:
+        if self._may_enter(username, auth_model["auth_state"]["teams"]):
             return True
         state = auth_model["auth_state"]
         self.log.warning(

@@ -818,6 +818,7 @@ class EC2Spawner(Spawner):
                 return
             await self._close_tunnel()
         tunnel = self._new_tunnel(self.tunnel_port or 0)
+        moved = False
         try:
             await tunnel.start(lazy=lazy)
         except OSError:
@@ -825,10 +826,33 @@ class EC2Spawner(Spawner):
             self.log.warning("%s: port %s taken, tunnel moves", self._log_name, self.tunnel_port)
             tunnel = self._new_tunnel(0)
             await tunnel.start(lazy=lazy)
+            moved = self.tunnel_port is not None
         self.tunnel = tunnel
         prom.track_tunnel(tunnel.metrics)
         self.tunnel_port = tunnel.local_port
         self._save_state()
+        if moved:
+            await self._reroute()
+
+    async def _reroute(self) -> None:
+        """Point the server's proxy route at the tunnel's new port, now.
+
+        The old port belongs to whatever took it (any local process can listen on a free
+        loopback port): a route left pointing there would hand the user's requests, cookies
+        included, to it. The server's URL in the hub's database follows too, so JupyterHub's
+        own route check (at start-up and every few minutes) agrees.
+        """
+        if self.server is None:
+            return
+        self.server.port = self.tunnel_port
+        self.user.db.commit()
+        proxy = self.user.settings.get("proxy")
+        if proxy is None:
+            return
+        try:
+            await proxy.add_user(self.user, self.name)
+        except Exception as e:  # e.g. the proxy not up yet at start-up: its route check follows
+            self.log.warning("%s: could not move the proxy route yet: %s", self._log_name, e)
 
     async def _wait_notebook(self) -> None:
         """The notebook's /api through the tunnel: up once it answers at all (even 4xx)."""

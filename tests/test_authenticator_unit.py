@@ -273,6 +273,20 @@ async def test_non_member_is_refused_with_the_team_page(tmp_path):
     assert "3500099" not in html
 
 
+async def test_a_refused_non_member_binds_no_hub_name(tmp_path):
+    """Finding 7: the refused sign-in of a non-member reserved the hub name "bob" for their
+    Synapse account, so that the real bob (a member, with the same user name after a rename
+    on Synapse) would have been refused as "name taken". Nothing is bound before the gate."""
+    auth = make_authenticator(tmp_path)
+    model = await authenticate(auth, userinfo("bob", "3400099", ["3500099"]))
+    with pytest.raises(SignInError):
+        await auth.check_allowed(model["name"], model)
+    assert auth.identities.lookup("3400099") is None
+    assert auth.identities.owner_of("bob") is None
+    member = await login(auth, userinfo("bob", "3400002"))
+    assert member["name"] == "bob"
+
+
 # -- userid binding ----------------------------------------------------------------------
 
 

@@ -4,8 +4,10 @@ leaves no instance running that the hub does not show."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -117,3 +119,41 @@ def test_hub_killed_mid_spawn_leaves_nothing_running_unseen(restartable, cloud):
     if adopted:
         assert reachable(hub, "alice", "killed")
         hub.api("DELETE", "/users/alice/servers/killed")
+
+
+def test_a_taken_tunnel_port_moves_the_route_with_the_tunnel(restartable, cloud):
+    """Trust review, finding 7: after a restart the tunnel could not listen on its saved
+    port (another local process had taken it) and moved, while the proxy route still pointed
+    at the old port: the user's requests, cookies included, went to that process. The route
+    now follows the tunnel."""
+    hub = restartable()
+    sign_in(hub, "alice")
+    port = start_server(hub, "alice", {"community": "ad-portal"}, name="moved")["state"][
+        "tunnel_port"
+    ]
+    stop_group(hub.proc)
+
+    class Foreign(http.server.BaseHTTPRequestHandler):
+        seen: list[str] = []
+
+        def do_GET(self) -> None:
+            Foreign.seen.append(self.headers.get("Cookie", "") + " " + self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"foreign")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.HTTPServer(("127.0.0.1", port), Foreign)
+    thread = threading.Thread(target=squatter.serve_forever, daemon=True)
+    thread.start()
+    try:
+        hub = restartable()
+        assert reachable(hub, "alice", "moved")  # the notebook, through the proxy
+        assert server_model(hub, "alice", "moved")["state"]["tunnel_port"] != port
+        assert Foreign.seen == []  # nothing reached the process on the old port
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+        hub.api("DELETE", "/users/alice/servers/moved")
