@@ -63,6 +63,29 @@ c.SynapseOAuthenticator.team_groups = {
     **{community.team_id: community.id for community in communities.communities},
 }
 c.SynapseOAuthenticator.admin_contact = settings.admin_contact
+# Members of an admin team operate the hub; they never read or use another person's
+# credentials. Their "admins" group (team_groups above) holds the community-operator role:
+# see every user and server, start, stop and delete servers, read metrics and the admin
+# pages — and no admin:auth_state (Synapse tokens), no tokens for other users, no
+# access:servers (opening another person's notebook, where that person's token works).
+c.JupyterHub.load_roles.append(
+    {
+        "name": "community-operator",
+        "description": "Operate every server without access to anyone's credentials",
+        "scopes": [
+            "admin-ui",
+            "list:users",
+            "read:users",
+            "servers",
+            "read:metrics",
+            "list:groups",
+            "read:groups",
+        ],
+        "groups": ["admins"],
+    }
+)
+# Full JupyterHub admin only for the deployment's own operators (break-glass), by name.
+c.Authenticator.admin_users = set(settings.break_glass_admins)
 c.SynapseOAuthenticator.identity_db_url = (
     settings.db_url
     if not settings.db_url.startswith("sqlite")

@@ -466,10 +466,23 @@ class SynapseOAuthenticator(OAuthenticator):
             )
         auth_model["name"] = binding.hub_username
         auth_model["admin"] = self._is_admin(auth_model["name"], state["teams"])
+        if auth_model["admin"]:
+            self._audit_break_glass(auth_model["name"], "sign-in")
         return auth_model
 
     def _is_admin(self, name: str, teams: list[str]) -> bool:
-        return name in self.admin_users or bool(set(teams) & set(self.admin_teams))
+        """Full JupyterHub admin: only the break-glass names of ``admin_users``.
+
+        Members of admin teams are not JupyterHub admins: JupyterHub's admin role includes
+        ``admin:auth_state``, ``tokens`` and ``access:servers``, with which an admin reads or
+        uses every analyst's Synapse token. They get the deployment's operator role through
+        their group (``team_groups``) instead.
+        """
+        return name in self.admin_users
+
+    def _audit_break_glass(self, name: str, when: str) -> None:
+        self.log.warning("Break-glass JupyterHub admin %s (%s)", name, when)
+        audit.record("break_glass", audit.Actor("admin", name), user=name, reason=when)
 
     async def get_user_groups(self, auth_state: dict[str, Any]) -> set[str]:
         mapping = {t: self.team_groups.get(t, f"team-{t}") for t in self.all_team_ids}

@@ -37,6 +37,12 @@ VARIABLES: dict[str, tuple[bool, str]] = {
     ),
     "SNH_DB_URL": (False, "JupyterHub database URL (default: sqlite in SNH_STATE_DIR)"),
     "SNH_ADMIN_CONTACT": (False, "who refused users should contact, shown on the refusal page"),
+    "SNH_BREAK_GLASS_ADMINS": (
+        False,
+        "comma-separated hub user names of the deployment's own operators who get full "
+        "JupyterHub admin (which can read and use other people's credentials); empty by "
+        "default, every use audited. Members of admin teams get the community-operator role",
+    ),
     "SNH_HUB_ID": (
         False,
         "this hub's id in tags and parameter paths (default: synapse-notebook-hub)",
@@ -112,6 +118,7 @@ class HubSettings:
     aws_endpoint_url: str | None = None
     parameter_prefix: str = "/synapse-notebook-hub"
     parameter_kms_key_id: str | None = None
+    break_glass_admins: frozenset[str] = frozenset()
 
     def aws_environment(self) -> dict[str, str]:
         """What the hub's own services (reconciliation, reaper) need to reach AWS as the hub
@@ -213,6 +220,15 @@ class HubSettings:
                 f"SNH_PARAMETER_KMS_KEY_ID={kms_key!r}: a KMS key id, key ARN, alias/NAME or "
                 "alias ARN"
             )
+        break_glass = frozenset(
+            name.strip() for name in get("SNH_BREAK_GLASS_ADMINS").split(",") if name.strip()
+        )
+        bad = sorted(n for n in break_glass if not re.fullmatch(r"[a-z0-9][a-z0-9._@-]*", n))
+        if bad:
+            problems.append(
+                f"SNH_BREAK_GLASS_ADMINS: {', '.join(bad)}: hub user names (lower case, "
+                "comma-separated)"
+            )
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -233,4 +249,5 @@ class HubSettings:
             aws_endpoint_url=aws_endpoint_url or None,
             parameter_prefix=parameter_prefix,
             parameter_kms_key_id=kms_key or None,
+            break_glass_admins=break_glass,
         )

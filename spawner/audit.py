@@ -80,6 +80,7 @@ ACTIONS = frozenset(
         "keep_volume",  # a home volume deliberately left behind (says why)
         "skip",  # the reaper left an instance alone (says why)
         "access_ended",  # a user lost every allowed team: servers, tokens, admin taken away
+        "break_glass",  # a break-glass name signed in with full JupyterHub admin
     }
 )
 

@@ -253,11 +253,29 @@ async def test_member_is_allowed_with_groups_and_auth_state(tmp_path):
     assert state["access_token"] == "access-1" and state["refresh_token"] == "refresh-1"
 
 
-async def test_admin_team_member_is_admin_and_allowed_without_a_community(tmp_path):
+async def test_admin_team_member_is_an_operator_not_a_jupyterhub_admin(tmp_path):
+    """Finding 6: JupyterHub's admin role reads every auth_state, makes tokens for anyone and
+    opens any notebook. Admin-team members are allowed without a community and put in the
+    "admins" group, which holds the community-operator role (jupyterhub_config.py); they are
+    not JupyterHub admins."""
     auth = make_authenticator(tmp_path)
     model = await login(auth, userinfo(teams=[ADMIN_TEAM]))
-    assert model["admin"] is True
+    assert model["admin"] is False
     assert model["groups"] == ["admins"]
+
+
+async def test_break_glass_admins_are_full_admins_and_audited(tmp_path, monkeypatch):
+    """Full JupyterHub admin only for the names a deployment lists (SNH_BREAK_GLASS_ADMINS,
+    i.e. admin_users), and every such sign-in is in the audit log."""
+    audited: list[tuple] = []
+    monkeypatch.setattr(
+        "authenticator.synapse.audit.record", lambda *a, **kw: audited.append((a, kw))
+    )
+    auth = make_authenticator(tmp_path, admin_users={"alice"})
+    model = await login(auth, userinfo("alice", "3400001", teams=[COMMUNITY_TEAM]))
+    assert model["admin"] is True
+    [(args, fields)] = audited
+    assert args[0] == "break_glass" and fields == {"user": "alice", "reason": "sign-in"}
 
 
 async def test_non_member_is_refused_with_the_team_page(tmp_path):
@@ -332,7 +350,7 @@ async def test_refresh_with_a_fresh_token_only_rechecks_teams(tmp_path):
     synapse = FakeSynapse(auth, teams=[COMMUNITY_TEAM, ADMIN_TEAM])
     model = await auth.refresh_user(user)
     assert synapse.token_calls == 0 and synapse.userinfo_calls == 1
-    assert model["admin"] is True and model["groups"] == ["ad-portal", "admins"]
+    assert model["admin"] is False and model["groups"] == ["ad-portal", "admins"]
     assert user.state["teams"] == [ADMIN_TEAM, COMMUNITY_TEAM]
 
 

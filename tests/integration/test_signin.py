@@ -51,10 +51,13 @@ def test_non_member_is_refused_with_the_team_page(hub):
     assert hub.user("mallory") is None  # nothing half-created
 
 
-def test_admin_team_member_gets_the_admin_panel(hub):
+def test_admin_team_member_gets_the_admin_panel_as_an_operator(hub):
     alice, page = sign_in(hub, "alice")
     assert page.status_code == 200
-    assert hub.user("alice")["admin"] is True
+    assert hub.user("alice")["admin"] is False
+    scopes = alice.get(f"{hub.url}/hub/api/user", timeout=30).json()["scopes"]
+    assert "admin-ui" in scopes and "servers" in scopes  # the community-operator role
+    assert not {"admin:auth_state", "tokens", "access:servers", "admin:users"} & set(scopes)
     assert alice.get(f"{hub.url}/hub/admin", timeout=30).status_code == 200
     bob, _ = sign_in(hub, "bob")
     assert bob.get(f"{hub.url}/hub/admin", timeout=30).status_code == 403
