@@ -61,7 +61,9 @@ SSM_MANAGED_INSTANCE_CORE = {
         }
     ],
 }
-INSTANCE_POLICIES = [INSTANCE_POLICY, SSM_MANAGED_INSTANCE_CORE]
+#: Everything a notebook role holds besides the community's own data-access policy (no
+#: AmazonSSMManagedInstanceCore any more: its Allow on every parameter was the finding).
+INSTANCE_POLICIES = [INSTANCE_POLICY]
 
 
 def instance(instance_id: str = "i-0123456789abcdef0") -> str:
@@ -434,7 +436,8 @@ def test_instance_reads_its_own_servers_parameter(action: str) -> None:
     ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"],
 )
 def test_instance_cannot_read_another_servers_parameter(action: str) -> None:
-    """Even beside AmazonSSMManagedInstanceCore's Allow on every parameter: explicit Deny."""
+    """Explicit Deny, which would hold even beside an Allow on every parameter (such as
+    AmazonSSMManagedInstanceCore's, which the role no longer has)."""
     assert instance_reads(BOB, ALICE, action=action) is Decision.EXPLICIT_DENY
 
 
@@ -592,3 +595,37 @@ def test_hub_reads_exactly_its_own_secrets() -> None:
 def test_notebook_instances_cannot_read_the_hubs_secrets() -> None:
     for secret in OWN_SECRETS:
         assert on_instance("secretsmanager:GetSecretValue", secret) is Decision.IMPLICIT_DENY
+
+
+@pytest.mark.parametrize(
+    "name", ["/prod/database-password", "/aws/reference/secretsmanager/db", "/other-app/key"]
+)
+def test_a_notebook_reads_no_parameter_of_the_account_outside_its_own(name: str) -> None:
+    """Trust review, finding 3: with AmazonSSMManagedInstanceCore attached, every notebook
+    could read any parameter of the account outside the hub's prefix (its explicit Deny
+    covers the prefix only). The role now has the agent's own permissions instead."""
+    with_core = evaluate(
+        [INSTANCE_POLICY, SSM_MANAGED_INSTANCE_CORE],
+        Request("ssm:GetParameter", parameter(name), {"ec2:SourceInstanceARN": ALICE}),
+    )
+    assert with_core is Decision.ALLOW  # the attack, as it was
+    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"):
+        assert instance_reads(ALICE, ALICE, name=parameter(name), action=action) is (
+            Decision.IMPLICIT_DENY
+        ), (action, name)
+
+
+def test_the_notebook_role_keeps_what_its_ssm_agent_needs() -> None:
+    """Session Manager guide, "Step 2: Verify or add instance permissions for Session
+    Manager": registration and the four ssmmessages channel actions (and ec2messages)."""
+    for action in (
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+        "ec2messages:GetMessages",
+    ):
+        assert on_instance(action, "*") is Decision.ALLOW, action
+    for action in ("ssm:SendCommand", "ssm:StartSession", "ssm:PutParameter"):
+        assert on_instance(action, "*") is Decision.IMPLICIT_DENY, action
