@@ -116,3 +116,14 @@ def test_logout_revokes_the_synapse_tokens(hub, cloud):
     session.get(f"{hub.url}/hub/logout", timeout=30)
     wait_until(lambda: not active_refresh_tokens(cloud, alice), 30, "revocation at Synapse")
     assert not hub.auth_state("alice")
+
+
+def test_deleting_a_user_revokes_their_synapse_tokens(hub, cloud):
+    """Finding 5, user deletion: the hub forgets the user's auth_state with the user; the
+    refresh token it held is revoked at Synapse as well, not left valid for 180 days."""
+    sign_in(hub, "bob")
+    assert active_refresh_tokens(cloud, BOB)
+    answer = hub.api("DELETE", "/users/bob")
+    assert answer.status_code == 204, answer.text
+    wait_until(lambda: not active_refresh_tokens(cloud, BOB), 30, "revocation at Synapse")
+    assert hub.user("bob") is None
