@@ -942,6 +942,10 @@ class Tunnel:
         self._opening.discard(dc)
         return dc
 
+    def _failed(self, exc: Exception) -> None:
+        self.metrics.session_failures += 1
+        self.last_error = exc
+
     async def _supervise(self, lane: _Lane) -> None:
         """Keep lane 0's session up for the tunnel's life (new session, backoff)."""
         loop = asyncio.get_running_loop()
@@ -956,8 +960,7 @@ class Tunnel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.metrics.session_failures += 1
-                self.last_error = exc
+                self._failed(exc)
                 code = getattr(exc, "code", None) or describe_error(exc)[0]
                 if not self._first.done() and (
                     code in FATAL_CODES or loop.time() >= start_deadline
@@ -989,8 +992,7 @@ class Tunnel:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.metrics.session_failures += 1
-            self.last_error = exc
+            self._failed(exc)
             # Spreading is an optimisation: back off from it, the first session carries on.
             self._grow_after = loop.time() + self.backoff_delay(2)
             log.info("%r: no extra session: %s", self, exc)

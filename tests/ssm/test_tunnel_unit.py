@@ -985,13 +985,13 @@ async def test_connections_spread_over_sessions_opened_on_demand() -> None:
     await tunnel.stop()
 
 
-async def test_a_connection_waits_for_a_new_session_only_briefly() -> None:
-    """A connection waiting for an extra session that does not come (StartSession throttled,
-    say) shares an open one after ``spread_wait`` instead of being reset; and `stop` waits for
-    the session still being opened and terminates it."""
-    never = asyncio.Event()
-    script = Script(None, never)
-    tunnel = make_tunnel(script, max_sessions=2, spread_wait=0.2)
+async def second_connection_while_a_session_opens(
+    spread_wait: float,
+) -> tuple[Script, Tunnel, FakeChannel, asyncio.StreamReader]:
+    """A connection on the first session, then a second one for which a second session is
+    being opened — and never will be. Returns the reader of the second connection."""
+    script = Script(None, asyncio.Event())
+    tunnel = make_tunnel(script, max_sessions=2, spread_wait=spread_wait)
     await tunnel.start()
     _r1, w1 = await connect(tunnel)
     w1.write(b"one")
@@ -1000,6 +1000,14 @@ async def test_a_connection_waits_for_a_new_session_only_briefly() -> None:
     r2, w2 = await connect(tunnel)
     w2.write(b"two")
     await until(lambda: len(script.made) == 2)  # the second session is being opened ...
+    return script, tunnel, first, r2
+
+
+async def test_a_connection_waits_for_a_new_session_only_briefly() -> None:
+    """A connection waiting for an extra session that does not come (StartSession throttled,
+    say) shares an open one after ``spread_wait`` instead of being reset; and `stop` waits for
+    the session still being opened and terminates it."""
+    script, tunnel, first, r2 = await second_connection_while_a_session_opens(spread_wait=0.2)
     await until(lambda: first.stream_data(5) == b"two")  # ... but the first takes it
     first.reply(5, b"answer")
     assert await asyncio.wait_for(r2.readexactly(6), 5) == b"answer"
@@ -1009,17 +1017,7 @@ async def test_a_connection_waits_for_a_new_session_only_briefly() -> None:
 
 
 async def test_a_session_that_becomes_idle_takes_a_waiting_connection() -> None:
-    never = asyncio.Event()
-    script = Script(None, never)
-    tunnel = make_tunnel(script, max_sessions=2, spread_wait=30.0)
-    await tunnel.start()
-    _r1, w1 = await connect(tunnel)
-    w1.write(b"one")
-    first = script.current
-    await until(lambda: first.stream_data(3) == b"one")
-    _r2, w2 = await connect(tunnel)
-    w2.write(b"two")
-    await until(lambda: len(script.made) == 2)
+    _script, tunnel, first, _r2 = await second_connection_while_a_session_opens(spread_wait=30)
     first.reply(3, b"done", fin=True)  # the first connection ends: its session is idle
     await until(lambda: first.stream_data(5) == b"two")
     await tunnel.stop()
