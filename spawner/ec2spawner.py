@@ -524,6 +524,18 @@ class EC2Spawner(Spawner):
     def tunnel_url(self) -> str:
         return f"http://127.0.0.1:{self.tunnel_port}"
 
+    async def get_url(self) -> str:
+        """The server is wherever its tunnel listens.
+
+        After a restart JupyterHub asks this (after `poll`) and, when it differs, corrects
+        the URL in its database before it checks the server and routes to it: a server whose
+        start the previous hub did not finish (killed mid-spawn) has no URL of its own there,
+        and a tunnel whose saved port was taken has moved.
+        """
+        if self.tunnel_port and self.server is not None:
+            return self.tunnel_url + self.server.base_url
+        return await super().get_url()
+
     async def _check_server_limit(self, community: Community, poller: InstancePoller) -> None:
         """Count the user's servers in the community and take this one's place, atomically.
 

@@ -27,6 +27,11 @@ def restartable(cloud, tmp_path_factory):
     hubs = []
 
     def start():
+        # one hub at a time on this state directory, as under systemd: a hub an earlier test
+        # left running would otherwise answer (and route) for the new one
+        for earlier in hubs:
+            if earlier.proc.poll() is None:
+                stop_group(earlier.proc)
         hub = start_hub(env, state / "hub.log")
         hubs.append(hub)
         return hub
