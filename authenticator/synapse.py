@@ -435,6 +435,8 @@ class SynapseOAuthenticator(OAuthenticator):
             "user_name": identity.user_name,
             "email": identity.email,
             "teams": list(identity.teams),
+            # the team claim's answer covers the teams asked at sign-in (kept by refreshes)
+            "requested_teams": sorted(self.all_team_ids),
             self.user_auth_state_key: user_info,
         }
 
@@ -642,7 +644,13 @@ class SynapseOAuthenticator(OAuthenticator):
                 state["userid"],
             )
             return False
-        if not allowed_teams_of(identity.teams, self.all_team_ids):
+        if not self._may_enter(user.name, identity.teams):
+            asked = set(state.get("requested_teams") or self.all_team_ids)
+            if not self.all_team_ids <= asked:
+                # Synapse answers the team claim with the teams asked at sign-in; the
+                # communities file has changed since: a fresh sign-in asks about them all.
+                self.log.info("Teams of %s asked before a configuration change", user.name)
+                return False
             self.log.warning(
                 "Synapse user %s (%s) is no longer in any allowed team: ending their access",
                 identity.user_name,
@@ -676,7 +684,13 @@ class SynapseOAuthenticator(OAuthenticator):
         return kept
 
     async def forget_tokens(self, user: Any, *, reason: str) -> None:
-        """Revoke the user's tokens at Synapse and clear them from ``auth_state``."""
+        """Revoke the user's tokens at Synapse and clear them from ``auth_state``, under the
+        user's refresh lock: a rotation in flight would otherwise write fresh tokens back."""
+        lock = self._refresh_locks.setdefault(user.name, asyncio.Lock())
+        async with lock:
+            await self._forget_tokens_locked(user, reason=reason)
+
+    async def _forget_tokens_locked(self, user: Any, *, reason: str) -> None:
         state = await user.get_auth_state()
         if state:
             await self.revoke_tokens(state, user.name)
@@ -716,9 +730,10 @@ class SynapseOAuthenticator(OAuthenticator):
         return True
 
     async def _end_access(self, user: Any, handler: Any, *, reason: str) -> None:
-        """Everything the user could still use, gone at once (see `authenticator.access`)."""
-        await self.forget_tokens(user, reason=reason)
+        """Everything the user could still use, gone at once (see `authenticator.access`):
+        the hub's doors first (local and quick), then the tokens at Synapse."""
         done = await end_access(user, handler)
+        await self._forget_tokens_locked(user, reason=reason)
         self.log.warning("Access of %s ended (%s): %s", user.name, reason, "; ".join(done))
         audit.record(
             "access_ended",
@@ -740,6 +755,8 @@ class SynapseOAuthenticator(OAuthenticator):
             # Synapse always returns a new refresh token; keep the old one only if it did not.
             token_info.setdefault("refresh_token", state.get("refresh_token"))
             new_state = self.build_auth_state_dict(token_info, userinfo)
+            # a rotated token answers the team claim asked at sign-in, not today's
+            new_state["requested_teams"] = state.get("requested_teams", sorted(self.all_team_ids))
         else:
             new_state = {
                 **state,

@@ -312,6 +312,7 @@ class EC2Spawner(Spawner):
 
     def clear_state(self) -> None:
         """Stop is not delete: the instance, its volume and the tunnel's port are kept."""
+        self.claimed_community = None  # JupyterHub's stop always ends here
         super().clear_state()
 
     def _save_state(self) -> None:
@@ -493,6 +494,10 @@ class EC2Spawner(Spawner):
             kind = "RStudio" if str(image.kind) == "rstudio" else "Jupyter"
             self._emit(85, f"Starting {kind}…")
             await self._wait_notebook()
+            if not (await self.user.get_auth_state() or {}).get("access_token"):
+                # The user's access ended while the instance booted (they left their teams,
+                # or signed out everywhere): the start fails and cleans up after itself.
+                raise StartFailed("Your access to this hub has ended; sign in again.", 403)
         except BaseException as e:
             self._audit("start_failed", error=str(e)[:300])
             await self._cleanup_failed_start(aws, launched_now, e)

@@ -27,6 +27,13 @@ from authenticator.synapse import SynapseCallError
 COMMUNITY_TEAM, OTHER_COMMUNITY_TEAM, ADMIN_TEAM = "3500001", "3500002", "3500000"
 
 
+@pytest.fixture(autouse=True)
+def _no_real_audit_lines(monkeypatch):
+    """The authenticator audits lockouts and break-glass sign-ins; unit tests keep those
+    lines out of the process's audit log (tests that check them patch `record` themselves)."""
+    monkeypatch.setattr("authenticator.synapse.audit.record", lambda *args, **kwargs: None)
+
+
 def make_authenticator(tmp_path, **overrides) -> SynapseOAuthenticator:
     c = Config()
     c.SynapseOAuthenticator.client_id = "client"
@@ -522,3 +529,43 @@ def test_every_start_and_every_token_request_refresh_strictly(tmp_path):
     assert auth.refresh_pre_spawn is True
     if auth.has_trait("auth_refresh_strict"):
         assert auth.auth_refresh_strict is True
+
+
+@pytest.mark.parametrize("listing", ["admin_users", "allowed_users"])
+async def test_a_name_listed_user_in_no_team_keeps_access_at_refresh(
+    tmp_path, monkeypatch, listing
+):
+    """Break-glass admins (admin_users) and allowed_users may enter without a team: a refresh
+    must not end their access (the lockout is for people the gate would refuse)."""
+    auth = make_authenticator(tmp_path, **{listing: {"alice"}})
+    user = await logged_in_user(auth)
+    FakeSynapse(auth, teams=[])
+    ended = []
+
+    async def fake_end_access(u, handler):
+        ended.append(u)
+        return []
+
+    monkeypatch.setattr("authenticator.synapse.end_access", fake_end_access)
+    model = await auth.refresh_user(user)
+    assert isinstance(model, dict) and ended == []
+
+
+async def test_after_a_team_configuration_change_the_user_signs_in_again(tmp_path, monkeypatch):
+    """Synapse answers the team claim with the teams asked at sign-in, also for rotated
+    tokens. A team added to the configuration since then is unknown to the answer: that is
+    no evidence of a lost membership, so the user signs in again instead of losing access."""
+    auth = make_authenticator(tmp_path)
+    user = await logged_in_user(auth)
+    assert user.state["requested_teams"] == sorted(auth.all_team_ids)
+    FakeSynapse(auth, teams=[])  # the old claim request's answer: none of today's teams
+    auth.allowed_teams = {**auth.allowed_teams, "3599999": "A new community"}
+    ended = []
+
+    async def fake_end_access(u, handler):
+        ended.append(u)
+        return []
+
+    monkeypatch.setattr("authenticator.synapse.end_access", fake_end_access)
+    assert await auth.refresh_user(user) is False
+    assert ended == [] and user.state is not None  # nothing revoked or cleared
