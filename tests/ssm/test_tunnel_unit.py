@@ -913,18 +913,20 @@ async def test_keepalive_timeout_closes_a_silent_session(monkeypatch) -> None:
     """xtaci/smux keepalive with the plugin's configuration: with the keep-alive on (agents up
     to 3.1.1511.0) a session from which nothing arrived for KeepAliveTimeout is closed, and the
     supervisor opens a new one; anything heard from the agent keeps it open."""
-    monkeypatch.setattr(smux_module, "KEEPALIVE_TIMEOUT", 0.3)
+    # while the agent speaks (a NOP at least every few keep-alive ticks), no timeout; the
+    # timeout is long here so that a loaded machine's slow loop cannot fake a silence
+    monkeypatch.setattr(smux_module, "KEEPALIVE_TIMEOUT", 5.0)
     script = Script(agent_version=OLD_MUX_AGENT)
     tunnel = make_tunnel(script, keepalive_interval=0.05)
     await tunnel.start()
     first = script.current
-    for _ in range(8):  # the agent speaks: no timeout
-        first.listener.data_received(SmuxSession(client=False).data_to_send() or b"")
+    for _ in range(8):
         server = SmuxSession(client=False)
         server.nop()
         first.listener.data_received(server.data_to_send())
         await asyncio.sleep(0.05)
     assert not first.closed
+    monkeypatch.setattr(smux_module, "KEEPALIVE_TIMEOUT", 0.3)
     await until(lambda: first.closed)  # then silence
     assert (await first.wait_closed()).startswith("smux keep-alive timeout")
     await until(lambda: len(script.made) == 2 and tunnel.connected)
@@ -979,8 +981,16 @@ async def test_connections_spread_over_sessions_opened_on_demand() -> None:
         for sid in channel.server.stream_ids:
             channel.reply(sid, fin=True)
     await until(lambda: tunnel.metrics.streams_open == 0)
-    await until(lambda: script.made[1].closed and script.made[2].closed)
-    assert not script.made[0].closed and tunnel.metrics.sessions_open == 1
+    # the extra sessions close, and the tunnel counts them gone (a loop turn later)
+    await until(
+        lambda: (
+            script.made[1].closed
+            and script.made[2].closed
+            and tunnel.metrics.sessions_open == 1
+            and len(tunnel.sessions) == 1
+        )
+    )
+    assert not script.made[0].closed
     assert script.made[1].terminated
     await tunnel.stop()
 
