@@ -155,6 +155,16 @@ async def test_download_and_websockets_survive_three_websocket_cuts(ssm):
     ResumeSession is called three times."""
     size = 50 * 1024 * 1024
     expected = hashlib.sha256(blob(size, 21)).hexdigest()
+    # the service's rate (4 MB/s here) keeps the download flowing across all three cuts,
+    # however fast the machine
+    ssm_control(ssm, "PUT", "/settings", {"messageRate": 4000})
+    try:
+        await _across_three_cuts(ssm, size, expected)
+    finally:
+        ssm_control(ssm, "PUT", "/settings", {"messageRate": None})
+
+
+async def _across_three_cuts(ssm, size: int, expected: str) -> None:
     async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address, max_sessions=1) as tunnel:
         session = tunnel.session_id
         sockets = await _echo_websockets(tunnel.local_port, 5)
