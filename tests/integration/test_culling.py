@@ -92,6 +92,13 @@ def ready(hub, user: str) -> bool:
     return bool(model and model.get("ready"))
 
 
+def stopped(hub, user: str) -> bool:
+    """The stop has finished. JupyterHub reports a server not ready as soon as its stop
+    begins, before the spawner's StopInstances: EC2 is read only after this."""
+    model = server_model(hub, user)
+    return not model or not (model.get("ready") or model.get("pending"))
+
+
 def start(hub, user: str, options: dict[str, Any]) -> None:
     r = hub.api("POST", f"/users/{user}/server", json=options)
     assert r.status_code in (201, 202), r.text
@@ -308,6 +315,7 @@ def test_idle_servers_are_stopped_and_busy_ones_are_not(hub, cloud) -> None:
         kernel.close()
 
     # Culled = stopped: the instance is stopped (by the hub's StopInstances), volume kept.
+    wait_until(lambda: stopped(hub, "bob"), 60, "bob's stop to finish")
     instance = describe(cloud, bob_instance)
     assert instance["State"]["Name"] == "stopped"
     assert instance["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
@@ -324,7 +332,7 @@ def test_idle_servers_are_stopped_and_busy_ones_are_not(hub, cloud) -> None:
     assert kept.status_code == 200 and kept.json()["content"] == "written before culling"
 
     # alice, left alone, goes the same way.
-    wait_until(lambda: not ready(hub, "alice"), IDLE_TIMEOUT + 30, "alice's server culled")
+    wait_until(lambda: stopped(hub, "alice"), IDLE_TIMEOUT + 30, "alice's server culled")
     assert describe(cloud, alice_instance)["State"]["Name"] == "stopped"
 
 
