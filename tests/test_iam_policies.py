@@ -597,24 +597,6 @@ def test_notebook_instances_cannot_read_the_hubs_secrets() -> None:
         assert on_instance("secretsmanager:GetSecretValue", secret) is Decision.IMPLICIT_DENY
 
 
-@pytest.mark.parametrize(
-    "name", ["/prod/database-password", "/aws/reference/secretsmanager/db", "/other-app/key"]
-)
-def test_a_notebook_reads_no_parameter_of_the_account_outside_its_own(name: str) -> None:
-    """Trust review, finding 3: with AmazonSSMManagedInstanceCore attached, every notebook
-    could read any parameter of the account outside the hub's prefix (its explicit Deny
-    covers the prefix only). The role now has the agent's own permissions instead."""
-    with_core = evaluate(
-        [INSTANCE_POLICY, SSM_MANAGED_INSTANCE_CORE],
-        Request("ssm:GetParameter", parameter(name), {"ec2:SourceInstanceARN": ALICE}),
-    )
-    assert with_core is Decision.ALLOW  # the attack, as it was
-    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"):
-        assert instance_reads(ALICE, ALICE, name=parameter(name), action=action) is (
-            Decision.IMPLICIT_DENY
-        ), (action, name)
-
-
 def test_the_notebook_role_keeps_what_its_ssm_agent_needs() -> None:
     """Session Manager guide, "Step 2: Verify or add instance permissions for Session
     Manager": registration and the four ssmmessages channel actions (and ec2messages)."""

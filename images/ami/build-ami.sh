@@ -6,7 +6,7 @@
 # Run as root on a builder instance launched from an Amazon Linux 2023 AMI, then create the
 # image from the instance (`aws ec2 create-image`; images/README.md has every command). It:
 #   - installs Docker (AL2023's own package) and enables it; checks every command the
-#     bootstrap needs (aws, curl, docker, python3, util-linux, e2fsprogs) is there;
+#     bootstrap needs (aws, curl, docker, python3, util-linux, e2fsprogs, nvme-cli) is there;
 #   - makes sure the SSM agent (preinstalled on AL2023) is enabled: the hub reaches every
 #     notebook through Session Manager;
 #   - installs the bootstrap script and its units from spawner/bootstrap/ (the user data writes
@@ -100,8 +100,9 @@ check_platform() {
 }
 
 install_docker() {
-  log "installing Docker"
-  dnf install --assumeyes --quiet docker
+  log "installing Docker and nvme-cli"
+  # nvme-cli: the bootstrap reads the home volume's attachment name from its NVMe controller.
+  dnf install --assumeyes --quiet docker nvme-cli
   systemctl enable --now docker.service
   docker version --format 'build-ami: docker {{.Server.Version}}' >&2
 }
@@ -109,7 +110,7 @@ install_docker() {
 check_bootstrap_needs() {
   local cmd
   # What notebook-bootstrap's require_commands asks for, plus what its units use.
-  for cmd in aws curl docker python3 blkid lsblk findmnt mountpoint mkfs.ext4 resize2fs \
+  for cmd in aws curl docker python3 blkid nvme findmnt mountpoint mkfs.ext4 resize2fs \
     install stat shutdown cloud-init; do
     command -v "$cmd" >/dev/null || die "$cmd is missing from this AMI"
   done

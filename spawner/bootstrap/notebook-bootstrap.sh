@@ -18,7 +18,8 @@
 # token never comes here at all: the container reads it with the instance role. Never add
 # `set -x` to this script.
 #
-# Needs: bash, curl, the AWS CLI, python3 (cloud-init's own), docker, util-linux, e2fsprogs.
+# Needs: bash, curl, the AWS CLI, python3 (cloud-init's own), docker, util-linux, e2fsprogs,
+# nvme-cli (Nitro instances).
 
 set -euo pipefail
 umask 077
@@ -69,7 +70,7 @@ cleanup() {
 
 require_commands() {
   local cmd
-  for cmd in aws curl docker python3 blkid lsblk findmnt mountpoint mkfs.ext4 resize2fs; do
+  for cmd in aws curl docker python3 blkid findmnt mountpoint mkfs.ext4 resize2fs; do
     command -v "$cmd" >/dev/null || die "required command $cmd is not installed"
   done
 }
@@ -205,44 +206,44 @@ remove_container() {
   fi
 }
 
-# The volume id attached as HOME_DEVICE; empty or "None" when unknown (e.g. not allowed).
-home_volume_id() {
-  local query="Reservations[0].Instances[0].BlockDeviceMappings"
-  query+="[?DeviceName=='$HOME_DEVICE'].Ebs.VolumeId | [0]"
-  aws ec2 describe-instances --region "$REGION" --instance-ids "$INSTANCE_ID" \
-    --query "$query" --output text 2>"$RUN_DIR/aws-error" || true
-}
-
 is_block() {
   [[ -b $1 ]]
 }
 
+# ebs_device_name DEVICE: the name the block device mapping gave this EBS volume ("sdf"), read
+# from its NVMe controller; nothing for a device that is not an EBS volume. EBS puts that name
+# in the first 32 bytes of the vendor-specific area (bytes 3072-4095) of the Identify
+# Controller data (EBS User Guide, "Amazon EBS and NVMe": `nvme id-ctrl -v` shows it; Amazon
+# Linux's ebsnvme-id reads the same field to make its /dev/sdX links). Asking the device, not
+# EC2: the instance role has no ec2:DescribeInstances, which would show every user's tags.
+ebs_device_name() {
+  nvme id-ctrl --raw-binary "$1" 2>/dev/null | python3 -c '
+import sys
+data = sys.stdin.buffer.read()
+if len(data) >= 4096:
+    name = data[3072:3104].split(b"\0")[0].strip().decode("ascii", "replace")
+    print(name.removeprefix("/dev/"))
+' || true
+}
+
 # The block device of the home volume. On Nitro instances EBS volumes are NVMe devices whose
-# serial is the volume id (without its dash); on Xen ones the name is sdX or xvdX.
+# controller names the attachment (above), in whatever order the kernel numbered them; on Xen
+# ones the device is sdX or xvdX, and Amazon Linux's udev rules also link sdX to the NVMe.
 find_home_device() {
-  local volume serial name reason byid deadline=$((SECONDS + DEVICE_WAIT_SECONDS))
-  local device=${ROOT}${HOME_DEVICE} xvd=${ROOT}/dev/xvd${HOME_DEVICE#/dev/sd}
-  volume=$(home_volume_id)
-  if [[ ! $volume =~ ^vol-[0-9a-f]+$ ]]; then
-    reason=$(tr -s '\n' ' ' <"$RUN_DIR/aws-error" | cut -c1-200)
-    log "home volume id unknown (${reason:-no such device}); looking for $HOME_DEVICE"
-    volume=""
-  fi
-  serial=${volume/-/}
-  byid=${ROOT}/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${serial}
+  local device=${ROOT}${HOME_DEVICE} xvd=${ROOT}/dev/xvd${HOME_DEVICE#/dev/sd} nvme name
+  # Counted in looks, not seconds: each look waits 2 s, plus what the looks themselves take.
+  local wanted=${HOME_DEVICE#/dev/} looks=$((DEVICE_WAIT_SECONDS / 2))
   while true; do
-    if [[ -n $serial ]] && is_block "$byid"; then
-      readlink -f "$byid"
-      return 0
+    if command -v nvme >/dev/null; then
+      for nvme in "${ROOT}"/dev/nvme[0-9]*n1; do
+        is_block "$nvme" || continue
+        name=$(ebs_device_name "$nvme")
+        if [[ $name == "$wanted" || $name == "xvd${wanted#sd}" ]]; then
+          printf '%s\n' "$nvme"
+          return 0
+        fi
+      done
     fi
-    if [[ -n $serial ]]; then
-      name=$(lsblk -dn -o NAME,SERIAL | awk -v s="$serial" '$2 == s { print $1; exit }')
-      if [[ -n $name ]] && is_block "${ROOT}/dev/${name}"; then
-        printf '%s\n' "${ROOT}/dev/${name}"
-        return 0
-      fi
-    fi
-    # Xen instances, and Amazon Linux, whose udev rules link the attachment name to the NVMe.
     if is_block "$device"; then
       readlink -f "$device"
       return 0
@@ -251,7 +252,7 @@ find_home_device() {
       printf '%s\n' "$xvd"
       return 0
     fi
-    ((SECONDS < deadline)) || die "home volume ${volume:-$HOME_DEVICE} is not attached"
+    ((--looks > 0)) || die "home volume $HOME_DEVICE is not attached"
     sleep 2
   done
 }

@@ -58,7 +58,6 @@ IMDS_TOKEN = "IMDSTOKEN0123456789abcdefghijkl"
 ECR_PASSWORD = "ECRPASSWORD0123456789abcdefghij"
 JUPYTER_IMAGE = "ghcr.io/example/notebook-jupyter@sha256:" + "a" * 64
 RSTUDIO_IMAGE = "ghcr.io/example/notebook-rstudio@sha256:" + "b" * 64
-VOLUME_ID = "vol-0123456789abcdef0"
 SYNAPSE_PARAMETER = "/notebook-hub/hub-prod/alice/_/synapse-token"
 
 
@@ -306,9 +305,6 @@ case "$1 $2" in
       */jupyterhub-env) cat "$state/env.json" ;;
       *) exit 254 ;;
     esac ;;
-  "ec2 describe-instances")
-    [[ -f $state/volume-id ]] || { echo "An error occurred (UnauthorizedOperation)" >&2; exit 254; }
-    cat "$state/volume-id" ;;
   "ecr get-login-password") printf '%s\n' "$ECR_PASSWORD_VALUE" ;;
   *) exit 2 ;;
 esac
@@ -341,7 +337,17 @@ case $1 in
 esac
 """,
     "blkid": 'exit "$(cat "$state/blkid-status" 2>/dev/null || echo 0)"\n',
-    "lsblk": 'cat "$state/lsblk" 2>/dev/null || true\n',
+    # Identify Controller data as an EBS volume answers: the block device mapping's name in
+    # the vendor-specific area (bytes 3072-3103), padded; <state>/nvme/<device> holds it.
+    "nvme": r"""
+[[ $1 == id-ctrl && $2 == --raw-binary ]] || exit 2
+name=$(cat "$state/nvme/${3##*/}" 2>/dev/null) || { echo "not an NVMe device" >&2; exit 1; }
+python3 -c '
+import sys
+name = sys.argv[1].encode()
+sys.stdout.buffer.write(b"\x01" * 3072 + name.ljust(32, b" ") + b"\x02" * 992)
+' "$name"
+""",
     "findmnt": "echo ext4\n",
     "mountpoint": "[[ -f $state/mounted ]]\n",
     "mount": 'touch "$state/mounted"\n',
@@ -393,17 +399,14 @@ def machine(tmp_path: Path, stubs: Path):
     conf = root / SERVER_CONF_PATH.removeprefix("/")
     conf.parent.mkdir(parents=True)
     conf.write_text(server_conf(CONFIG), encoding="utf-8")
-    (root / "dev" / "disk" / "by-id").mkdir(parents=True)
-    (root / "dev" / "nvme1n1").write_bytes(b"\0" * (2 << 20))
-    link = (
-        root
-        / "dev"
-        / "disk"
-        / "by-id"
-        / ("nvme-Amazon_Elastic_Block_Store_" + "vol0123456789abcdef0")
-    )
-    link.symlink_to(root / "dev" / "nvme1n1")
-    (state / "volume-id").write_text(VOLUME_ID + "\n")
+    # Nitro: the root volume and the home volume as NVMe devices, numbered the other way round
+    # from the block device mapping (the kernel does not promise an order).
+    (root / "dev").mkdir()
+    (root / "dev" / "nvme0n1").write_bytes(b"\0" * (2 << 20))
+    (root / "dev" / "nvme1n1").write_bytes(b"\x7fELF-root" * 16)
+    (state / "nvme").mkdir()
+    (state / "nvme" / "nvme0n1").write_text("sdf")
+    (state / "nvme" / "nvme1n1").write_text("/dev/xvda")
     (state / "blkid-status").write_text("2")
     (state / "config.json").write_text(
         json.dumps({"image": JUPYTER_IMAGE, "image_kind": "jupyter", "port": 8888})
@@ -453,7 +456,7 @@ def test_first_boot_formats_mounts_and_runs(machine) -> None:
     run = machine()
     assert run.returncode == 0, run.stderr
     root = run.root
-    device = str(root / "dev" / "nvme1n1")
+    device = str(root / "dev" / "nvme0n1")
     home = str(root / "srv" / "notebook-home")
     assert run.commands("mkfs.ext4") == [["-q", "-L", "notebook-home", "-m", "0", device]]
     assert run.commands("mount") == [["-o", "nodev,nosuid", device, home]]
@@ -543,7 +546,7 @@ def test_parameters_that_appear_late_are_waited_for(machine) -> None:
 
 
 def test_a_disk_with_unknown_data_is_never_formatted(machine) -> None:
-    (machine.root / "dev" / "nvme1n1").write_bytes(b"\0" * 4096 + b"precious" + b"\0" * 4096)
+    (machine.root / "dev" / "nvme0n1").write_bytes(b"\0" * 4096 + b"precious" + b"\0" * 4096)
     run = machine()
     assert run.returncode == 1
     assert "refusing to format" in run.stderr
@@ -559,24 +562,44 @@ def test_an_ambivalent_probe_is_never_formatted(machine) -> None:
     assert run.commands("mkfs.ext4") == []
 
 
-def test_the_volume_is_found_by_serial_or_by_name(machine) -> None:
-    by_id = machine.root / "dev" / "disk" / "by-id"
-    for link in by_id.iterdir():
-        link.unlink()
-    (machine.state / "lsblk").write_text(
-        "nvme0n1 vol0aaaaaaaaaaaaaaaa\nnvme1n1 vol0123456789abcdef0\n"
-    )
+def test_the_volume_is_found_by_its_attachment_name_without_asking_ec2(machine) -> None:
+    """The home volume is the NVMe device whose controller names it ``sdf`` (EBS User Guide,
+    "Amazon EBS and NVMe"), whatever its number; without NVMe, the Xen name or Amazon
+    Linux's udev link. EC2 is never asked: the instance role cannot describe instances
+    (trust review, finding 3), and nothing in the script tries."""
     run = machine()
     assert run.returncode == 0, run.stderr
-    assert run.commands("mount")[0][2] == str(machine.root / "dev" / "nvme1n1")
-    # No permission to describe the instance, no NVMe: the attachment name (Xen, or a udev link).
-    (machine.state / "volume-id").unlink()
+    assert run.commands("mount")[0][2] == str(machine.root / "dev" / "nvme0n1")
+    assert not any(c[0] == "ec2" for c in run.commands("aws"))
+    assert sorted(c[-1] for c in run.commands("nvme"))[0].endswith("nvme0n1")
+
+    # "/dev/sdf" as some volumes spell it, padded with NULs instead of spaces.
+    for path in (machine.state / "mounted", machine.state / "nvme" / "nvme0n1"):
+        path.unlink()
+    (machine.state / "nvme" / "nvme3n1").write_text("/dev/sdf")
+    (machine.root / "dev" / "nvme3n1").write_bytes(b"\0" * 4096)
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    assert run.commands("mount")[0][2] == str(machine.root / "dev" / "nvme3n1")
+
+    # Xen: no NVMe controller names it; the device is xvdf.
     (machine.state / "mounted").unlink()
+    for device in ("nvme0n1", "nvme1n1", "nvme3n1"):
+        (machine.root / "dev" / device).unlink()
     (machine.root / "dev" / "xvdf").write_bytes(b"\0" * 4096)
     run = machine()
     assert run.returncode == 0, run.stderr
     assert run.commands("mount")[0][2] == str(machine.root / "dev" / "xvdf")
-    assert "UnauthorizedOperation" in run.stderr
+
+
+def test_a_home_volume_that_never_appears_is_reported(machine) -> None:
+    (machine.state / "nvme" / "nvme0n1").write_text("sdg")
+    run = machine()
+    assert run.returncode == 1
+    assert "home volume /dev/sdf is not attached" in run.stderr
+    assert run.commands("mkfs.ext4") == [] and run.commands("mount") == []
+    # The root volume was looked at and left alone.
+    assert [c[-1].rsplit("/", 1)[-1] for c in run.commands("nvme")][:2] == ["nvme0n1", "nvme1n1"]
 
 
 def test_secrets_never_touch_a_persistent_disk(machine) -> None:
