@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench deps chromium clean
+.PHONY: demo test test-oldest-jupyterhub lint bench deps chromium clean
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -36,6 +36,23 @@ lint: deps
 
 test: deps chromium lint
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-oldest-jupyterhub
+
+# The oldest JupyterHub the project supports, as an overlay on the virtualenv (its
+# dependencies are a subset of the newest's): the trust suite, the authenticator and the
+# spawner's unit tests run again on it, the hub process included (PYTHONPATH is inherited).
+OLDEST_JUPYTERHUB := 5.2.1
+OLDEST_DIR := $(VENV)/jupyterhub-$(OLDEST_JUPYTERHUB)
+
+$(OLDEST_DIR)/.installed: $(VENV)/.installed
+	rm -rf $(OLDEST_DIR)
+	$(PY) -m pip install --quiet --no-deps --target $(OLDEST_DIR) jupyterhub==$(OLDEST_JUPYTERHUB)
+	touch $@
+
+test-oldest-jupyterhub: deps $(OLDEST_DIR)/.installed
+	PYTHONPATH="$(CURDIR)/$(OLDEST_DIR)" SNH_EXPECT_JUPYTERHUB=$(OLDEST_JUPYTERHUB) \
+	  PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider \
+	  tests/security tests/test_authenticator_unit.py tests/spawner
 
 # Benchmarks print figures and the ratios between them, and check their limits (exit 1).
 # benchmarks.scale (500 servers) takes about 10 minutes.

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 
+import jupyterhub
 import pytest
 import requests
 
@@ -52,6 +54,15 @@ def refresh_token_id(hub, user: str) -> str:
 def refresh_token_active(cloud, token_id: str) -> bool:
     state = cloud.control("GET", "/state").json()
     return any(t["token_id"] == token_id and t["active"] for t in state["refresh_tokens"])
+
+
+def test_the_hub_under_attack_runs_the_jupyterhub_asked_for(hub):
+    """``make test`` runs this suite twice: on the newest JupyterHub the project pins, and on
+    the oldest it supports (``SNH_EXPECT_JUPYTERHUB``, an overlay of that release); the
+    lockout must hold on both. This proves the hub process really is the one asked for."""
+    expected = os.environ.get("SNH_EXPECT_JUPYTERHUB")
+    version = requests.get(f"{hub.url}/hub/api/", timeout=30).json()["version"]
+    assert version == (expected or jupyterhub.__version__)
 
 
 def test_a_removed_member_loses_token_cookie_and_server_within_the_refresh_age(hub, cloud):
