@@ -84,8 +84,11 @@ c.JupyterHub.load_roles.append(
         "groups": ["admins"],
     }
 )
-# Full JupyterHub admin only for the deployment's own operators (break-glass), by name.
-c.Authenticator.admin_users = set(settings.break_glass_admins)
+# Full JupyterHub admin only for the deployment's own operators (break-glass), by name. The
+# admin role is declared with exactly them: JupyterHub then takes admin from everyone else
+# at start-up (a name removed from the list, a user made admin by an older configuration).
+c.SynapseOAuthenticator.break_glass_admins = set(settings.break_glass_admins)
+c.JupyterHub.load_roles.append({"name": "admin", "users": sorted(settings.break_glass_admins)})
 c.SynapseOAuthenticator.identity_db_url = (
     settings.db_url
     if not settings.db_url.startswith("sqlite")

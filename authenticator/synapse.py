@@ -22,7 +22,7 @@ from jupyterhub.utils import url_path_join
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthenticator, OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Dict, Float, List, Unicode, default, observe, validate
+from traitlets import Dict, Float, List, Set, Unicode, default, observe, validate
 
 from spawner import audit
 
@@ -188,9 +188,24 @@ class SynapseOAuthenticator(OAuthenticator):
         value_trait=Unicode(),
         config=True,
         help="""
-        Synapse teams whose members are JupyterHub admins (team id -> display name). Admin
-        status follows membership: it is granted and withdrawn at sign-in and at refresh.
-        Members of admin teams may sign in even if they are in no community team.
+        Synapse teams whose members operate the hub (team id -> display name). They are not
+        JupyterHub admins: ``team_groups`` puts them in a group that holds the deployment's
+        operator role (``jupyterhub_config.py``: see and stop every server, no one else's
+        credentials). Membership follows the team at every sign-in and refresh. Members of
+        admin teams may sign in even if they are in no community team.
+        """,
+    )
+
+    break_glass_admins = Set(
+        Unicode(),
+        config=True,
+        help="""
+        Hub user names that get full JupyterHub admin (break-glass: the deployment's own
+        operators, for what the operator role cannot do). Empty by default. Every sign-in of
+        such a user is audited (``break_glass``). ``jupyterhub_config.py`` also declares the
+        ``admin`` role with exactly these users, so that a name taken off this list loses
+        admin at the next start of the hub, not only at its next sign-in (JupyterHub's
+        ``admin_users`` only ever adds admins). Names in ``admin_users`` count as well.
         """,
     )
 
@@ -473,14 +488,14 @@ class SynapseOAuthenticator(OAuthenticator):
         return auth_model
 
     def _is_admin(self, name: str, teams: list[str]) -> bool:
-        """Full JupyterHub admin: only the break-glass names of ``admin_users``.
+        """Full JupyterHub admin: only the break-glass names (and ``admin_users``).
 
         Members of admin teams are not JupyterHub admins: JupyterHub's admin role includes
         ``admin:auth_state``, ``tokens`` and ``access:servers``, with which an admin reads or
         uses every analyst's Synapse token. They get the deployment's operator role through
         their group (``team_groups``) instead.
         """
-        return name in self.admin_users
+        return name in self.break_glass_admins or name in self.admin_users
 
     def _audit_break_glass(self, name: str, when: str) -> None:
         self.log.warning("Break-glass JupyterHub admin %s (%s)", name, when)
@@ -491,9 +506,9 @@ class SynapseOAuthenticator(OAuthenticator):
         return set(groups_for_teams(auth_state.get("teams", []), mapping))
 
     def _may_enter(self, username: str, teams: list[str]) -> bool:
-        """In an allowed team, or listed by name (allowed_users, admin_users)."""
+        """In an allowed team, or listed by name (allowed_users, break-glass admins)."""
         return bool(allowed_teams_of(teams, self.all_team_ids)) or (
-            username in self.allowed_users or username in self.admin_users
+            username in self.allowed_users or self._is_admin(username, teams)
         )
 
     async def check_allowed(self, username: str, auth_model: dict[str, Any]) -> bool:

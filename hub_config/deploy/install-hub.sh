@@ -6,6 +6,7 @@
 #                  [--data-volume-id vol-...] [--client-secret-arn ARN]
 #                  [--crypt-key-secret-arn ARN] [--db-url-secret-arn ARN]
 #                  [--communities-file PATH] [--admin-contact EMAIL]
+#                  [--break-glass-admins NAME,NAME]
 #                  [--hub-api-port PORT] [--proxy-port PORT]
 #
 # Run as root from a checkout of the repository: by the hub host's user data at the first
@@ -58,9 +59,9 @@ readonly CHECKOUT
 # Settings: name -> value; the order of SETTING_NAMES is the order of install.conf.
 declare -A SETTING
 readonly SETTING_NAMES=(
-  PUBLIC_URL CLIENT_ID ADMIN_CONTACT COMMUNITIES_FILE REGION HUB_ID PARAMETER_PREFIX
-  PARAMETER_KMS_KEY_ID HUB_API_PORT PROXY_PORT DATA_VOLUME_ID CLIENT_SECRET_ARN
-  CRYPT_KEY_SECRET_ARN DB_URL_SECRET_ARN
+  PUBLIC_URL CLIENT_ID ADMIN_CONTACT BREAK_GLASS_ADMINS COMMUNITIES_FILE REGION HUB_ID
+  PARAMETER_PREFIX PARAMETER_KMS_KEY_ID HUB_API_PORT PROXY_PORT DATA_VOLUME_ID
+  CLIENT_SECRET_ARN CRYPT_KEY_SECRET_ARN DB_URL_SECRET_ARN
 )
 readonly SECRET_ARN='arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+'
 readonly PORT='([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])'
@@ -70,6 +71,8 @@ declare -A PATTERN=(
   [PUBLIC_URL]="https?://[A-Za-z0-9.-]+(:$PORT)?"
   [CLIENT_ID]='[0-9]+'
   [ADMIN_CONTACT]='[A-Za-z0-9._%+@-]*'
+  # hub user names, comma-separated (SNH_BREAK_GLASS_ADMINS); empty: nobody is full admin
+  [BREAK_GLASS_ADMINS]='([a-z0-9][a-z0-9._@-]*(,[a-z0-9][a-z0-9._@-]*)*)?'
   [COMMUNITIES_FILE]='[A-Za-z0-9_][A-Za-z0-9_./-]*\.ya?ml'
   [REGION]='[a-z]{2}(-[a-z]+)+-[1-9][0-9]?'
   [HUB_ID]='[a-z0-9][a-z0-9-]{0,62}'
@@ -84,6 +87,7 @@ declare -A PATTERN=(
 )
 declare -A DEFAULT=(
   [ADMIN_CONTACT]=''
+  [BREAK_GLASS_ADMINS]=''
   [COMMUNITIES_FILE]=hub_config/communities.yaml
   [HUB_ID]=synapse-notebook-hub
   [PARAMETER_PREFIX]=/synapse-notebook-hub

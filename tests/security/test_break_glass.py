@@ -1,0 +1,78 @@
+"""Trust suite: full JupyterHub admin ends when the deployment takes a name off its list.
+
+JupyterHub's ``admin_users`` only ever adds admins: a user who was admin once (a break-glass
+name since removed, or anyone an older configuration made admin, such as admin-team members
+before the operator role) kept ``admin`` — with ``admin:auth_state``, ``tokens`` and
+``access:servers`` — across restarts. The hub declares the ``admin`` role with exactly the
+break-glass names, so JupyterHub sets the role and the ``admin`` flag to match at start-up
+("a role specified in ``load_roles`` with ``users`` is an exact list", JupyterHub's RBAC docs).
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.integration.harness import hub_env, hub_test_config, sign_in, start_hub, stop_group
+
+pytestmark = pytest.mark.integration
+
+
+def _own_token(hub, user: str) -> dict[str, str]:
+    """An API token made as on the hub's token page, with the user's browser session."""
+    session, page = sign_in(hub, user)
+    assert page.url == f"{hub.url}/hub/home"
+    session.get(f"{hub.url}/hub/token", timeout=30)
+    made = session.post(
+        f"{hub.url}/hub/api/users/{user}/tokens",
+        json={"note": "break-glass laptop"},
+        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    return {"Authorization": f"token {made.json()['token']}"}
+
+
+def test_a_name_taken_off_the_break_glass_list_is_no_admin_after_a_restart(cloud, tmp_path):
+    """bob is a break-glass admin and keeps an API token. The operators take him off
+    ``SNH_BREAK_GLASS_ADMINS`` and restart the hub. He never signs in again: his token alone
+    must lose admin at once — no ``admin:auth_state``, no other user's tokens or servers."""
+    config = hub_test_config(tmp_path)
+    env = hub_env(
+        cloud,
+        tmp_path,
+        SNH_HUB_ID="trust-break-glass",
+        SNH_EXTRA_CONFIG=str(config),
+        SNH_BREAK_GLASS_ADMINS="bob",
+    )
+    hub = start_hub(env, tmp_path / "hub.log")
+    try:
+        as_bob = _own_token(hub, "bob")
+        me = requests.get(f"{hub.url}/hub/api/user", headers=as_bob, timeout=30).json()
+        assert me["admin"] is True and "admin:auth_state" in me["scopes"]  # break-glass, as meant
+        sign_in(hub, "alice")
+        alice = requests.get(f"{hub.url}/hub/api/users/alice", headers=as_bob, timeout=30)
+        assert alice.status_code == 200
+    finally:
+        stop_group(hub.proc)
+
+    env["SNH_BREAK_GLASS_ADMINS"] = ""
+    hub = start_hub(env, tmp_path / "hub.log")
+    try:
+        me = requests.get(f"{hub.url}/hub/api/user", headers=as_bob, timeout=30)
+        assert me.status_code == 200, me.text  # still a member: still a user
+        assert me.json()["admin"] is False
+        assert not {"admin:auth_state", "tokens", "access:servers", "admin:users"} & set(
+            me.json()["scopes"]
+        )
+        for method, path in (
+            ("GET", "/hub/api/users/alice"),
+            ("POST", "/hub/api/users/alice/tokens"),
+            ("GET", "/hub/api/users/alice/tokens"),
+        ):
+            answer = requests.request(method, f"{hub.url}{path}", headers=as_bob, timeout=30)
+            assert answer.status_code in (403, 404), (method, path, answer.status_code)
+        assert hub.user("bob")["admin"] is False
+        assert "Removing admin=True from <User(bob" in hub.log()
+    finally:
+        stop_group(hub.proc)
