@@ -92,6 +92,7 @@ def test_a_removed_member_loses_token_cookie_and_server_within_the_refresh_age(h
     assert refresh_token_active(cloud, token_id)
     [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
     assert instance["State"]["Name"] == "running"
+    assert hub.user("bob")["groups"]  # his communities' groups, as a member
 
     cloud.remove_member(AD_TEAM, BOB)
     cloud.remove_member(NF_TEAM, BOB)
@@ -118,6 +119,7 @@ def test_a_removed_member_loses_token_cookie_and_server_within_the_refresh_age(h
         # stopped, not terminated: the disk is kept
         [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
         assert instance["BlockDeviceMappings"]
+        assert hub.user("bob")["groups"] == []  # no community's culler, no group's role
         assert not hub.auth_state("bob")  # forgotten by the hub ...
         assert not refresh_token_active(cloud, token_id)  # ... and revoked at Synapse
         page = session.get(f"{hub.url}/hub/home", timeout=30)
