@@ -68,6 +68,13 @@ def cached_communities(path: str) -> CommunitiesConfig:
     return _communities[path]
 
 
+def _expired(auth_state: dict[str, Any]) -> bool:
+    """The access token's life (``expires_at``, set by the authenticator from Synapse's
+    ``expires_in``) is over. Unknown expiry is not expired: older auth states lack it."""
+    expires = auth_state.get("expires_at")
+    return isinstance(expires, (int, float)) and expires <= time.time()
+
+
 def _article(instance_type: str) -> str:
     """'an m5.large', 'a t3.large': by how the family's first letter is spoken."""
     return "an" if instance_type[:1].lower() in "aefhilmnorsx" else "a"
@@ -434,7 +441,11 @@ class EC2Spawner(Spawner):
         community = self.communities_config.by_id(options.community_id)
         assert community is not None  # validate_options only returns known communities
         auth_state = await self.user.get_auth_state() or {}
-        if not auth_state.get("access_token") or not auth_state.get("userid"):
+        if (
+            not auth_state.get("access_token")
+            or not auth_state.get("userid")
+            or _expired(auth_state)
+        ):
             raise StartFailed("Your Synapse sign-in has expired: sign out and sign in again.")
         identity = ServerIdentity(
             hub_id=self.hub_id,
@@ -1021,6 +1032,14 @@ class EC2Spawner(Spawner):
                 self.log.warning("%s: could not refresh the Synapse token", self._log_name)
         token = state.get("access_token")
         if not token or token == self._token_written:
+            return
+        if _expired(state):
+            # A notebook is never handed a token past its life: it keeps the one it has
+            # until a refresh succeeds (the hub's view of expiry; Synapse's 401 on a token
+            # it thinks expired makes the authenticator rotate again).
+            self.log.warning(
+                "%s: not writing an expired Synapse token to the parameter", self._log_name
+            )
             return
         try:
             await ParameterStore(

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
 
+from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
 from spawner.aws import AwsError, ErrorKind
-from spawner.ec2spawner import STATE_VERSION, EC2Spawner
+from spawner.ec2spawner import STATE_VERSION, EC2Spawner, StartFailed
 from spawner.poller import UNKNOWN, InstanceView
 
 
@@ -114,3 +116,62 @@ def test_state_identifies_the_instance_and_survives_stop():
 
 def test_hub_environment_does_not_reach_the_instance():
     assert EC2Spawner().env_keep == []
+
+
+class RecordingParameters:
+    """Stands in for ParameterStore: records the tokens written."""
+
+    written: list[str] = []
+
+    def __init__(self, aws, key_id=None):
+        pass
+
+    async def write_synapse_token(self, names, token):
+        self.written.append(token)
+
+
+def token_spawner(auth_state, refreshed=None) -> EC2Spawner:
+    async def get_auth_state():
+        return auth_state
+
+    async def refresh_tokens(user, force=False):
+        return refreshed
+
+    s = EC2Spawner(user=SimpleNamespace(name="alice", url="/user/alice/"))
+    s.user = SimpleNamespace(name="alice", url="/user/alice/", get_auth_state=get_auth_state)
+    s.authenticator = SimpleNamespace(refresh_tokens=refresh_tokens)
+    s.instance_id, s.region = "i-0123456789abcdef0", "us-east-1"
+    s.aws_for = lambda region: FakeAws()
+    s._token_written = "the-token-the-notebook-has"
+    return s
+
+
+async def test_an_expired_token_is_never_written_to_the_parameter(monkeypatch):
+    """Trust review, finding 8: a notebook must never be given an expired token. The refresh
+    failed (Synapse down) and auth_state holds a token whose life is over (rotated earlier,
+    never written): the notebook keeps the one it has until a refresh succeeds."""
+    monkeypatch.setattr("spawner.ec2spawner.ParameterStore", RecordingParameters)
+    RecordingParameters.written = []
+    expired = {"access_token": "rotated-but-expired", "expires_at": time.time() - 5}
+    await token_spawner(expired, refreshed=None)._refresh_token_if_needed()
+    assert RecordingParameters.written == []
+    fresh = {"access_token": "fresh", "expires_at": time.time() + 24 * 3600}
+    await token_spawner(expired, refreshed={"auth_state": fresh})._refresh_token_if_needed()
+    assert RecordingParameters.written == ["fresh"]
+
+
+async def test_a_start_with_an_expired_token_asks_to_sign_in_again():
+    """The pre-spawn refresh could not rotate it: starting would hand the notebook a dead
+    token, so the start is refused with what to do."""
+    member = load_communities(DEFAULT_COMMUNITIES_PATH).communities[0]
+    state = {
+        "access_token": "old",
+        "userid": "3412345",
+        "teams": [member.team_id],
+        "expires_at": time.time() - 1,
+    }
+    s = token_spawner(state)
+    s.communities_file = str(DEFAULT_COMMUNITIES_PATH)
+    s.user_options = {"community": member.id}
+    with pytest.raises(StartFailed, match="sign out and sign in again"):
+        await s._start()
