@@ -113,7 +113,7 @@ c.JupyterHub.cleanup_servers = False
 c.JupyterHub.services.append(
     {
         "name": "reconciliation",
-        "command": [sys.executable, "-m", "spawner.reconcile", "--every", "600"],
+        "command": [sys.executable, "-m", "operations", "reconcile", "--every", "600"],
         "environment": settings.aws_environment(),
     }
 )
@@ -147,10 +147,10 @@ c.Spawner.environment.update(
 # -- end of idle culling ---------------------------------------------------------------
 
 # -- operations: audit log, Prometheus metrics (/hub/metrics), the admin's server overview --
-from spawner import audit as snh_audit  # noqa: E402 - this block's own imports
-from spawner import prom as _snh_prom  # noqa: E402, F401 - registers the snh_* metrics
-from spawner.admin_view import TEMPLATE_PATH as SPAWNER_TEMPLATES  # noqa: E402
-from spawner.admin_view import overview_handler  # noqa: E402
+from operations import audit as snh_audit  # noqa: E402 - this block's own imports
+from operations import metrics as _snh_metrics  # noqa: E402, F401 - registers the snh_* metrics
+from operations.admin_page import TEMPLATE_PATH as SPAWNER_TEMPLATES  # noqa: E402
+from operations.admin_page import overview_handler  # noqa: E402
 
 snh_audit.configure(settings.state_dir / "audit.log")
 c.JupyterHub.template_paths = [TEMPLATE_PATH, SPAWNER_TEMPLATES]
@@ -164,11 +164,11 @@ c.JupyterHub.extra_handlers = [
 ]
 
 # -- home page: "Stopped since …, will be removed on …" under each stopped server ----------
-from spawner import home_view  # noqa: E402 - this block's own import
+from operations import home_page  # noqa: E402 - this block's own import
 
 c.JupyterHub.template_vars.update(
     {
-        home_view.TEMPLATE_VAR: home_view.HomeNotices(
+        home_page.TEMPLATE_VAR: home_page.HomeNotices(
             communities_file=str(settings.communities_file),
             hub_id=settings.hub_id,
             aws_endpoint_url=settings.aws_endpoint_url,

@@ -24,7 +24,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Dict, Float, List, Set, Unicode, default, observe, validate
 
-from spawner import audit
+from operations import audit
 
 from . import errors
 from .access import end_access

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -28,10 +27,12 @@ import jsonschema
 import jsonschema.validators
 import yaml
 
+from spawner.naming import RESERVED_TAG_PREFIXES, is_tag_text
+
 from ._yaml_source import DataPath, YamlSource, parse_yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: The demo configuration shipped with the hub; ``python -m hub_config check`` defaults to it.
+#: The demo configuration shipped with the hub; ``snh check`` defaults to it.
 DEFAULT_COMMUNITIES_PATH = PACKAGE_DIR / "communities.yaml"
 #: The instance-type table every community's ``instance_types.allowed`` is checked against.
 DEFAULT_INSTANCE_TYPES_PATH = PACKAGE_DIR / "instance_types.yaml"
@@ -39,12 +40,8 @@ DEFAULT_INSTANCE_TYPES_PATH = PACKAGE_DIR / "instance_types.yaml"
 COMMUNITIES_SCHEMA_PATH = PACKAGE_DIR / "communities.schema.json"
 INSTANCE_TYPES_SCHEMA_PATH = PACKAGE_DIR / "instance_types.schema.json"
 
-#: Tag-key prefixes admins may not use: ``aws:`` is AWS's own, the others are the hub's, which
-#: finds and authorises its instances by them (a community tag must not be able to forge one).
-RESERVED_TAG_PREFIXES = ("aws:", "synapse:", "jupyterhub:")
 #: EC2 allows 50 tags per resource; the hub's own take 11 (``spawner.launch``).
 MAX_EXTRA_TAGS = 39
-_TAG_PUNCTUATION = frozenset("_.:/=+-@ ")
 
 #: Values a community gets when neither it nor ``defaults`` sets the key.
 BUILTIN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
@@ -872,16 +869,6 @@ def _check_disk(spec: Any, where: DataPath, report: _Report) -> None:
         )
 
 
-def _tag_text_ok(text: str) -> bool:
-    """EC2's rule: Unicode letters and digits, spaces, and ``_ . : / = + - @``."""
-    return all(
-        ch in _TAG_PUNCTUATION
-        or unicodedata.category(ch)[0] in ("L", "N", "M")
-        or unicodedata.category(ch) == "Zs"
-        for ch in text
-    )
-
-
 def _check_tags(tags: Any, where: DataPath, report: _Report) -> None:
     if not isinstance(tags, dict):
         return
@@ -896,9 +883,9 @@ def _check_tags(tags: Any, where: DataPath, report: _Report) -> None:
                 f"tag key {key!r} starts with the reserved prefix {reserved!r} "
                 f"(reserved: {', '.join(RESERVED_TAG_PREFIXES)})",
             )
-        elif not _tag_text_ok(key):
+        elif not is_tag_text(key):
             report.error(path, f"tag key {key!r} has characters EC2 does not allow; use {allowed}")
-        if isinstance(value, str) and not _tag_text_ok(value):
+        if isinstance(value, str) and not is_tag_text(value):
             report.error(
                 path, f"tag value {_short(value)} has characters EC2 does not allow; use {allowed}"
             )

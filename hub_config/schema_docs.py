@@ -2,7 +2,7 @@
 
 The schema's descriptions are the one place each key is explained: the loader's error
 messages, editors with schema support and the README all read them. The README's table is
-generated here (``python -m hub_config keys``) and a test compares the two, so a key added to
+generated here (``snh keys``) and a test compares the two, so a key added to
 the schema cannot be missing from the documentation.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 SCHEMA_PATH = Path(__file__).with_name("communities.schema.json")
 
 #: Markers around the generated table in README.md.
-README_START = "<!-- communities-keys:start (python -m hub_config keys) -->"
+README_START = "<!-- communities-keys:start (snh keys) -->"
 README_END = "<!-- communities-keys:end -->"
 
 

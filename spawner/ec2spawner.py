@@ -28,11 +28,12 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Enum, Float, Integer, Unicode, default, validate
 
 from hub_config import CommunitiesConfig, Community, culling, load_communities
+from operations import audit, metrics
 
-from . import audit, prom
 from .aws import Aws, AwsError, ErrorKind
 from .bootstrap import BootstrapConfig, render_user_data
-from .launch import (
+from .launch import ServerIdentity, client_token, run_instances_request, subnet_order
+from .naming import (
     DEFAULT_SERVER_TAG,
     HOME_DEVICE,
     ROOT_DEVICE,
@@ -40,15 +41,12 @@ from .launch import (
     TAG_IMAGE,
     TAG_SERVER,
     TAG_USER,
-    ServerIdentity,
-    client_token,
-    run_instances_request,
-    subnet_order,
+    ServerParameters,
 )
 from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
-from .parameters import ParameterStore, ServerParameters
+from .parameters import ParameterStore
 from .poller import UNKNOWN, InstancePoller
-from .reaper import snapshot_then_terminate
+from .removal import snapshot_then_terminate
 from .ssm.datachannel import DEFAULT_RESUME_TIMEOUT, SessionError
 from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
 
@@ -280,7 +278,7 @@ class EC2Spawner(Spawner):
         self.launch_id: str | None = None
         self.last_options: dict[str, Any] | None = None
         #: when stop() stopped the instance (ISO UTC): the home page's last resort for
-        #: "stopped since" (spawner.home_view), when neither EC2 nor the audit log says
+        #: "stopped since" (operations.home_page), when neither EC2 nor the audit log says
         self.stopped_at: str | None = None
         self.tunnel: Tunnel | None = None
         self._events: list[dict[str, Any]] = []
@@ -407,9 +405,9 @@ class EC2Spawner(Spawner):
             self.claimed_community = None  # a failed start holds no place in the limit
             raise
         finally:
-            prom.observe_spawn(
+            metrics.observe_spawn(
                 (self.last_options or {}).get("community"),
-                prom.spawn_outcome(error),
+                metrics.spawn_outcome(error),
                 time.monotonic() - began,
             )
 
@@ -856,7 +854,7 @@ class EC2Spawner(Spawner):
             await tunnel.start(lazy=lazy)
             moved = self.tunnel_port is not None
         self.tunnel = tunnel
-        prom.track_tunnel(tunnel.metrics)
+        metrics.track_tunnel(tunnel.metrics)
         self.tunnel_port = tunnel.local_port
         self._save_state()
         if moved:
@@ -1055,7 +1053,7 @@ class EC2Spawner(Spawner):
     async def _close_tunnel(self) -> None:
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
-            prom.untrack_tunnel(tunnel.metrics)
+            metrics.untrack_tunnel(tunnel.metrics)
             with contextlib.suppress(Exception):
                 await tunnel.stop()
 
@@ -1080,7 +1078,7 @@ class EC2Spawner(Spawner):
 
     async def delete_forever(self) -> None:
         """Deleting a named server (or the user) terminates its instance: the home volume is
-        snapshotted first when the community says so (``reaper.snapshot_then_terminate``)."""
+        snapshotted first when the community says so (`spawner.removal`)."""
         if not self.instance_id or not self.region:
             return
         aws = self.aws_for(self.region)

@@ -13,41 +13,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from hub_config.communities import RESERVED_TAG_PREFIXES, Community
+from hub_config.communities import Community
 
+from .naming import (
+    HOME_DEVICE,
+    MAX_TAGS_PER_RESOURCE,
+    RESERVED_TAG_PREFIXES,
+    ROOT_DEVICE,
+    TAG_COMMUNITY,
+    TAG_HUB,
+    TAG_IMAGE,
+    TAG_SERVER,
+    TAG_USER,
+    sanitize_tag_key,
+    sanitize_tag_value,
+    server_tag,
+)
 from .options import SpawnOptions
 
-#: EC2's limits on tags (the same for every resource type).
-MAX_TAG_KEY_LENGTH = 128
-MAX_TAG_VALUE_LENGTH = 256
-MAX_TAGS_PER_RESOURCE = 50
 #: EC2's limit on ``ClientToken``.
 MAX_CLIENT_TOKEN_LENGTH = 64
 #: EC2's limit on user data, before base64 encoding.
 MAX_USER_DATA_BYTES = 16 * 1024
-
-#: Device names of the two volumes (the bootstrap finds the home volume by the second).
-ROOT_DEVICE = "/dev/xvda"
-HOME_DEVICE = "/dev/sdf"
-
-#: Tag keys the hub finds and authorises its instances by.
-TAG_HUB = "jupyterhub:hub"
-TAG_USER = "jupyterhub:user"
-TAG_SERVER = "jupyterhub:server"
-TAG_IMAGE = "jupyterhub:image"
-TAG_COMMUNITY = "jupyterhub:community"
-#: ``jupyterhub:server`` (and the parameter path) of the default server, whose name is "".
-DEFAULT_SERVER_TAG = "_"
-
-#: Punctuation EC2 allows in tags that IAM policies and cost reports use (besides letters,
-#: digits and spaces): the strictest of EC2's rule sets, so a tag works everywhere.
-_TAG_PUNCTUATION = frozenset("_.:/=+-@")
-_RESERVED_PREFIX = "aws:"
-_REPLACEMENT = "_"
 
 
 @dataclass(frozen=True)
@@ -66,53 +56,7 @@ class ServerIdentity:
     @property
     def server_tag(self) -> str:
         """The server as tags and parameter paths name it (``_`` for the default server)."""
-        return self.server or DEFAULT_SERVER_TAG
-
-
-# --------------------------------------------------------------------------------------------
-# Tags
-# --------------------------------------------------------------------------------------------
-
-
-def sanitize_tag_value(value: str) -> str:
-    """``value`` as a tag value EC2 accepts, changing as little as possible.
-
-    EC2 allows Unicode letters and digits, spaces and ``_ . : / = + - @`` (the rule IAM
-    conditions and instance-metadata tags need; plain EC2 tags allow more, but then a policy
-    keyed on the tag may not match). The text is first NFC-normalised (so a decomposed "é"
-    stays a letter), then each other character becomes ``_`` (other kinds of space become a
-    plain space), a leading ``aws:`` (reserved, any case) becomes ``aws_``, and the result is
-    cut to 256 characters. Replacing rather than dropping keeps lengths and positions, and
-    makes the function idempotent; it is not injective (``a#b`` and ``a$b`` both give
-    ``a_b``), so code that looks instances up by tag must sanitise the names it looks for with
-    the same function, and should prefer the instance id it keeps in its state.
-    """
-    return _sanitize(value, MAX_TAG_VALUE_LENGTH)
-
-
-def sanitize_tag_key(key: str) -> str:
-    """``key`` as a tag key EC2 accepts: the value rule, at most 128 characters, never empty."""
-    return _sanitize(key, MAX_TAG_KEY_LENGTH) or _REPLACEMENT
-
-
-def _sanitize(text: str, limit: int) -> str:
-    normal = unicodedata.normalize("NFC", text)
-    chars = [_tag_char(ch) for ch in normal[:limit]]
-    cleaned = "".join(chars)
-    if cleaned[:4].casefold() == _RESERVED_PREFIX:
-        cleaned = cleaned[:3] + _REPLACEMENT + cleaned[4:]
-    return cleaned
-
-
-def _tag_char(ch: str) -> str:
-    if ch == " " or ch in _TAG_PUNCTUATION:
-        return ch
-    category = unicodedata.category(ch)
-    if category[0] in "LN":
-        return ch
-    if category == "Zs":
-        return " "
-    return _REPLACEMENT
+        return server_tag(self.server)
 
 
 def instance_tags(

@@ -11,50 +11,10 @@ tokens live 24 h) and rewrites just that parameter; the notebook reads it on dem
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from .aws import Aws, AwsError, ErrorKind
-
-#: SSM parameter names allow ``a-zA-Z0-9_.-/``; anything else in a user or server name is
-#: escaped as ``_xHH`` so two different names can never share a path.
-_UNSAFE = re.compile(r"[^a-zA-Z0-9.-]")
-
-INSTANCE_ARN_TAG = "jupyterhub:instance-arn"
-
-
-def _segment(name: str) -> str:
-    return _UNSAFE.sub(lambda m: "".join(f"_x{b:02x}" for b in m.group().encode()), name) or "_"
-
-
-@dataclass(frozen=True)
-class ServerParameters:
-    """The three parameters of one server, under ``/<prefix>/<hub>/<user>/<server>/``."""
-
-    path: str
-
-    @classmethod
-    def for_server(cls, prefix: str, hub_id: str, user: str, server: str) -> ServerParameters:
-        parts = [p for p in prefix.strip("/").split("/") if p]
-        parts += [_segment(hub_id), _segment(user), _segment(server) if server else "_"]
-        return cls("/" + "/".join(parts))
-
-    @property
-    def config(self) -> str:
-        return f"{self.path}/config"
-
-    @property
-    def env(self) -> str:
-        return f"{self.path}/jupyterhub-env"
-
-    @property
-    def synapse_token(self) -> str:
-        return f"{self.path}/synapse-token"
-
-    @property
-    def names(self) -> list[str]:
-        return [self.config, self.env, self.synapse_token]
+from .naming import INSTANCE_ARN_TAG, ServerParameters
 
 
 class ParameterStore:

@@ -22,8 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import prom
+from operations import metrics
+
 from .aws import Aws, AwsError, ErrorKind
+from .naming import hub_filter
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +210,7 @@ class InstancePoller:
             self._began = False
         self.describes += 1
         self.instances = found
-        prom.update_from_poller(found.values(), region=self.aws.region)
+        metrics.update_from_poller(found.values(), region=self.aws.region)
         self.last_success = asyncio.get_running_loop().time()
         self.last_error = None
         async with self._updated:
@@ -272,7 +274,7 @@ async def describe_hub_instances(
     """The hub's instances (only ``instance_ids`` of them, if given), by id: one paginated
     ``DescribeInstances`` filtered by the hub's tag. The poller's describe; the pages that
     need a view the poller has not got (not fresh, or just changed) ask the same way."""
-    filters = [{"Name": "tag:jupyterhub:hub", "Values": [hub_id]}]
+    filters = [hub_filter(hub_id)]
     if instance_ids is not None:
         filters.append({"Name": "instance-id", "Values": sorted(instance_ids)})
     pages = await aws.paginate(

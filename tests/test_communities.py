@@ -33,7 +33,7 @@ from hub_config import (
     load_instance_types,
     parse_communities,
 )
-from hub_config.__main__ import main as cli_main
+from operations.check import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_TEXT = DEFAULT_COMMUNITIES_PATH.read_text(encoding="utf-8")
@@ -651,7 +651,7 @@ def test_parse_communities_from_text() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# python -m hub_config check
+# snh check
 # --------------------------------------------------------------------------------------------
 
 
@@ -675,7 +675,7 @@ def test_cli_exit_code_as_a_process(tmp_path: Path) -> None:
     """One real process (importing jsonschema costs ~1 s here); the OK path is tested above."""
     bad = _write(tmp_path, _mutated(_set("communities.0.ami", "ami-1")))
     failed = subprocess.run(
-        [sys.executable, "-m", "hub_config", "check", str(bad)],
+        [sys.executable, "-m", "operations", "check", str(bad)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -143,7 +143,7 @@ def test_hub_unit_runs_jupyterhub_with_secrets_on_tmpfs_only() -> None:
 
 def test_reaper_runs_daily_with_the_hubs_settings_and_no_secret() -> None:
     service = _unit("synapse-notebook-hub-reaper.service")
-    assert "ExecStart=/opt/synapse-notebook-hub/venv/bin/python -m spawner reap" in service
+    assert "ExecStart=/opt/synapse-notebook-hub/venv/bin/snh reap" in service
     assert "EnvironmentFile=/etc/synapse-notebook-hub/hub.env" in service
     assert "User=synapse-notebook-hub" in service and "Type=oneshot" in service
     assert not any("secrets" in line for line in service if not line.startswith("#"))
@@ -161,6 +161,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         "current/hub_config/deploy/fetch-hub-secrets.sh",
         "venv/bin/jupyterhub",
         "venv/bin/python",
+        "venv/bin/snh",
     ):
         target = opt / path
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """What the spawner really asks AWS for, against what the templates allow.
 
 The requests come from the spawner's own builders (`spawner.launch.run_instances_request`,
-`spawner.parameters.ServerParameters`, `spawner.reaper.snapshot_tags`, the tunnel's default
+`spawner.naming.ServerParameters`, `spawner.removal.snapshot_tags`, the tunnel's default
 document) for every community and image of the shipped ``hub_config/communities.yaml``; the
 permissions come from the policies the templates deploy (``policies/*.json``, equal to the
 templates' by test_infrastructure_lint), rendered with the community's account and region.
@@ -27,11 +27,11 @@ from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
 from hub_config.communities import Community
 from hub_config.infrastructure import sources
 from hub_config.infrastructure.policy_eval import Request, evaluate, is_allowed, matching_sids
-from spawner import launch, reaper
+from spawner import launch, naming, removal
 from spawner.bootstrap import BootstrapConfig, render_user_data
 from spawner.ec2spawner import EC2Spawner
+from spawner.naming import INSTANCE_ARN_TAG, ServerParameters
 from spawner.options import SpawnOptions
-from spawner.parameters import INSTANCE_ARN_TAG, ServerParameters
 from spawner.poller import InstanceView
 from spawner.ssm.datachannel import DEFAULT_DOCUMENT
 
@@ -205,7 +205,7 @@ def test_the_launch_request_without_the_hub_tag_is_refused(
     """The converse: the same request with the hub tag dropped from either spec fails."""
     request = _request(community, image_id, server)
     for spec in request["TagSpecifications"]:
-        spec["Tags"] = [t for t in spec["Tags"] if t["Key"] != launch.TAG_HUB]
+        spec["Tags"] = [t for t in spec["Tags"] if t["Key"] != naming.TAG_HUB]
     denied = _denied(_hub_policies(community), run_instances_questions(request, community))
     assert any("instance/*" in d for d in denied) and any("volume/*" in d for d in denied)
 
@@ -352,7 +352,7 @@ def test_the_tunnels_session_document_is_the_allowed_one(community: Community) -
     document = f"arn:{partition}:ssm:{region}::document/{DEFAULT_DOCUMENT}"
     assert is_allowed(policies, Request("ssm:StartSession", document))
     target = f"arn:{partition}:ec2:{region}:{account}:instance/i-0a11ce00000000000"
-    tags = {f"ssm:resourceTag/{launch.TAG_HUB}": HUB_ID, "ssm:SessionDocumentAccessCheck": True}
+    tags = {f"ssm:resourceTag/{naming.TAG_HUB}": HUB_ID, "ssm:SessionDocumentAccessCheck": True}
     assert is_allowed(policies, Request("ssm:StartSession", target, tags))
 
 
@@ -360,7 +360,7 @@ def test_the_tunnels_session_document_is_the_allowed_one(community: Community) -
 def test_the_reapers_snapshot_and_tags_are_allowed(
     community: Community, image_id: str, server: str
 ) -> None:
-    """CreateSnapshot of the home volume with the instance's tags (reaper.snapshot_tags),
+    """CreateSnapshot of the home volume with the instance's tags (removal.snapshot_tags),
     the volume mark before a deferred delete, and the image switch's retag."""
     partition, region, account = _arn_parts(community)
     request = _request(community, image_id, server)
@@ -368,7 +368,7 @@ def test_the_reapers_snapshot_and_tags_are_allowed(
     view = InstanceView.from_api(
         {"InstanceId": "i-0a11ce00000000000", "State": {"Name": "stopped"}, "Tags": tags}
     )
-    snapshot_tags = reaper.snapshot_tags(view)
+    snapshot_tags = removal.snapshot_tags(view)
     policies = _hub_policies(community)
     ec2 = f"arn:{partition}:ec2:{region}:{account}"
     volume_tags = {f"aws:ResourceTag/{t['Key']}": t["Value"] for t in tags}
@@ -391,8 +391,8 @@ def test_the_reapers_snapshot_and_tags_are_allowed(
                 **volume_tags,
                 **_tag_context(
                     [
-                        {"Key": reaper.TAG_DELETE_AFTER_SNAPSHOT, "Value": "snap-1"},
-                        {"Key": launch.TAG_HUB, "Value": HUB_ID},
+                        {"Key": naming.TAG_DELETE_AFTER_SNAPSHOT, "Value": "snap-1"},
+                        {"Key": naming.TAG_HUB, "Value": HUB_ID},
                     ]
                 ),
             },
@@ -403,7 +403,7 @@ def test_the_reapers_snapshot_and_tags_are_allowed(
             {
                 **volume_tags,
                 **_tag_context(
-                    [{"Key": reaper.TAG_DELETE_AFTER_SNAPSHOT, "Value": "failed:snap-1"}]
+                    [{"Key": naming.TAG_DELETE_AFTER_SNAPSHOT, "Value": "failed:snap-1"}]
                 ),
             },
         ),
@@ -412,7 +412,7 @@ def test_the_reapers_snapshot_and_tags_are_allowed(
             f"{ec2}:instance/i-0a11ce00000000000",
             {
                 **volume_tags,
-                **_tag_context([{"Key": launch.TAG_IMAGE, "Value": "rstudio"}]),
+                **_tag_context([{"Key": naming.TAG_IMAGE, "Value": "rstudio"}]),
             },
         ),
         Request("ec2:DeleteVolume", f"{ec2}:volume/vol-1", volume_tags),

@@ -3,8 +3,8 @@ communities (every key)"): its table must be exactly what the schema generates."
 
 from pathlib import Path
 
-from hub_config.__main__ import main
 from hub_config.schema_docs import key_table, readme_table
+from operations.check import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_lists_every_key_of_the_schema() -> None:
     table = readme_table(README.read_text(encoding="utf-8"))
     assert table is not None, "README.md lost the communities-keys markers"
-    assert table == key_table(), "README is stale: paste `python -m hub_config keys` into it"
+    assert table == key_table(), "README is stale: paste `snh keys` into it"
 
 
 def test_every_schema_key_has_a_description() -> None:

@@ -1,4 +1,4 @@
-"""`python -m spawner.ssm forward` carries a browser session to JupyterLab through the SSM
+"""`snh forward` carries a browser session to JupyterLab through the SSM
 stand-in: the page, its many assets and the kernel's websocket all cross the tunnel."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from spawner.home_view import format_day, format_moment
+from operations.home_page import format_day, format_moment
 from spawner.poller import InstanceView
 
 from .harness import own_hub, sign_in

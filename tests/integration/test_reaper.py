@@ -1,4 +1,4 @@
-"""The dormancy reaper (``python -m spawner reap``) against the local cloud, with a real hub:
+"""The dormancy reaper (``snh reap``) against the local cloud, with a real hub:
 two users' stopped servers in communities with different volume policies are listed by a dry
 run that changes nothing, then removed by a real run: the home volume of the snapshotting
 community is snapshotted (tagged like the instance, plus ``jupyterhub:snapshot-of``) before
@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from hub_config import load_communities
-from spawner.reaper import TAG_SNAPSHOT_OF
+from spawner.naming import TAG_SNAPSHOT_OF
 
 from .harness import (
     REPO,
@@ -79,7 +79,7 @@ def setup(cloud, tmp_path_factory):
 
 def reap(env: dict[str, str], variant: Path, audit_log: Path, *args: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "spawner", "reap", "--json", "--hub-id", HUB_ID,
+        [sys.executable, "-m", "operations", "reap", "--json", "--hub-id", HUB_ID,
          "--communities", str(variant), "--audit-log", str(audit_log), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

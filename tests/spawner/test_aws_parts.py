@@ -11,7 +11,8 @@ import botocore.exceptions
 import pytest
 
 from spawner.aws import Aws, AwsError, ErrorKind, classify
-from spawner.parameters import INSTANCE_ARN_TAG, ParameterStore, ServerParameters
+from spawner.naming import INSTANCE_ARN_TAG, ServerParameters
+from spawner.parameters import ParameterStore
 from spawner.poller import UNKNOWN, InstancePoller
 
 REGION = "us-east-1"

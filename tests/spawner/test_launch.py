@@ -21,16 +21,18 @@ from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities, parse_communi
 from hub_config.communities import Community
 from spawner.bootstrap import BootstrapConfig, render_user_data
 from spawner.launch import (
-    MAX_TAG_KEY_LENGTH,
-    MAX_TAG_VALUE_LENGTH,
-    MAX_TAGS_PER_RESOURCE,
     ServerIdentity,
     client_token,
     instance_tags,
     run_instances_request,
+    subnet_order,
+)
+from spawner.naming import (
+    MAX_TAG_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    MAX_TAGS_PER_RESOURCE,
     sanitize_tag_key,
     sanitize_tag_value,
-    subnet_order,
 )
 from spawner.options import SpawnOptions
 

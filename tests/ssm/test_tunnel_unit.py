@@ -1,4 +1,4 @@
-"""The asyncio layers of the SSM tunnel: `DataChannel`, `Tunnel` and ``python -m spawner.ssm``.
+"""The asyncio layers of the SSM tunnel: `DataChannel`, `Tunnel` and ``snh forward``.
 
 Unit tests drive them against fakes: a boto3-shaped SSM client that records its calls, an
 in-memory websocket whose far end is the AGENT role of `ChannelConnection`, and a fake data
@@ -1242,7 +1242,7 @@ def _cli_env(base_url: str) -> dict[str, str]:
 async def test_e2e_forward_command_prints_one_ready_line_and_stops_on_sigint(ssm_cloud) -> None:
     standin, base_url, _client = ssm_cloud
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "spawner.ssm", "forward", "--target", INSTANCE,
+        sys.executable, "-m", "operations", "forward", "--target", INSTANCE,
         "--remote-port", "8888", "--local-port", "0", "--region", "us-east-1",
         "--endpoint-url", base_url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_cli_env(base_url),
@@ -1268,7 +1268,7 @@ async def test_e2e_forward_command_prints_one_ready_line_and_stops_on_sigint(ssm
 async def test_e2e_forward_command_reports_target_not_connected(ssm_cloud) -> None:
     _standin, base_url, _client = ssm_cloud
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "spawner.ssm", "forward", "--target", "i-0fffffffffffffff0",
+        sys.executable, "-m", "operations", "forward", "--target", "i-0fffffffffffffff0",
         "--remote-port", "8888", "--region", "us-east-1", "--endpoint-url", base_url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_cli_env(base_url),
     )  # fmt: skip

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.web import HTTPError
 
-from spawner import audit, prom
-from spawner.audit import Actor
+from operations import audit, metrics
+from operations.audit import Actor
 from spawner.aws import Aws, AwsError
 from spawner.poller import InstanceView
 from spawner.ssm.metrics import TunnelMetrics
@@ -47,8 +47,8 @@ def test_every_metric_is_exported_with_the_snh_prefix():
 
 def test_spawn_duration_by_community_and_outcome():
     before = value("snh_spawn_duration_seconds_count", community="c-spawn", outcome="success")
-    prom.observe_spawn("c-spawn", "success", 42.0)
-    prom.observe_spawn("c-spawn", "failure", 3.0)
+    metrics.observe_spawn("c-spawn", "success", 42.0)
+    metrics.observe_spawn("c-spawn", "failure", 3.0)
     assert (
         value("snh_spawn_duration_seconds_count", community="c-spawn", outcome="success")
         == before + 1
@@ -73,11 +73,11 @@ def test_spawn_duration_by_community_and_outcome():
     ],
 )
 def test_spawn_outcome(error, outcome):
-    assert prom.spawn_outcome(error) == outcome
+    assert metrics.spawn_outcome(error) == outcome
 
 
 def test_instances_follow_the_pollers_last_view():
-    prom.update_from_poller(
+    metrics.update_from_poller(
         [view("i-1"), view("i-2"), view("i-3", "stopped"), view("i-4", community="nf-osc",
                                                                  instance_type="m5.large")],
         region="test-region-1",
@@ -87,20 +87,20 @@ def test_instances_follow_the_pollers_last_view():
     assert value("snh_instances", community="nf-osc", instance_type="m5.large",
                  state="running") == 1  # fmt: skip
     # the next describe replaces the view (no accumulation); another region adds to it
-    prom.update_from_poller([view("i-1")], region="test-region-1")
-    prom.update_from_poller([view("i-9")], region="test-region-2")
+    metrics.update_from_poller([view("i-1")], region="test-region-1")
+    metrics.update_from_poller([view("i-9")], region="test-region-2")
     assert value("snh_instances", community="ad-portal", instance_type="t3.large",
                  state="running") == 2  # fmt: skip
     assert value("snh_instances", community="ad-portal", instance_type="t3.large",
                  state="stopped") == 0  # fmt: skip
     assert value("snh_instances_updated_timestamp_seconds", region="test-region-2") > 0
-    prom.update_from_poller([], region="test-region-1")
-    prom.update_from_poller([], region="test-region-2")
+    metrics.update_from_poller([], region="test-region-1")
+    metrics.update_from_poller([], region="test-region-2")
 
 
 def test_culls_and_lifecycle_events_are_counted_from_audit_lines():
     log = audit.AuditLog(None, logger=None)
-    log.listeners.append(prom._count_audit_record)
+    log.listeners.append(metrics._count_audit_record)
     culls = value("snh_culls_total", community="c-cull")
     stops_by_users = value("snh_lifecycle_events_total", action="stop", actor="user")
     log.record("stop", Actor("culler", "idle-culler"), community="c-cull")
@@ -111,7 +111,7 @@ def test_culls_and_lifecycle_events_are_counted_from_audit_lines():
 
 
 def test_the_process_audit_log_feeds_the_metrics():
-    assert prom._count_audit_record in audit.LISTENERS
+    assert metrics._count_audit_record in audit.LISTENERS
     before = value("snh_culls_total", community="c-process")
     audit.record("stop", Actor("culler", "idle-culler"), community="c-process")
     assert value("snh_culls_total", community="c-process") == before + 1
@@ -121,18 +121,18 @@ def test_tunnel_counters_survive_closed_tunnels_and_never_go_down():
     base = value("snh_tunnel_reconnects_total")
     open_before = value("snh_tunnels_open")
     a, b = TunnelMetrics(reconnects=2, streams_open=3), TunnelMetrics(reconnects=1)
-    prom.track_tunnel(a)
-    prom.track_tunnel(b)
+    metrics.track_tunnel(a)
+    metrics.track_tunnel(b)
     assert value("snh_tunnel_reconnects_total") == base + 3
     assert value("snh_tunnels_open") == open_before + 2
     assert value("snh_tunnel_streams_open") >= 3
     a.reconnects += 1  # counted live: no call needed on the data path
     assert value("snh_tunnel_reconnects_total") == base + 4
-    prom.untrack_tunnel(a)
-    prom.untrack_tunnel(a)  # idempotent
+    metrics.untrack_tunnel(a)
+    metrics.untrack_tunnel(a)  # idempotent
     assert value("snh_tunnel_reconnects_total") == base + 4
     assert value("snh_tunnels_open") == open_before + 1
-    prom.untrack_tunnel(b)
+    metrics.untrack_tunnel(b)
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ async def test_aws_calls_and_errors_are_read_from_the_clients_at_scrape_time(mot
     labels = {"region": "ap-southeast-2", "service": "ec2", "operation": "describe_instances"}
     calls = value("snh_aws_api_calls_total", **labels)
     errors = value("snh_aws_api_errors_total", code="InvalidInstanceID.NotFound", **labels)
-    prom.track_aws(aws)
+    metrics.track_aws(aws)
     await aws.call("ec2", "describe_instances")
     await aws.call("ec2", "describe_instances")
     with pytest.raises(AwsError):

@@ -16,7 +16,7 @@ access and id tokens are JWTs) are replaced by ``[redacted]`` as a last line of 
 
 **Never blocks the event loop.** `AuditLog.record` only puts the line on a queue; one
 daemon thread appends it (``O_APPEND``, one ``write`` per line, so lines from the hub and
-from a concurrent ``python -m spawner reap`` never interleave) and logs it. `flush` waits for
+from a concurrent ``snh reap`` never interleave) and logs it. `flush` waits for
 the queue (tests, the CLI, and ``atexit``). A failure to write is logged, never raised: an
 audit problem must not stop a user's server from stopping.
 
@@ -58,7 +58,7 @@ ACTORS = frozenset(
         "culler",  # the idle-culler service
         "service",  # another hub service
         "backstop",  # the instance stopped itself (its idle backstop), seen by the hub
-        "reaper",  # python -m spawner reap (dormancy)
+        "reaper",  # snh reap (dormancy)
         "reconciliation",  # the hub putting its view and EC2 in agreement (e.g. at start-up)
         "hub",  # the hub itself, with no request behind it
     }
@@ -453,7 +453,7 @@ def read_records(path: str | os.PathLike[str] | None) -> Iterator[dict[str, Any]
 # ------------------------------------------------------------------------------------------
 
 _default = AuditLog(None)
-#: Called with every record of the process's log (e.g. `spawner.prom` counts culls).
+#: Called with every record of the process's log (e.g. `operations.metrics` counts culls).
 LISTENERS: list[Callable[[dict[str, Any]], None]] = _default.listeners
 
 

@@ -3,7 +3,7 @@
 One pure function, `build_rows`, turns (the hub's servers, EC2's instance views, the
 communities, the audit log's running periods, now) into `ServerRow` objects; both the page
 (``/hub/servers-overview``, `ServersOverviewHandler`, admins only) and the command line
-(``python -m spawner servers``, from the hub's REST API) use it, so they show the same table.
+(``snh servers``, from the hub's REST API) use it, so they show the same table.
 
 Where each column comes from:
 
@@ -12,8 +12,8 @@ Where each column comes from:
   the options the spawner saved;
 - state, uptime: EC2 (one describe per region, or the shared poller's view when fresh);
   uptime is the time since the ``LaunchTime`` of a running instance (EC2 resets it at every start);
-- cost this month: `spawner.cost` (compute only; see there what it counts);
-- removal date: `spawner.reaper.removal_date` for stopped instances.
+- cost this month: `operations.cost` (compute only; see there what it counts);
+- removal date: `operations.reaper.removal_date` for stopped instances.
 
 Instances of this hub that no server of the hub claims (a deleted user's, a leftover) are
 listed too, with hub state "no server": an admin should see everything that costs money.
@@ -21,6 +21,7 @@ listed too, with hub state "no server": an admin should see everything that cost
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -34,16 +35,27 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from hub_config.communities import CommunitiesConfig, InstanceType
-
-from .cost import MonthCost, Run, month_cost, price_lookup
-from .launch import (
+from hub_config.communities import CommunitiesConfig, InstanceType, load_instance_types
+from spawner.aws import Aws, AwsError
+from spawner.ec2spawner import cached_communities
+from spawner.naming import (
     DEFAULT_SERVER_TAG,
     TAG_COMMUNITY,
     TAG_IMAGE,
     TAG_SERVER,
     TAG_USER,
     sanitize_tag_value,
+)
+from spawner.poller import InstancePoller, describe_hub_instances
+
+from .cost import (
+    DOWN_ACTIONS,
+    UP_ACTIONS,
+    MonthCost,
+    Run,
+    month_cost,
+    price_lookup,
+    runs_from_audit,
 )
 from .reaper import removal_date
 
@@ -255,7 +267,7 @@ def build_rows(
 
     ``views`` are `spawner.poller.InstanceView` objects of every region described;
     ``unknown_regions`` are regions whose describe failed (their servers show "unknown"
-    rather than "no instance"). ``runs``: `spawner.cost.runs_from_audit` of the audit log.
+    rather than "no instance"). ``runs``: `operations.cost.runs_from_audit` of the audit log.
     """
     now = _utc(now)
     runs = runs or {}
@@ -396,9 +408,6 @@ async def describe_views(
     """Every instance of the hub in ``regions``: from the shared poller when its view is
     fresh (no extra AWS call), else one paginated describe per region. Returns the views and
     the regions whose describe failed."""
-    from .aws import AwsError
-    from .poller import InstancePoller, describe_hub_instances
-
     views: list[Any] = []
     failed: list[str] = []
     for region in sorted(set(regions)):
@@ -418,7 +427,7 @@ async def describe_views(
 
 
 class AuditRuns:
-    """`spawner.cost.runs_from_audit` of an audit file, read incrementally: each call parses
+    """`operations.cost.runs_from_audit` of an audit file, read incrementally: each call parses
     only the lines appended since the last one (the whole file again after a rotation), and
     keeps only the lines that open or close a running period, of the last ``keep_days``
     (a period open since before that counts from EC2's ``LaunchTime`` if still running)."""
@@ -436,8 +445,6 @@ class AuditRuns:
             return self._runs(now)
 
     def _runs(self, now: dt.datetime) -> dict[str, list[Run]]:
-        from .cost import DOWN_ACTIONS, UP_ACTIONS, runs_from_audit
-
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -511,22 +518,14 @@ class ServersOverviewHandler(BaseHandler):
     def _communities(self) -> CommunitiesConfig | None:
         if not self.communities_file:
             return None
-        from .ec2spawner import cached_communities
-
         return cached_communities(self.communities_file)
 
     def aws_for(self, region: str) -> Any:
         if self._aws_for is not None:
             return self._aws_for(region)
-        from .aws import Aws
-
         return Aws.shared(region, self.aws_endpoint_url)
 
     async def rows(self) -> tuple[list[ServerRow], list[str]]:
-        import asyncio
-
-        from hub_config.communities import load_instance_types
-
         communities = self._communities()
         regions = {c.region for c in communities.communities} if communities else set()
         servers = hub_servers_from_orm(self.db, self.users)

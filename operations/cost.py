@@ -9,7 +9,7 @@ What is counted, and how honest it is:
   ``synapse:*``/``jupyterhub:*`` tags for that).
 - **Running periods come from two sources.** The current run is exact: EC2 sets an
   instance's ``LaunchTime`` at every start, so a running instance has run since then. Earlier
-  runs of the month come from the audit log (`spawner.audit`): each ``launch``/``resume``/
+  runs of the month come from the audit log (`operations.audit`): each ``launch``/``resume``/
   ``adopt`` line opens a period, the next ``stop``/``stopped``/``terminate`` line closes it
   (the times of the hub's requests, seconds off EC2's transitions). Where both describe the
   same run, the overlap is counted once.
@@ -17,7 +17,7 @@ What is counted, and how honest it is:
   instance stopped itself while the hub was down, or the log was rotated) is closed at EC2's
   stop time when EC2 gives one, else counted as nothing; a period whose start is missing is
   not counted. Such estimates are marked ``complete=False`` (the page shows them as "≥").
-  The page reads only the audit log's last 92 days (`spawner.admin_view.AuditRuns`).
+  The page reads only the audit log's last 92 days (`operations.admin_page.AuditRuns`).
   EC2's one-minute minimum per start is ignored.
 """
 

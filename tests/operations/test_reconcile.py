@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from operations.reconcile import HubServer, decide, hub_servers
 from spawner.poller import InstanceView
-from spawner.reconcile import HubServer, decide, hub_servers
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 

@@ -24,7 +24,7 @@ each region's poller handed to `update_from_poller` (replaced whole, so a scrape
 half-updated set).
 
 Culls are counted from the audit trail: every ``stop`` line whose actor is ``culler`` (see
-`spawner.audit`), and every audit line counts in ``snh_lifecycle_events_total``: the spawner
+`operations.audit`), and every audit line counts in ``snh_lifecycle_events_total``: the spawner
 does not need a second call for its metrics.
 """
 
@@ -41,9 +41,10 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from spawner.aws import Aws
+from spawner.ssm.metrics import TunnelMetrics
+
 from . import audit
-from .aws import Aws
-from .ssm.metrics import TunnelMetrics
 
 #: EC2 starts take from ~30 s (resume) to many minutes (cold launch, image pull).
 SPAWN_BUCKETS = (10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, float("inf"))

@@ -1,6 +1,6 @@
-"""The home page's "Stopped since …, will be removed on …" line (spawner.home_view).
+"""The home page's "Stopped since …, will be removed on …" line (operations.home_page).
 
-The dates follow the reaper's own rules (spawner/reaper.py): EC2's time of the stop
+The dates follow the reaper's own rules (operations/reaper.py): EC2's time of the stop
 (``StateTransitionReason``, "User initiated (YYYY-MM-DD hh:mm:ss GMT)", EC2 API reference,
 InstanceStateChange / Instance.StateTransitionReason) plus the community's ``dormancy_days``;
 the audit log's last stop when EC2 gives no time. Template variables: JupyterHub's
@@ -22,9 +22,9 @@ import jinja2
 import pytest
 
 from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
-from spawner import home_view
+from operations import home_page
+from operations.home_page import HomeNotices, stopped_line
 from spawner.aws import Aws, AwsError, ErrorKind
-from spawner.home_view import HomeNotices, stopped_line
 from spawner.poller import UNKNOWN, InstancePoller, InstanceView
 
 DEMO = load_communities(DEFAULT_COMMUNITIES_PATH)
@@ -189,8 +189,8 @@ async def test_without_a_fresh_poller_the_users_instances_are_described_once(
         since = InstanceView.from_api(raw["Reservations"][0]["Instances"][0]).state_since
         assert since is not None
         assert await line(spawner) == (
-            f"Stopped since {home_view.format_moment(since)}, will be removed on "
-            f"{home_view.format_day(since + dt.timedelta(days=60))}."
+            f"Stopped since {home_page.format_moment(since)}, will be removed on "
+            f"{home_page.format_day(since + dt.timedelta(days=60))}."
         )
     assert Aws.shared("us-east-1", None).calls[("ec2", "describe_instances")] == 1
 
@@ -262,7 +262,7 @@ async def test_the_template_extends_jupyterhubs_home_page_and_shows_each_line():
     loader = jinja2.ChoiceLoader(
         [
             jinja2.PrefixLoader({"templates": jinja2.FileSystemLoader([stock])}, "/"),
-            jinja2.FileSystemLoader([home_view.TEMPLATE_DIR, stock]),
+            jinja2.FileSystemLoader([home_page.TEMPLATE_DIR, stock]),
         ]
     )
     env = jinja2.Environment(loader=loader, autoescape=True, enable_async=True)

@@ -15,22 +15,14 @@ import boto3
 import pytest
 
 from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
-from spawner import audit
-from spawner.__main__ import main
-from spawner.audit import Actor, AuditLog
+from operations import audit
+from operations.audit import Actor, AuditLog
+from operations.cli import main
+from operations.reaper import Reaper, last_stop_times, plan, removal_date
 from spawner.aws import Aws
+from spawner.naming import TAG_DELETE_AFTER_SNAPSHOT, TAG_SNAPSHOT_OF
 from spawner.poller import InstanceView
-from spawner.reaper import (
-    TAG_DELETE_AFTER_SNAPSHOT,
-    TAG_SNAPSHOT_OF,
-    Reaper,
-    RemovalError,
-    delete_volumes_after_snapshots,
-    last_stop_times,
-    plan,
-    removal_date,
-    snapshot_then_terminate,
-)
+from spawner.removal import RemovalError, delete_volumes_after_snapshots, snapshot_then_terminate
 
 REGION = "us-east-1"
 HUB = "hub-test"
@@ -527,7 +519,7 @@ async def test_the_reaper_reports_a_failed_removal_and_goes_on(aws, ec2, log):
 
 
 # ------------------------------------------------------------------------------------------
-# python -m spawner reap
+# snh reap
 # ------------------------------------------------------------------------------------------
 
 
@@ -616,7 +608,7 @@ def test_reap_command_refuses_a_bad_communities_file(tmp_path, capsys, cli_state
     bad = tmp_path / "c.yaml"
     bad.write_text("communities: []\n")
     assert main(["reap", "--communities", str(bad), "--dry-run"]) == 2
-    assert "python -m spawner reap:" in capsys.readouterr().err
+    assert "snh reap:" in capsys.readouterr().err
 
 
 async def test_removal_by_instance_id_for_the_spawner(aws, ec2, log):

@@ -13,7 +13,7 @@ hub's servers (REST API, with ``admin:server_state``):
 
 Every decision is logged and written to the audit log. Pure decision (`decide`) and I/O apart.
 
-    python -m spawner.reconcile [--once] [--every 600] [--dry-run]
+    snh reconcile [--once] [--every 600] [--dry-run]
 
 runs as a hub-managed service (``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN`` from the hub).
 """
@@ -34,10 +34,11 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_config import load_communities
+from spawner.aws import Aws, AwsError
+from spawner.naming import DEFAULT_SERVER_TAG, TAG_SERVER, TAG_USER
+from spawner.poller import InstancePoller, InstanceView
 
-from .aws import Aws, AwsError
-from .launch import DEFAULT_SERVER_TAG, TAG_SERVER, TAG_USER
-from .poller import InstancePoller, InstanceView
+from . import audit as audit_log
 
 log = logging.getLogger("snh.reconcile")
 
@@ -166,12 +167,10 @@ async def reconcile_once(
     return decisions
 
 
-def _audit_writer() -> Any:
-    try:
-        from . import audit
-    except ImportError:  # pragma: no cover - the audit module ships with the spawner
-        return None
-    return getattr(audit, "log_event", None)
+def _audit_line(actor: str, action: str, **fields: Any) -> None:
+    """A decision as an audit line of this process (the ``snh.audit`` logger: the service's
+    output, in the hub's log)."""
+    audit_log.record(action, actor, **fields)
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -180,7 +179,7 @@ async def _main(args: argparse.Namespace) -> int:
     regions = sorted({c.region for c in load_communities(args.communities).communities})
     endpoint = os.environ.get("SNH_AWS_ENDPOINT_URL") or None
     pollers = [InstancePoller(Aws(region, endpoint), args.hub_id) for region in regions]
-    audit = _audit_writer()
+    audit = _audit_line
     while True:
         for poller in pollers:
             try:
@@ -196,7 +195,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spawner.reconcile",
+        prog="snh reconcile",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

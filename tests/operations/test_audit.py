@@ -14,8 +14,8 @@ from unittest import mock
 import pytest
 from tornado.web import Application, RequestHandler
 
-from spawner import audit
-from spawner.audit import (
+from operations import audit
+from operations.audit import (
     Actor,
     AuditLog,
     actor_for,
@@ -338,7 +338,7 @@ async def test_who_stopped_a_server_through_jupyterhubs_api(caller, owner, expec
     from tornado.httpclient import AsyncHTTPClient
     from traitlets.config import Config
 
-    from tests.spawner.test_admin_view import RunningSpawner, inprocess_hub
+    from tests.operations.test_admin_page import RunningSpawner, inprocess_hub
 
     config = Config()
     config.JupyterHub.services = [{"name": "idle-culler", "api_token": CULLER_TOKEN}]

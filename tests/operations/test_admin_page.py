@@ -27,7 +27,7 @@ from traitlets.config import Config
 
 from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
 from hub_config.communities import load_instance_types
-from spawner.admin_view import (
+from operations.admin_page import (
     TEMPLATE_PATH,
     HubServer,
     ServersOverviewHandler,
@@ -38,8 +38,8 @@ from spawner.admin_view import (
     overview_handler,
     totals,
 )
+from operations.cost import MonthCost, Run, month_cost, month_start, price_lookup, runs_from_audit
 from spawner.aws import Aws
-from spawner.cost import MonthCost, Run, month_cost, month_start, price_lookup, runs_from_audit
 from spawner.poller import InstanceView
 
 DEMO = load_communities(DEFAULT_COMMUNITIES_PATH)
@@ -314,7 +314,7 @@ class RunningSpawner(Spawner):
         return None
 
     async def stop(self, now=False):
-        from spawner.audit import actor_for
+        from operations.audit import actor_for
 
         RunningSpawner.stops.append(actor_for(self))
 
@@ -492,7 +492,7 @@ def test_handler_entry_for_extra_handlers():
 
 
 # ------------------------------------------------------------------------------------------
-# python -m spawner servers: the same rows, from the REST API
+# snh servers: the same rows, from the REST API
 # ------------------------------------------------------------------------------------------
 
 ADMIN_TOKEN = "servers-command-token-0123456789abcdef"
@@ -510,7 +510,7 @@ def cli_state():
 async def test_servers_command_reads_the_rest_api_and_ec2(aws, tmp_path, capsys, cli_state):
     import asyncio
 
-    from spawner.__main__ import main
+    from operations.cli import main
 
     mine = run_instance("hub-test", "bob", "gpu", community="nf-osc")
     Aws._shared[("us-east-1", None)] = aws
@@ -551,7 +551,7 @@ async def test_servers_command_reads_the_rest_api_and_ec2(aws, tmp_path, capsys,
 
 
 def test_audit_runs_are_read_incrementally_and_survive_rotation(tmp_path):
-    from spawner.admin_view import AuditRuns
+    from operations.admin_page import AuditRuns
 
     path = tmp_path / "audit.log"
 

@@ -1,6 +1,6 @@
 """The home page's "Stopped since …, will be removed on …" line under each stopped server.
 
-A stopped server keeps its instance and home volume, and the reaper (`spawner.reaper`) removes
+A stopped server keeps its instance and home volume, and the reaper (`operations.reaper`) removes
 them once the server has been stopped longer than its community's ``dormancy_days``: users
 should learn that on the page where they start servers, not from a vanished volume.
 
@@ -14,8 +14,8 @@ the line can ask EC2 without a handler or an API of its own.
 Where the dates come from, in the reaper's order (so the page promises what the reaper does):
 EC2's own time of the stop (``InstanceView.state_since``, from the shared poller's view, or one
 describe of the hub's instances when the poller is not fresh), else the audit log's last stop
-(`spawner.reaper.last_stop_times`), else the stop time the spawner saved in its state. The
-removal date is `spawner.reaper.removal_date`.
+(`operations.reaper.last_stop_times`), else the stop time the spawner saved in its state. The
+removal date is `operations.reaper.removal_date`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from hub_config.communities import CommunitiesConfig, Community
+from spawner.aws import Aws, AwsError
+from spawner.ec2spawner import cached_communities
+from spawner.naming import TAG_COMMUNITY
+from spawner.poller import UNKNOWN, InstancePoller, InstanceView, describe_hub_instances
 
 from . import audit
-from .launch import TAG_COMMUNITY
-from .poller import UNKNOWN, InstanceView
 from .reaper import last_stop_times, removal_date
 
 log = logging.getLogger(__name__)
@@ -145,8 +147,6 @@ class HomeNotices:
     def communities(self) -> CommunitiesConfig | None:
         if not self.communities_file:
             return None
-        from .ec2spawner import cached_communities
-
         return cached_communities(self.communities_file)
 
 
@@ -174,9 +174,6 @@ class _Page:
         asked."""
         key = f"{region} described" if describe else region
         if key not in self._views:
-            from .aws import Aws, AwsError
-            from .poller import InstancePoller, describe_hub_instances
-
             aws = Aws.shared(region, self.notices.aws_endpoint_url)
             poller = InstancePoller._shared.get((id(aws), self.notices.hub_id))
             if poller is not None and poller.fresh and not describe:

@@ -1,6 +1,6 @@
-"""``python -m spawner.ssm forward``: the tunnel as a command, like ``aws ssm start-session``.
+"""``snh forward``: the tunnel as a command, like ``aws ssm start-session``.
 
-    python -m spawner.ssm forward --target i-0123456789abcdef0 --remote-port 8888 \\
+    snh forward --target i-0123456789abcdef0 --remote-port 8888 \\
         --local-port 9999 [--region R] [--endpoint-url URL] [--profile P]
 
 Credentials and region come from boto3's usual chain (environment, profile, instance role);
@@ -22,13 +22,13 @@ import logging
 import signal
 import sys
 
-from .datachannel import DEFAULT_DOCUMENT, SessionError
-from .tunnel import DEFAULT_MAX_SESSIONS, Tunnel
+from spawner.ssm.datachannel import DEFAULT_DOCUMENT, SessionError
+from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m spawner.ssm",
+        prog="snh",
         description="Session Manager port forwarding without session-manager-plugin.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

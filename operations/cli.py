@@ -1,19 +1,19 @@
-"""Operator commands: ``python -m spawner servers`` and ``python -m spawner reap``.
+"""Operator commands: ``snh servers`` and ``snh reap``.
 
-``servers`` prints every server of the hub (the admin page's table, `spawner.admin_view`)
+``servers`` prints every server of the hub (the admin page's table, `operations.admin_page`)
 from the hub's REST API and EC2::
 
     JUPYTERHUB_API_URL=https://hub.example.org/hub/api JUPYTERHUB_API_TOKEN=… \\
-        python -m spawner servers [--json]
-    python -m spawner servers --hub-url https://hub.example.org --token-file ~/.hub-token
+        snh servers [--json]
+    snh servers --hub-url https://hub.example.org --token-file ~/.hub-token
 
 The token needs the scopes ``list:users``, ``read:users``, ``read:servers`` (and
 ``admin:server_state`` to match instances by the id the spawner saved, rather than by tags).
 
 ``reap`` terminates the instances stopped longer than their community's ``dormancy_days``
-(`spawner.reaper`); run it daily with the hub's IAM role::
+(`operations.reaper`); run it daily with the hub's IAM role::
 
-    python -m spawner reap [--dry-run] [--hub-id ID] [--communities FILE] [--region R]
+    snh reap [--dry-run] [--hub-id ID] [--communities FILE] [--region R]
                            [--endpoint-url URL] [--audit-log PATH] [--now ISO-TIME]
 
 ``--now 2025-06-01T00:00Z`` reaps as if it were that time: with ``--dry-run``, a preview of
@@ -49,8 +49,18 @@ from hub_config.communities import (
     load_communities,
     load_instance_types,
 )
+from spawner.aws import Aws
 
-from . import audit
+from . import audit, check, forward, reconcile
+from .admin_page import (
+    build_rows,
+    describe_views,
+    format_table,
+    hub_servers_from_api,
+    load_runs,
+    totals,
+)
+from .reaper import Reaper
 
 
 class UsageError(Exception):
@@ -77,8 +87,6 @@ def _regions(args: argparse.Namespace, communities: CommunitiesConfig | None) ->
 
 
 def _aws_for(endpoint_url: str | None):
-    from .aws import Aws
-
     def aws_for(region: str) -> Aws:
         return Aws.shared(region, endpoint_url)
 
@@ -173,15 +181,6 @@ def fetch_users(api_url: str, token: str, *, page_size: int = 200) -> list[dict[
 
 
 async def _servers(args: argparse.Namespace) -> int:
-    from .admin_view import (
-        build_rows,
-        describe_views,
-        format_table,
-        hub_servers_from_api,
-        load_runs,
-        totals,
-    )
-
     api_url, token = _api_url(args), _token(args)
     communities = _communities(args.communities, required=False)
     users = await asyncio.to_thread(fetch_users, api_url, token)
@@ -266,8 +265,6 @@ def format_plans(outcomes: list[Any], now: dt.datetime) -> str:
 
 
 async def _reap(args: argparse.Namespace) -> int:
-    from .reaper import Reaper
-
     communities = _communities(args.communities, required=True)
     regions = _regions(args, communities)
     log = audit.configure(args.audit_log or audit.default_path())
@@ -335,10 +332,14 @@ async def _reap(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="python -m spawner",
-        description="Operator commands: list the servers, reap dormant ones.",
+        prog="snh",
+        description="Synapse Notebook Hub's commands: list the servers, reap dormant ones, "
+        "reconcile, check the communities file, forward a port through Session Manager.",
     )
     sub = top.add_subparsers(dest="command", required=True)
+    for name, text in _DELEGATED_HELP.items():
+        delegated = sub.add_parser(name, help=text, add_help=False)
+        delegated.add_argument("args", nargs=argparse.REMAINDER)
 
     servers = sub.add_parser("servers", help="list every server: instance, uptime, cost")
     _common(servers)
@@ -379,13 +380,30 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+#: Commands whose parsers live with their code: ``snh NAME ARGS...`` is their ``main``.
+_DELEGATED_HELP = {
+    "reconcile": "stop instances the hub no longer knows, at once or every N seconds",
+    "check": "validate a communities file as the hub does at start-up",
+    "keys": "print the communities file's keys as the README's Markdown table",
+    "forward": "forward a local port to a port of an instance, through Session Manager",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``snh``: the console script (``pyproject.toml``); ``python -m operations`` too."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "reconcile":
+        return reconcile.main(argv[1:])
+    if argv and argv[0] in ("check", "keys"):
+        return check.main(argv)
+    if argv and argv[0] == "forward":
+        return forward.main(argv)
     args = parser().parse_args(argv)
     command = {"servers": _servers, "reap": _reap}[args.command]
     try:
         return asyncio.run(command(args))
     except UsageError as e:
-        print(f"python -m spawner {args.command}: {e}", file=sys.stderr)
+        print(f"snh {args.command}: {e}", file=sys.stderr)
         return 2
 
 

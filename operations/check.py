@@ -1,5 +1,5 @@
-"""``python -m hub_config check [PATH]``: validate a communities file before a deploy;
-``python -m hub_config keys``: the file's keys as the README's Markdown table.
+"""``snh check [PATH]``: validate a communities file before a deploy;
+``snh keys``: the file's keys as the README's Markdown table.
 
 The hub refuses to start on a bad file; running the same loader from a shell lets an admin
 find every problem before the hub is restarted, not after.
@@ -11,13 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .communities import (
+from hub_config.communities import (
     DEFAULT_COMMUNITIES_PATH,
     CommunitiesConfig,
     CommunitiesError,
     load_communities,
 )
-from .schema_docs import key_table
+from hub_config.schema_docs import key_table
 
 
 def _summary(config: CommunitiesConfig) -> list[str]:
@@ -36,7 +36,7 @@ def _summary(config: CommunitiesConfig) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hub_config",
+        prog="snh",
         description="Tools for the Synapse Notebook Hub configuration files.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
