@@ -11,6 +11,7 @@ from pathlib import Path
 from authenticator import TEMPLATE_PATH
 from hub_config import CommunitiesError, load_communities
 from hub_config.settings import HubSettings, SettingsError
+from spawner.region import Regions
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 
@@ -97,6 +98,11 @@ c.SynapseOAuthenticator.identity_db_url = (
 
 # -- servers: one EC2 instance each, reached through SSM Session Manager ------------------
 c.JupyterHub.spawner_class = "ec2"
+# One Regions for the whole hub (clients, a poller per region, caches), shared with the
+# admin overview and the home page below; the communities as loaded above.
+regions = Regions(settings.aws_endpoint_url)
+c.EC2Spawner.regions = regions
+c.EC2Spawner.communities = communities
 c.EC2Spawner.communities_file = str(settings.communities_file)
 c.EC2Spawner.hub_id = settings.hub_id
 c.EC2Spawner.aws_endpoint_url = settings.aws_endpoint_url
@@ -156,9 +162,9 @@ snh_audit.configure(settings.state_dir / "audit.log")
 c.JupyterHub.template_paths = [TEMPLATE_PATH, SPAWNER_TEMPLATES]
 c.JupyterHub.extra_handlers = [
     overview_handler(
-        communities_file=str(settings.communities_file),
+        regions=regions,
         hub_id=settings.hub_id,
-        aws_endpoint_url=settings.aws_endpoint_url,
+        communities=communities,
         audit_log=str(settings.state_dir / "audit.log"),
     )
 ]
@@ -169,9 +175,9 @@ from operations import home_page  # noqa: E402 - this block's own import
 c.JupyterHub.template_vars.update(
     {
         home_page.TEMPLATE_VAR: home_page.HomeNotices(
-            communities_file=str(settings.communities_file),
+            regions=regions,
             hub_id=settings.hub_id,
-            aws_endpoint_url=settings.aws_endpoint_url,
+            communities=communities,
             audit_log=str(settings.state_dir / "audit.log"),
         )
     }

@@ -201,6 +201,11 @@ class CommunitiesConfig:
     #: Lines in the same form as errors, for things allowed but unwise (unpinned images, …).
     warnings: tuple[str, ...] = ()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> CommunitiesConfig:
+        """Itself: it is immutable, and traitlets deep-copies every config value for every
+        configurable it makes (one copy per spawner, otherwise)."""
+        return self
+
     def by_team_id(self, team_id: str | int) -> Community | None:
         """The community of a Synapse team (ids compare as strings: Synapse sends strings)."""
         key = str(team_id)

@@ -36,8 +36,7 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from hub_config.communities import CommunitiesConfig, InstanceType, load_instance_types
-from spawner.aws import Aws, AwsError
-from spawner.ec2spawner import cached_communities
+from spawner.aws import AwsError
 from spawner.naming import (
     DEFAULT_SERVER_TAG,
     TAG_COMMUNITY,
@@ -46,7 +45,7 @@ from spawner.naming import (
     TAG_USER,
     sanitize_tag_value,
 )
-from spawner.poller import InstancePoller, describe_hub_instances
+from spawner.region import Regions
 
 from .cost import (
     DOWN_ACTIONS,
@@ -403,21 +402,16 @@ def totals(rows: Iterable[ServerRow]) -> dict[str, Any]:
 
 
 async def describe_views(
-    aws_for: Callable[[str], Any], hub_id: str, regions: Iterable[str]
+    regions: Regions, hub_id: str, names: Iterable[str]
 ) -> tuple[list[Any], list[str]]:
-    """Every instance of the hub in ``regions``: from the shared poller when its view is
-    fresh (no extra AWS call), else one paginated describe per region. Returns the views and
-    the regions whose describe failed."""
+    """Every instance of the hub in the regions ``names`` (`Region.views`: the shared
+    poller's when fresh, else one paginated describe per region). Returns the views and the
+    regions whose describe failed."""
     views: list[Any] = []
     failed: list[str] = []
-    for region in sorted(set(regions)):
-        aws = aws_for(region)
-        poller = InstancePoller._shared.get((id(aws), hub_id))
-        if poller is not None and poller.fresh:
-            views.extend(poller.instances.values())
-            continue
+    for region in sorted(set(names)):
         try:
-            found = await describe_hub_instances(aws, hub_id)
+            found = await regions[region].views(hub_id)
         except AwsError as e:
             log.warning("servers overview: describe in %s failed: %s", region, e)
             failed.append(region)
@@ -439,6 +433,11 @@ class AuditRuns:
         self._offset = 0
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # two page views at once: two threads
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AuditRuns:
+        """Itself: the handler's arguments are config, which traitlets deep-copies, and the
+        page must keep one reader for the hub's life."""
+        return self
 
     def runs(self, now: dt.datetime) -> dict[str, list[Run]]:
         with self._lock:
@@ -472,21 +471,6 @@ class AuditRuns:
         return runs_from_audit(self._events)
 
 
-_audit_runs: dict[str, AuditRuns] = {}
-
-
-def load_runs(
-    audit_path: str | Path | None, now: dt.datetime | None = None
-) -> dict[str, list[Run]]:
-    """The running periods in the audit file (cached per path; see `AuditRuns`)."""
-    if not audit_path:
-        return {}
-    key = str(audit_path)
-    if key not in _audit_runs:
-        _audit_runs[key] = AuditRuns(key)
-    return _audit_runs[key].runs(now or dt.datetime.now(dt.UTC))
-
-
 # ------------------------------------------------------------------------------------------
 # The page
 # ------------------------------------------------------------------------------------------
@@ -501,37 +485,29 @@ class ServersOverviewHandler(BaseHandler):
 
     def initialize(
         self,
-        communities_file: str | None = None,
-        hub_id: str = "synapse-notebook-hub",
-        aws_endpoint_url: str | None = None,
-        audit_log: str | None = None,
-        aws_for: Callable[[str], Any] | None = None,
+        regions: Regions,
+        hub_id: str,
+        communities: CommunitiesConfig | None = None,
+        audit_runs: AuditRuns | None = None,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
-        self.communities_file = communities_file
+        self.regions = regions
         self.overview_hub_id = hub_id
-        self.aws_endpoint_url = aws_endpoint_url
-        self.audit_log_path = audit_log
-        self._aws_for = aws_for
+        self.communities = communities
+        self.audit_runs = audit_runs
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
-    def _communities(self) -> CommunitiesConfig | None:
-        if not self.communities_file:
-            return None
-        return cached_communities(self.communities_file)
-
-    def aws_for(self, region: str) -> Any:
-        if self._aws_for is not None:
-            return self._aws_for(region)
-        return Aws.shared(region, self.aws_endpoint_url)
-
     async def rows(self) -> tuple[list[ServerRow], list[str]]:
-        communities = self._communities()
-        regions = {c.region for c in communities.communities} if communities else set()
+        communities = self.communities
+        names = {c.region for c in communities.communities} if communities else set()
         servers = hub_servers_from_orm(self.db, self.users)
-        regions |= {s.region for s in servers if s.region}
-        views, failed = await describe_views(self.aws_for, self.overview_hub_id, regions)
-        runs = await asyncio.to_thread(load_runs, self.audit_log_path, self.clock())
+        names |= {s.region for s in servers if s.region}
+        views, failed = await describe_views(self.regions, self.overview_hub_id, names)
+        runs = (
+            await asyncio.to_thread(self.audit_runs.runs, self.clock())
+            if self.audit_runs is not None
+            else {}
+        )
         table = await asyncio.to_thread(load_instance_types)
         rows = build_rows(
             servers,
@@ -575,20 +551,22 @@ class ServersOverviewHandler(BaseHandler):
 
 def overview_handler(
     *,
-    communities_file: str | None,
+    regions: Regions,
     hub_id: str,
-    aws_endpoint_url: str | None = None,
+    communities: CommunitiesConfig | None,
     audit_log: str | None = None,
 ) -> tuple[str, type, dict[str, Any]]:
     """The ``c.JupyterHub.extra_handlers`` entry of the page (served at
-    ``/hub/servers-overview``)."""
+    ``/hub/servers-overview``): the hub's own `Regions` (its pollers' views are the page's)
+    and loaded communities."""
     return (
         r"/servers-overview",
         ServersOverviewHandler,
         {
-            "communities_file": communities_file,
+            "regions": regions,
             "hub_id": hub_id,
-            "aws_endpoint_url": aws_endpoint_url,
-            "audit_log": audit_log,
+            "communities": communities,
+            # one reader for the hub's life: it reads only what was appended since
+            "audit_runs": AuditRuns(audit_log) if audit_log else None,
         },
     )

@@ -49,15 +49,15 @@ from hub_config.communities import (
     load_communities,
     load_instance_types,
 )
-from spawner.aws import Aws
+from spawner.region import Regions, aws_of
 
 from . import audit, check, forward, reconcile
 from .admin_page import (
+    AuditRuns,
     build_rows,
     describe_views,
     format_table,
     hub_servers_from_api,
-    load_runs,
     totals,
 )
 from .reaper import Reaper
@@ -86,11 +86,10 @@ def _regions(args: argparse.Namespace, communities: CommunitiesConfig | None) ->
     return sorted({c.region for c in communities.communities})
 
 
-def _aws_for(endpoint_url: str | None):
-    def aws_for(region: str) -> Aws:
-        return Aws.shared(region, endpoint_url)
-
-    return aws_for
+def _clients(args: argparse.Namespace) -> Regions:
+    """The clients the command uses: ``args.regions`` when `main` was given some (tests),
+    else new ones for ``--endpoint-url``."""
+    return args.regions if args.regions is not None else Regions(args.endpoint_url)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -191,14 +190,14 @@ async def _servers(args: argparse.Namespace) -> int:
         regions |= {s.region for s in servers if s.region}
     if not regions:
         raise UsageError("no region to describe: pass --region")
-    views, failed = await describe_views(_aws_for(args.endpoint_url), args.hub_id, regions)
+    views, failed = await describe_views(_clients(args), args.hub_id, regions)
     now = dt.datetime.now(dt.UTC)
     rows = build_rows(
         servers,
         views,
         communities,
         now,
-        runs=load_runs(args.audit_log or audit.default_path()),
+        runs=AuditRuns(args.audit_log or audit.default_path()).runs(now),
         price_table=load_instance_types(),
         unknown_regions=failed,
     )
@@ -269,7 +268,7 @@ async def _reap(args: argparse.Namespace) -> int:
     regions = _regions(args, communities)
     log = audit.configure(args.audit_log or audit.default_path())
     reaper = Reaper(
-        _aws_for(args.endpoint_url),
+        aws_of(_clients(args)),
         args.hub_id,
         regions,
         communities,
@@ -389,8 +388,9 @@ _DELEGATED_HELP = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``snh``: the console script (``pyproject.toml``); ``python -m operations`` too."""
+def main(argv: list[str] | None = None, *, regions: Regions | None = None) -> int:
+    """``snh``: the console script (``pyproject.toml``); ``python -m operations`` too.
+    ``regions``: the AWS clients to use (tests pass fakes); by default new ones."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "reconcile":
         return reconcile.main(argv[1:])
@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "forward":
         return forward.main(argv)
     args = parser().parse_args(argv)
+    args.regions = regions
     command = {"servers": _servers, "reap": _reap}[args.command]
     try:
         return asyncio.run(command(args))

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from hub_config.communities import CommunitiesConfig, Community
-from spawner.aws import Aws, AwsError
-from spawner.ec2spawner import cached_communities
+from spawner.aws import AwsError
 from spawner.naming import TAG_COMMUNITY
-from spawner.poller import UNKNOWN, InstancePoller, InstanceView, describe_hub_instances
+from spawner.poller import UNKNOWN, InstanceView
+from spawner.region import Regions
 
 from . import audit
 from .reaper import last_stop_times, removal_date
@@ -125,16 +125,16 @@ class HomeNotices:
     def __init__(
         self,
         *,
-        communities_file: str | None,
+        regions: Regions,
         hub_id: str,
-        aws_endpoint_url: str | None = None,
+        communities: CommunitiesConfig | None,
         audit_log: str | Path | None = None,
         clock: Callable[[], dt.datetime] = audit.utcnow,
         describe_timeout: float = 5.0,
     ) -> None:
-        self.communities_file = communities_file
+        self.regions = regions
         self.hub_id = hub_id
-        self.aws_endpoint_url = aws_endpoint_url
+        self._communities = communities
         self.audit_log = audit_log
         self.clock = clock
         self.describe_timeout = describe_timeout
@@ -145,9 +145,7 @@ class HomeNotices:
         return _Page(self, user).line
 
     def communities(self) -> CommunitiesConfig | None:
-        if not self.communities_file:
-            return None
-        return cached_communities(self.communities_file)
+        return self._communities
 
 
 class _Page:
@@ -174,21 +172,16 @@ class _Page:
         asked."""
         key = f"{region} described" if describe else region
         if key not in self._views:
-            aws = Aws.shared(region, self.notices.aws_endpoint_url)
-            poller = InstancePoller._shared.get((id(aws), self.notices.hub_id))
-            if poller is not None and poller.fresh and not describe:
-                self._views[key] = poller.instances
-            else:
-                try:
-                    self._views[key] = await asyncio.wait_for(
-                        describe_hub_instances(
-                            aws, self.notices.hub_id, self._instance_ids(region)
-                        ),
-                        self.notices.describe_timeout,
-                    )
-                except (AwsError, TimeoutError) as e:
-                    log.warning("home page: cannot describe instances in %s: %s", region, e)
-                    self._views[key] = UNKNOWN
+            try:
+                self._views[key] = await asyncio.wait_for(
+                    self.notices.regions[region].views(
+                        self.notices.hub_id, self._instance_ids(region), describe=describe
+                    ),
+                    self.notices.describe_timeout,
+                )
+            except (AwsError, TimeoutError) as e:
+                log.warning("home page: cannot describe instances in %s: %s", region, e)
+                self._views[key] = UNKNOWN
         return self._views[key]
 
     async def audit_stops(self) -> dict[str, dt.datetime]:

@@ -17,11 +17,11 @@ publish these next to JupyterHub's own ``jupyterhub_*`` metrics. Every name star
 
 Three are read at scrape time by custom collectors, so nothing is counted twice and nothing
 has to be copied on the hot path: the AWS counters come straight from every `Aws` object's
-``calls``/``errors`` (``Aws.shared`` ones, and any passed to `track_aws`); tunnel figures are
-the sum of the live tunnels' `TunnelMetrics` plus what closed tunnels had counted (so the
-``_total`` counters never go down when a server stops); the instance gauge is the last view
-each region's poller handed to `update_from_poller` (replaced whole, so a scrape never sees a
-half-updated set).
+``calls``/``errors`` (each passed to `track_aws`, as `spawner.region.Regions` does); tunnel
+figures are the sum of the live tunnels' `TunnelMetrics` plus what closed tunnels had
+counted (so the ``_total`` counters never go down when a server stops); the instance gauge is
+the last view each region's poller handed to `update_from_poller` (replaced whole, so a
+scrape never sees a half-updated set).
 
 Culls are counted from the audit trail: every ``stop`` line whose actor is ``culler`` (see
 `operations.audit`), and every audit line counts in ``snh_lifecycle_events_total``: the spawner
@@ -131,10 +131,7 @@ class AwsCollector(Collector):
         self._tracked.add(aws)
 
     def _clients(self) -> list[Aws]:
-        seen: dict[int, Aws] = {}
-        for aws in [*Aws._shared.values(), *self._tracked]:
-            seen[id(aws)] = aws
-        return list(seen.values())
+        return list(self._tracked)
 
     def collect(self) -> Iterator[Metric]:
         calls = CounterMetricFamily(
@@ -283,7 +280,8 @@ def untrack_tunnel(metrics: TunnelMetrics) -> None:
 
 
 def track_aws(aws: Aws) -> None:
-    """Export an `Aws` object made without ``Aws.shared`` (those are found by themselves)."""
+    """Export an `Aws` object's call counts (`spawner.region.Regions` does it for each
+    client it makes; held weakly, so a discarded client leaves the totals)."""
     AWS_COLLECTOR.track(aws)
 
 

@@ -116,13 +116,12 @@ def classify(operation: str, error: BaseException) -> AwsError:
 
 
 class Aws:
-    """Clients of one region (and endpoint), shared by every spawner of the hub.
+    """Clients of one region (and endpoint), shared by every spawner of the hub through its
+    `spawner.region.Region`.
 
     ``endpoint_url`` points every service at one endpoint (the local cloud's AWS front); in a
     real deployment it is None and boto3 finds AWS's endpoints and credentials as usual.
     """
-
-    _shared: dict[tuple[str, str | None], Aws] = {}
 
     def __init__(
         self, region: str, endpoint_url: str | None = None, *, total_max_attempts: int = 8
@@ -145,13 +144,6 @@ class Aws:
         #: calls and errors by (service, operation) and (service, operation, code): metrics
         self.calls: Counter[tuple[str, str]] = Counter()
         self.errors: Counter[tuple[str, str, str]] = Counter()
-
-    @classmethod
-    def shared(cls, region: str, endpoint_url: str | None = None) -> Aws:
-        key = (region, endpoint_url)
-        if key not in cls._shared:
-            cls._shared[key] = cls(region, endpoint_url)
-        return cls._shared[key]
 
     def client(self, service: str, *, retry: bool = True) -> Any:
         """boto3 clients are thread-safe once built; building one is not, hence the lock."""

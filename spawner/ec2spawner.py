@@ -25,7 +25,7 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Enum, Float, Integer, Unicode, default, validate
+from traitlets import Enum, Float, Instance, Integer, Unicode, default, validate
 
 from hub_config import CommunitiesConfig, Community, culling, load_communities
 from operations import audit, metrics
@@ -36,7 +36,6 @@ from .launch import ServerIdentity, client_token, run_instances_request, subnet_
 from .naming import (
     DEFAULT_SERVER_TAG,
     HOME_DEVICE,
-    ROOT_DEVICE,
     TAG_COMMUNITY,
     TAG_IMAGE,
     TAG_SERVER,
@@ -46,24 +45,13 @@ from .naming import (
 from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
 from .parameters import ParameterStore
 from .poller import UNKNOWN, InstancePoller
+from .region import Regions
 from .removal import snapshot_then_terminate
 from .ssm.datachannel import DEFAULT_RESUME_TIMEOUT, SessionError
 from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
 
 STATE_VERSION = 1
 _HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_subnet_zones: dict[tuple[int, str], str] = {}
-_ami_root_devices: dict[tuple[int, str], str] = {}
-#: communities files, loaded once per process (the objects are frozen and shared)
-_communities: dict[str, CommunitiesConfig] = {}
-
-
-def cached_communities(path: str) -> CommunitiesConfig:
-    """The communities file, loaded once per hub process (a change needs a restart, as the
-    hub's own configuration does): shared by the spawners and the hub's pages."""
-    if path not in _communities:
-        _communities[path] = load_communities(path)
-    return _communities[path]
 
 
 def _expired(auth_state: dict[str, Any]) -> bool:
@@ -168,6 +156,33 @@ class EC2Spawner(Spawner):
         8888,
         config=True,
         help="Port of the notebook server on the instance (bound to 127.0.0.1 there).",
+    )
+
+    regions = Instance(
+        Regions,
+        config=True,
+        help="""
+        The hub's `spawner.region.Regions`: per AWS region, the boto3 clients, the shared
+        instance poller and the subnet-zone and AMI caches. ``jupyterhub_config.py`` makes one
+        and gives it to this class, the admin overview, the home page and the metrics, so
+        that every server of the hub shares one poller per region. Unset (a spawner made in
+        a test), each spawner makes its own from ``aws_endpoint_url``.
+        """,
+    )
+
+    @default("regions")
+    def _regions_default(self) -> Regions:
+        return Regions(self.aws_endpoint_url)
+
+    communities = Instance(
+        CommunitiesConfig,
+        allow_none=True,
+        config=True,
+        help="""
+        The communities, already loaded (``jupyterhub_config.py`` loads the file once at
+        start-up and passes it here and to the pages). Unset, ``communities_file`` is loaded
+        the first time a spawner needs it.
+        """,
     )
 
     instance_poll_interval = Float(
@@ -330,17 +345,17 @@ class EC2Spawner(Spawner):
 
     @property
     def communities_config(self) -> CommunitiesConfig:
-        if not self.communities_file:
-            raise StartFailed("The hub has no communities configured; ask an admin.")
-        return cached_communities(self.communities_file)
+        if self.communities is None:
+            if not self.communities_file:
+                raise StartFailed("The hub has no communities configured; ask an admin.")
+            self.communities = load_communities(self.communities_file)
+        return self.communities
 
     def aws_for(self, region: str) -> Aws:
-        return Aws.shared(region, self.aws_endpoint_url)
+        return self.regions[region].aws
 
     def poller_for(self, region: str) -> InstancePoller:
-        return InstancePoller.shared(
-            self.aws_for(region), self.hub_id, interval=self.instance_poll_interval
-        )
+        return self.regions[region].poller(self.hub_id, interval=self.instance_poll_interval)
 
     def _parameters(self) -> ServerParameters:
         return ServerParameters.for_server(
@@ -693,10 +708,10 @@ class EC2Spawner(Spawner):
             )
         )
         token = client_token(identity, self.launch_id)
-        root_device = await self._root_device(aws, community.ami)
+        root_device = await self.regions[community.region].root_device(community.ami)
         tried: list[str] = []
         for subnet in subnet_order(community, identity):
-            zone = await self._zone_of(aws, subnet)
+            zone = await self.regions[community.region].zone_of(subnet)
             self._emit(
                 20,
                 f"Requesting {_article(options.instance_type)} {options.instance_type} in {zone}…",
@@ -764,29 +779,6 @@ class EC2Spawner(Spawner):
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, 20.0)
         raise AssertionError("unreachable")
-
-    async def _root_device(self, aws: Aws, ami: str) -> str:
-        """The AMI's root device name (cached: AMIs do not change)."""
-        key = (id(aws), ami)
-        if key not in _ami_root_devices:
-            answer = await aws.call("ec2", "describe_images", ImageIds=[ami])
-            images = answer.get("Images", [])
-            if not images:
-                raise AwsError(
-                    "DescribeImages", "InvalidAMIID.NotFound", ami, ErrorKind.CONFIGURATION
-                )
-            _ami_root_devices[key] = images[0].get("RootDeviceName") or ROOT_DEVICE
-        return _ami_root_devices[key]
-
-    async def _zone_of(self, aws: Aws, subnet: str) -> str:
-        key = (id(aws), subnet)
-        if key not in _subnet_zones:
-            try:
-                answer = await aws.call("ec2", "describe_subnets", SubnetIds=[subnet])
-                _subnet_zones[key] = answer["Subnets"][0]["AvailabilityZone"]
-            except (AwsError, LookupError):
-                return aws.region
-        return _subnet_zones[key]
 
     def _instance_arn(self, community: Community) -> str:
         """The instance's ARN; partition and account are the instance profile's (the loader

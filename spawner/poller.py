@@ -93,8 +93,6 @@ class InstanceView:
 class InstancePoller:
     """The shared view of the hub's instances in one region; see the module docstring."""
 
-    _shared: dict[tuple[int, str], InstancePoller] = {}
-
     def __init__(
         self,
         aws: Aws,
@@ -121,15 +119,6 @@ class InstancePoller:
         self._describing: asyncio.Future[None] | None = None  # the describe under way
         self._queued: asyncio.Future[None] | None = None  # the next one, shared
         self._began = False  # whether the describe under way has sent its request
-
-    @classmethod
-    def shared(cls, aws: Aws, hub_id: str, **kwargs: Any) -> InstancePoller:
-        key = (id(aws), hub_id)
-        poller = cls._shared.get(key)
-        if poller is None:
-            poller = cls._shared[key] = cls(aws, hub_id, **kwargs)
-        poller.ensure_running()
-        return poller
 
     # -- running -------------------------------------------------------------------------
 

@@ -26,11 +26,13 @@ import logging
 import random
 import socket
 import struct
-import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
+
+import boto3
+from botocore.config import Config
 
 from . import smux as _smux
 from .datachannel import (
@@ -103,37 +105,24 @@ def backoff_delay(
     return base * (1.0 - jitter * rng())
 
 
-_client_lock = threading.Lock()
-_clients: dict[tuple[str | None, str | None, str | None], Any] = {}
-
-
 def default_ssm_client(
     region: str | None = None, endpoint_url: str | None = None, profile: str | None = None
 ) -> Any:
-    """A boto3 SSM client, shared by every tunnel with the same region/endpoint/profile.
+    """A boto3 SSM client for a tunnel given none (``snh forward``; the hub passes the
+    client of its `spawner.region.Region`, shared by every server's tunnel there).
 
-    boto3 clients are thread-safe and weigh about a megabyte each, so hundreds of tunnels
-    share one. Blocking (it reads configuration files): call it in a thread.
+    Blocking (it reads configuration files): call it in a thread.
     """
-    key = (region, endpoint_url, profile)
-    with _client_lock:
-        client = _clients.get(key)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            session = boto3.session.Session(profile_name=profile, region_name=region)
-            client = session.client(
-                "ssm",
-                endpoint_url=endpoint_url,
-                config=Config(
-                    connect_timeout=5,
-                    read_timeout=20,
-                    retries={"mode": "standard", "max_attempts": 3},
-                ),
-            )
-            _clients[key] = client
-        return client
+    session = boto3.session.Session(profile_name=profile, region_name=region)
+    return session.client(
+        "ssm",
+        endpoint_url=endpoint_url,
+        config=Config(
+            connect_timeout=5,
+            read_timeout=20,
+            retries={"mode": "standard", "max_attempts": 3},
+        ),
+    )
 
 
 def _reset(transport: asyncio.BaseTransport) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -41,6 +42,7 @@ from operations.admin_page import (
 from operations.cost import MonthCost, Run, month_cost, month_start, price_lookup, runs_from_audit
 from spawner.aws import Aws
 from spawner.poller import InstanceView
+from spawner.region import Region, Regions
 
 DEMO = load_communities(DEFAULT_COMMUNITIES_PATH)
 AD, NF = DEMO.communities
@@ -419,11 +421,11 @@ async def test_the_page_lists_every_server_for_admins_only(aws, tmp_path):
     )
     config = Config()
     handler = overview_handler(
-        communities_file=str(DEFAULT_COMMUNITIES_PATH),
+        regions=clients(aws),
         hub_id="hub-test",
+        communities=load_communities(DEFAULT_COMMUNITIES_PATH),
         audit_log=str(audit_path),
     )
-    handler[2]["aws_for"] = lambda region: aws
     config.JupyterHub.extra_handlers = [handler]
     config.JupyterHub.template_paths = [TEMPLATE_PATH]
     async with inprocess_hub(config) as hub:
@@ -468,7 +470,9 @@ async def test_the_page_lists_every_server_for_admins_only(aws, tmp_path):
 
 async def test_the_page_needs_a_signed_in_user(aws):
     config = Config()
-    config.JupyterHub.extra_handlers = [overview_handler(communities_file=None, hub_id="hub-test")]
+    config.JupyterHub.extra_handlers = [
+        overview_handler(regions=Regions(), hub_id="hub-test", communities=None)
+    ]
     config.JupyterHub.template_paths = [TEMPLATE_PATH]
     async with inprocess_hub(config) as hub:
         answer = await AsyncHTTPClient().fetch(
@@ -478,16 +482,13 @@ async def test_the_page_needs_a_signed_in_user(aws):
 
 
 def test_handler_entry_for_extra_handlers():
+    regions, communities = Regions(), load_communities(DEFAULT_COMMUNITIES_PATH)
     pattern, cls, kwargs = overview_handler(
-        communities_file="c.yaml", hub_id="h", aws_endpoint_url=None, audit_log="/s/audit.log"
+        regions=regions, hub_id="h", communities=communities, audit_log="/s/audit.log"
     )
     assert pattern == r"/servers-overview" and cls is ServersOverviewHandler
-    assert kwargs == {
-        "communities_file": "c.yaml",
-        "hub_id": "h",
-        "aws_endpoint_url": None,
-        "audit_log": "/s/audit.log",
-    }
+    assert kwargs.pop("audit_runs").path == Path("/s/audit.log")
+    assert kwargs == {"regions": regions, "hub_id": "h", "communities": communities}
     assert os.path.isfile(os.path.join(TEMPLATE_PATH, "servers-overview.html"))
 
 
@@ -498,22 +499,20 @@ def test_handler_entry_for_extra_handlers():
 ADMIN_TOKEN = "servers-command-token-0123456789abcdef"
 
 
-@pytest.fixture
-def cli_state():
-    """The command uses Aws.shared: put the clients back as they were."""
-    clients = dict(Aws._shared)
-    yield
-    Aws._shared.clear()
-    Aws._shared.update(clients)
+def clients(aws) -> Regions:
+    """The AWS clients of the page or the command: ``aws`` for us-east-1."""
+    regions = Regions()
+    regions.add(Region("us-east-1", aws=aws))
+    return regions
 
 
-async def test_servers_command_reads_the_rest_api_and_ec2(aws, tmp_path, capsys, cli_state):
+async def test_servers_command_reads_the_rest_api_and_ec2(aws, tmp_path, capsys):
     import asyncio
 
     from operations.cli import main
 
     mine = run_instance("hub-test", "bob", "gpu", community="nf-osc")
-    Aws._shared[("us-east-1", None)] = aws
+    regions = clients(aws)
     config = Config()
     config.JupyterHub.services = [{"name": "ops", "api_token": ADMIN_TOKEN}]
     config.JupyterHub.load_roles = [
@@ -533,12 +532,12 @@ async def test_servers_command_reads_the_rest_api_and_ec2(aws, tmp_path, capsys,
         args = ["servers", "--hub-url", hub.url, "--token", ADMIN_TOKEN, "--hub-id", "hub-test",
                 "--communities", str(DEFAULT_COMMUNITIES_PATH),
                 "--audit-log", str(tmp_path / "none.log")]  # fmt: skip
-        assert await asyncio.to_thread(main, [*args, "--json"]) == 0
+        assert await asyncio.to_thread(main, [*args, "--json"], regions=regions) == 0
         data = json.loads(capsys.readouterr().out)
         [row] = [r for r in data["rows"] if r["instance_id"] == mine]
         assert (row["server"], row["instance_id"], row["state"]) == ("gpu", mine, "running")
         assert (row["hub_state"], row["community"]) == ("stopped", "nf-osc")
-        assert await asyncio.to_thread(main, args) == 0
+        assert await asyncio.to_thread(main, args, regions=regions) == 0
         text = capsys.readouterr().out
         assert text.splitlines()[0].startswith("USER")
         assert any(mine in line and "bob" in line for line in text.splitlines())

@@ -26,6 +26,7 @@ from operations import home_page
 from operations.home_page import HomeNotices, stopped_line
 from spawner.aws import Aws, AwsError, ErrorKind
 from spawner.poller import UNKNOWN, InstancePoller, InstanceView
+from spawner.region import Regions
 
 DEMO = load_communities(DEFAULT_COMMUNITIES_PATH)
 AD, NF = DEMO.communities  # dormancy 30 / 60 days
@@ -120,27 +121,17 @@ def user_with(*spawners: Any):
 @pytest.fixture
 def notices(tmp_path):
     return HomeNotices(
-        communities_file=str(DEFAULT_COMMUNITIES_PATH),
+        regions=Regions(),
         hub_id=HUB,
+        communities=load_communities(DEFAULT_COMMUNITIES_PATH),
         audit_log=tmp_path / "audit.log",
         clock=lambda: NOW,
     )
 
 
-@pytest.fixture
-def shared_state():
-    clients, pollers = dict(Aws._shared), dict(InstancePoller._shared)
-    yield
-    Aws._shared.clear()
-    Aws._shared.update(clients)
-    InstancePoller._shared.clear()
-    InstancePoller._shared.update(pollers)
-
-
-async def test_lines_come_from_the_shared_pollers_view_without_an_aws_call(notices, shared_state):
-    aws = Aws.shared("us-east-1", None)
-    poller = InstancePoller(aws, HUB)
-    InstancePoller._shared[(id(aws), HUB)] = poller
+async def test_lines_come_from_the_shared_pollers_view_without_an_aws_call(notices):
+    aws = notices.regions["us-east-1"].aws
+    poller = notices.regions["us-east-1"].add_poller(InstancePoller(aws, HUB))
     poller.instances = {"i-0abc": view()}
     poller.last_success = asyncio.get_running_loop().time()
     default = spawner_object("", STATE)
@@ -155,9 +146,7 @@ async def test_lines_come_from_the_shared_pollers_view_without_an_aws_call(notic
     assert sum(aws.calls.values()) == 0
 
 
-async def test_without_a_fresh_poller_the_users_instances_are_described_once(
-    moto_aws, notices, shared_state
-):
+async def test_without_a_fresh_poller_the_users_instances_are_described_once(moto_aws, notices):
     ec2 = boto3.client("ec2", region_name="us-east-1")
     ids = []
     for server in ("_", "two"):
@@ -192,20 +181,17 @@ async def test_without_a_fresh_poller_the_users_instances_are_described_once(
             f"Stopped since {home_page.format_moment(since)}, will be removed on "
             f"{home_page.format_day(since + dt.timedelta(days=60))}."
         )
-    assert Aws.shared("us-east-1", None).calls[("ec2", "describe_instances")] == 1
+    assert notices.regions["us-east-1"].aws.calls[("ec2", "describe_instances")] == 1
 
 
-async def test_a_poller_view_from_before_the_stop_is_checked_with_ec2(
-    moto_aws, notices, shared_state
-):
+async def test_a_poller_view_from_before_the_stop_is_checked_with_ec2(moto_aws, notices):
     """The hub shows the server stopped, the poller (every 30 s) still says running: EC2
     is asked. Stopped there: the line; still running (behind the hub's back): nothing."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     answer = ec2.run_instances(ImageId="ami-03cf127a", MinCount=2, MaxCount=2)
     stopped, running = (i["InstanceId"] for i in answer["Instances"])
-    aws = Aws.shared("us-east-1", None)
-    poller = InstancePoller(aws, HUB)
-    InstancePoller._shared[(id(aws), HUB)] = poller
+    aws = notices.regions["us-east-1"].aws
+    poller = notices.regions["us-east-1"].add_poller(InstancePoller(aws, HUB))
     poller.instances = {
         i: InstanceView(i, "running", "t3.large", {"jupyterhub:hub": HUB})
         for i in (stopped, running)
@@ -221,7 +207,7 @@ async def test_a_poller_view_from_before_the_stop_is_checked_with_ec2(
     assert aws.calls[("ec2", "describe_instances")] == 1  # once for the page
 
 
-async def test_when_ec2_fails_the_audit_log_dates_the_stop(notices, shared_state, monkeypatch):
+async def test_when_ec2_fails_the_audit_log_dates_the_stop(notices, monkeypatch):
     async def refuse(self, service: str, operation: str, **kwargs: Any) -> Any:
         raise AwsError(
             "DescribeInstances", "RequestLimitExceeded", "slow down", ErrorKind.THROTTLED

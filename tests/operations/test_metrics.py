@@ -14,6 +14,7 @@ from operations import audit, metrics
 from operations.audit import Actor
 from spawner.aws import Aws, AwsError
 from spawner.poller import InstanceView
+from spawner.region import Regions
 from spawner.ssm.metrics import TunnelMetrics
 
 
@@ -160,18 +161,16 @@ async def test_aws_calls_and_errors_are_read_from_the_clients_at_scrape_time(mot
     )
 
 
-def test_shared_clients_are_found_without_registration():
-    aws = Aws.shared("eu-test-9", "http://127.0.0.1:9")
-    try:
-        aws.calls[("ssm", "get_parameter")] += 5
-        assert (
-            value(
-                "snh_aws_api_calls_total",
-                region="eu-test-9",
-                service="ssm",
-                operation="get_parameter",
-            )
-            == 5
+def test_the_hubs_region_clients_are_exported_as_they_are_made():
+    regions = Regions("http://127.0.0.1:9")
+    aws = regions["eu-test-9"].aws
+    aws.calls[("ssm", "get_parameter")] += 5
+    assert (
+        value(
+            "snh_aws_api_calls_total",
+            region="eu-test-9",
+            service="ssm",
+            operation="get_parameter",
         )
-    finally:
-        Aws._shared.pop(("eu-test-9", "http://127.0.0.1:9"), None)
+        == 5
+    )

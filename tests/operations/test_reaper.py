@@ -22,6 +22,7 @@ from operations.reaper import Reaper, last_stop_times, plan, removal_date
 from spawner.aws import Aws
 from spawner.naming import TAG_DELETE_AFTER_SNAPSHOT, TAG_SNAPSHOT_OF
 from spawner.poller import InstanceView
+from spawner.region import Region, Regions
 from spawner.removal import RemovalError, delete_volumes_after_snapshots, snapshot_then_terminate
 
 REGION = "us-east-1"
@@ -525,14 +526,18 @@ async def test_the_reaper_reports_a_failed_removal_and_goes_on(aws, ec2, log):
 
 @pytest.fixture
 def cli_state():
-    """The command uses Aws.shared and configures the process's audit log: undo both."""
-    clients = dict(Aws._shared)
+    """The command configures the process's audit log: undo it."""
     audit_path = audit.get_audit_log().path
     yield
-    Aws._shared.clear()
-    Aws._shared.update(clients)
     audit.get_audit_log().flush()
     audit.get_audit_log().path = audit_path
+
+
+def clients(aws) -> Regions:
+    """The command's AWS clients: the fake above."""
+    regions = Regions()
+    regions.add(Region(REGION, aws=aws))
+    return regions
 
 
 def test_reap_command(aws, ec2, tmp_path, capsys, cli_state):
@@ -540,12 +545,12 @@ def test_reap_command(aws, ec2, tmp_path, capsys, cli_state):
     fresh = launch(ec2, "bob")
     ec2.stop_instances(InstanceIds=[due, fresh])
     aws.stop_times.update({due: dt.datetime(2000, 1, 1, tzinfo=dt.UTC), fresh: NOW})
-    Aws._shared[(REGION, None)] = aws  # the command's client: the fake above
+    regions = clients(aws)
     audit_log = tmp_path / "audit.log"
     args = ["reap", "--hub-id", HUB, "--communities", str(DEFAULT_COMMUNITIES_PATH),
             "--audit-log", str(audit_log)]  # fmt: skip
 
-    assert main([*args, "--dry-run"]) == 0
+    assert main([*args, "--dry-run"], regions=regions) == 0
     out = capsys.readouterr().out
     assert out.startswith("DRY RUN: nothing is changed.")
     [line] = [line for line in out.splitlines() if due in line]
@@ -553,7 +558,7 @@ def test_reap_command(aws, ec2, tmp_path, capsys, cli_state):
     assert line.endswith("snapshot home volume, terminate")
     assert describe(ec2, due)["State"]["Name"] == "stopped"
 
-    assert main([*args, "--json"]) == 0
+    assert main([*args, "--json"], regions=regions) == 0
     data = json.loads(capsys.readouterr().out)
     done = {i["instance_id"]: i for i in data["instances"]}
     assert done[due]["done"].startswith("terminated; home volume deleted with the instance")
@@ -573,25 +578,25 @@ def test_reap_command_now_previews_a_later_run(aws, ec2, tmp_path, capsys, cli_s
     ad, nf = launch(ec2, "alice"), launch(ec2, "bob", community="nf-osc")
     ec2.stop_instances(InstanceIds=[ad, nf])
     aws.stop_times.update({ad: NOW - 10 * DAY, nf: NOW - 10 * DAY})
-    Aws._shared[(REGION, None)] = aws
+    regions = clients(aws)
     later = NOW + 21 * DAY
     args = ["reap", "--hub-id", HUB, "--communities", str(DEFAULT_COMMUNITIES_PATH),
             "--audit-log", str(tmp_path / "audit.log"), "--json"]  # fmt: skip
 
-    assert main([*args, "--dry-run"]) == 0
+    assert main([*args, "--dry-run"], regions=regions) == 0
     today = {
         i["instance_id"]: i["action"] for i in json.loads(capsys.readouterr().out)["instances"]
     }
     assert today == {ad: "keep", nf: "keep"}
 
-    assert main([*args, "--dry-run", "--now", later.isoformat()]) == 0
+    assert main([*args, "--dry-run", "--now", later.isoformat()], regions=regions) == 0
     preview = json.loads(capsys.readouterr().out)
     assert preview["now"] == audit.isoformat(later)
     actions = {i["instance_id"]: i["action"] for i in preview["instances"]}
     assert actions == {ad: "remove", nf: "keep"}
     assert describe(ec2, ad)["State"]["Name"] == "stopped"
 
-    assert main([*args, "--now", later.isoformat()]) == 0
+    assert main([*args, "--now", later.isoformat()], regions=regions) == 0
     capsys.readouterr()
     assert describe(ec2, ad)["State"]["Name"] == "terminated"
     assert describe(ec2, nf)["State"]["Name"] == "stopped"
