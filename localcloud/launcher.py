@@ -25,7 +25,10 @@ from urllib.parse import urlparse
 
 from tornado.httpclient import AsyncHTTPClient
 
+from .aws_stack import start_aws
 from .simulator import DEFAULT_BOOT_DELAY
+from .synapse import serve as serve_synapse
+from .synapse.directory import OAuthClient
 
 if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
@@ -85,10 +88,6 @@ async def start_standins(
     """Start the stand-ins on this loop; the endpoints are also written to disk.
     ``light_instances``: simulated instances boot without a notebook process of their own
     (``localcloud.instances.light``), for benchmarks with hundreds of servers."""
-    from .aws_stack import start_aws
-    from .synapse import serve as serve_synapse
-    from .synapse.directory import OAuthClient
-
     client = OAuthClient(
         client_id=DEMO_CLIENT_ID,
         client_secret=DEMO_CLIENT_SECRET,

@@ -16,10 +16,11 @@ import base64
 import binascii
 import gzip
 import shlex
-from collections.abc import Callable
 from typing import Any
 
 import yaml
+
+from spawner.bootstrap import parse_server_conf
 
 SERVER_CONF_PATH = "/etc/notebook-hub/server.conf"
 DEFAULTS = {"NOTEBOOK_PORT": "8888", "HOME_DEVICE": "/dev/sdf"}
@@ -91,17 +92,9 @@ def parse_user_data(user_data: str) -> dict[str, str]:
     return parse_assignments(server_conf_text(user_data))
 
 
-def _spawner_parser() -> Callable[[str], dict[str, str]] | None:
-    try:
-        from spawner.bootstrap import parse_server_conf
-    except ImportError:
-        return None
-    return parse_server_conf
-
-
 def read_server_conf(user_data: str) -> dict[str, str]:
     """The settings of ``server.conf`` in ``user_data`` (text), defaults filled in."""
-    parser = _spawner_parser() or parse_user_data
+    parser = parse_server_conf
     try:
         values = {**DEFAULTS, **{str(k): str(v) for k, v in parser(user_data).items()}}
     except UserDataError:

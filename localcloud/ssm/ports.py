@@ -31,6 +31,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from spawner.ssm import smux
 from spawner.ssm.messages import Flag
 
 if TYPE_CHECKING:
@@ -164,8 +165,6 @@ class MuxPorts:
     """The multiplexed port session: an smux server whose streams are TCP connections."""
 
     def __init__(self, agent: AgentSession) -> None:
-        from spawner.ssm import smux
-
         self._smux_module = smux
         self.agent = agent
         self.smux = smux.SmuxSession(client=False)

@@ -19,7 +19,13 @@ from .documents import find_document
 from .errors import AwsError, validation_error
 from .faults import FaultInjector, FaultRule
 from .pagination import decode_page_token, encode_page_token
-from .registry import DEFAULT_AGENT_VERSION, InstanceRegistry, ManagedInstance, Resolver
+from .registry import (
+    DEFAULT_AGENT_VERSION,
+    INSTANCE_ID,
+    InstanceRegistry,
+    ManagedInstance,
+    Resolver,
+)
 from .sessions import SessionRecord, Status, new_session_id
 from .sigv4 import CredentialStore, Principal, StaticCredentials, verify
 
@@ -464,8 +470,6 @@ _INSTANCE_FILTER_KEYS = (
 def _filter_instances(
     instances: list[ManagedInstance], key: Any, values: Any
 ) -> list[ManagedInstance]:
-    from .registry import INSTANCE_ID
-
     if not isinstance(key, str) or not (key in _INSTANCE_FILTER_KEYS or key.startswith("tag")):
         raise AwsError("InvalidFilterKey", f"{key} is not a valid filter key.")
     if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
