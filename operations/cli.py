@@ -263,6 +263,33 @@ def format_plans(outcomes: list[Any], now: dt.datetime) -> str:
     )
 
 
+def _reap_json(report: Any, dry_run: bool, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "now": audit.isoformat(now),
+        "instances": [
+            {
+                "instance_id": o.plan.view.instance_id,
+                "user": o.plan.user,
+                "server": o.plan.server,
+                "community": o.plan.community_id,
+                "stopped_since": audit.isoformat(o.plan.stopped_since)
+                if o.plan.stopped_since
+                else None,
+                "removal_date": audit.isoformat(o.plan.removal_date)
+                if o.plan.removal_date
+                else None,
+                "action": o.plan.action,
+                "done": o.done,
+                "snapshot_id": o.result.snapshot_id if o.result else None,
+            }
+            for o in report.outcomes
+        ],
+        "volumes": [{"volume_id": v, "done": d} for v, d in report.volumes],
+        "errors": report.errors,
+    }
+
+
 async def _reap(args: argparse.Namespace) -> int:
     communities = _communities(args.communities, required=True)
     regions = _regions(args, communities)
@@ -281,35 +308,7 @@ async def _reap(args: argparse.Namespace) -> int:
     await log.aflush()
     now = args.now or dt.datetime.now(dt.UTC)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "dry_run": args.dry_run,
-                    "now": audit.isoformat(now),
-                    "instances": [
-                        {
-                            "instance_id": o.plan.view.instance_id,
-                            "user": o.plan.user,
-                            "server": o.plan.server,
-                            "community": o.plan.community_id,
-                            "stopped_since": audit.isoformat(o.plan.stopped_since)
-                            if o.plan.stopped_since
-                            else None,
-                            "removal_date": audit.isoformat(o.plan.removal_date)
-                            if o.plan.removal_date
-                            else None,
-                            "action": o.plan.action,
-                            "done": o.done,
-                            "snapshot_id": o.result.snapshot_id if o.result else None,
-                        }
-                        for o in report.outcomes
-                    ],
-                    "volumes": [{"volume_id": v, "done": d} for v, d in report.volumes],
-                    "errors": report.errors,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(_reap_json(report, args.dry_run, now), indent=2))
     else:
         if args.dry_run:
             print("DRY RUN: nothing is changed.\n")

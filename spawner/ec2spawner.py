@@ -19,7 +19,7 @@ import random
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import url_path_join
@@ -44,7 +44,7 @@ from .naming import (
 )
 from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
 from .parameters import ParameterStore
-from .poller import UNKNOWN, InstancePoller
+from .poller import UNKNOWN, InstancePoller, InstanceView
 from .region import Regions
 from .removal import snapshot_then_terminate
 from .ssm.datachannel import DEFAULT_RESUME_TIMEOUT, SessionError
@@ -59,6 +59,18 @@ def _expired(auth_state: dict[str, Any]) -> bool:
     ``expires_in``) is over. Unknown expiry is not expired: older auth states lack it."""
     expires = auth_state.get("expires_at")
     return isinstance(expires, (int, float)) and expires <= time.time()
+
+
+def _home_volume(instance: dict[str, Any]) -> str | None:
+    """The home volume's id in an EC2 answer (RunInstances may not list it yet)."""
+    return next(
+        (
+            b["Ebs"]["VolumeId"]
+            for b in instance.get("BlockDeviceMappings", [])
+            if b.get("DeviceName") == HOME_DEVICE and "Ebs" in b
+        ),
+        None,
+    )
 
 
 def _article(instance_type: str) -> str:
@@ -443,16 +455,44 @@ class EC2Spawner(Spawner):
             self.log.exception("%s: could not write the audit line for %s", self._log_name, action)
 
     async def _start(self) -> str:
+        """The request path of ``docs/spawner.md``, one step per line."""
+        self._begin_start()
+        community, options = await self._chosen(self.user_options or self.last_options or {})
+        auth_state = await self._signed_in_state()
+        self._remember(community, options)
+        aws, poller = self.aws_for(community.region), self.poller_for(community.region)
+        await self._check_server_limit(community, poller)
+        self._audit("start")
+        store = await self._write_parameters(community, options, auth_state, aws)
+        launched_now = False
+        try:
+            launched_now = await self._ensure_instance(
+                community, self._identity(auth_state), options, aws, poller
+            )
+            await store.tag_for_instance(self._parameters(), self._instance_arn(community))
+            await self._wait_reachable(community.image(options.image_id), aws, poller)
+        except BaseException as e:
+            await self._failed_start(e, community, aws, launched_now)
+        return self.tunnel_url
+
+    def _begin_start(self) -> None:
         self._events = []
         self.stopped_at = None
         self._emit(0, "Preparing your server…")
-        communities = await self._user_communities()
+
+    async def _chosen(self, requested: dict[str, Any]) -> tuple[Community, SpawnOptions]:
+        """The request's options, validated against the user's communities (400 if not)."""
         try:
-            options = validate_options(self.user_options or self.last_options or {}, communities)
+            options = validate_options(requested, await self._user_communities())
         except OptionsError as e:
             raise StartFailed(str(e), status=400) from None
         community = self.communities_config.by_id(options.community_id)
         assert community is not None  # validate_options only returns known communities
+        return community, options
+
+    async def _signed_in_state(self) -> dict[str, Any]:
+        """The user's auth state, with a token a notebook may be given (never an expired
+        one: the pre-spawn refresh could not rotate it, so the user must sign in again)."""
         auth_state = await self.user.get_auth_state() or {}
         if (
             not auth_state.get("access_token")
@@ -460,7 +500,10 @@ class EC2Spawner(Spawner):
             or _expired(auth_state)
         ):
             raise StartFailed("Your Synapse sign-in has expired: sign out and sign in again.")
-        identity = ServerIdentity(
+        return auth_state
+
+    def _identity(self, auth_state: dict[str, Any]) -> ServerIdentity:
+        return ServerIdentity(
             hub_id=self.hub_id,
             user=self.user.name,
             server=self.name,
@@ -468,6 +511,12 @@ class EC2Spawner(Spawner):
             synapse_user_name=str(auth_state.get("user_name", self.user.name)),
             email=str(auth_state.get("email", "")),
         )
+
+    def _remember(self, community: Community, options: SpawnOptions) -> None:
+        """Keep the resolved choices: in the state (the next start's defaults, the cost and
+        the audit lines) and as the server's ``user_options``, so that the idle cullers
+        apply this server's community's rule even when the request named no community
+        (JupyterHub saves user_options with the server)."""
         self.region = community.region
         self.last_options = {
             "community": options.community_id,
@@ -475,22 +524,23 @@ class EC2Spawner(Spawner):
             "instance_type": options.instance_type,
             "disk_gb": options.disk_gb,
         }
-        # The resolved choices, so the idle cullers apply this server's community's rule even
-        # when the request named no community (JupyterHub saves user_options with the server).
         self.user_options = dict(self.last_options)
-        aws = self.aws_for(community.region)
-        poller = self.poller_for(community.region)
-        await self._check_server_limit(community, poller)
-        self._audit("start")
 
-        params = self._parameters()
+    async def _write_parameters(
+        self,
+        community: Community,
+        options: SpawnOptions,
+        auth_state: dict[str, Any],
+        aws: Aws,
+    ) -> ParameterStore:
+        """This start's settings and secrets, where only the instance will read them."""
         store = ParameterStore(aws, self.parameter_kms_key_id)
         image = community.image(options.image_id)
         assert image is not None
         self._emit(10, "Writing your server's settings…")
         try:
             await store.write(
-                params,
+                self._parameters(),
                 config={
                     "image": image.image,
                     "image_kind": str(image.kind),
@@ -504,50 +554,53 @@ class EC2Spawner(Spawner):
         except AwsError as e:
             raise self._aws_failure(e, community, "writing the server's parameters") from None
         self._token_written = auth_state["access_token"]
+        return store
 
-        launched_now = False
-        try:
-            launched_now = await self._ensure_instance(community, identity, options, aws, poller)
-            await store.tag_for_instance(params, self._instance_arn(community))
-            self._emit(40, "Instance is booting…")
-            await self._wait_running(poller)
-            self._emit(60, "Waiting for the instance to connect to Systems Manager…")
-            await self._wait_agent_online(aws)
-            self._emit(75, "Opening a secure tunnel to the instance…")
-            await self._open_tunnel()
-            kind = "RStudio" if str(image.kind) == "rstudio" else "Jupyter"
-            self._emit(85, f"Starting {kind}…")
-            await self._wait_notebook()
-            if not (await self.user.get_auth_state() or {}).get("access_token"):
-                # The user's access ended while the instance booted (they left their teams,
-                # or signed out everywhere): the start fails and cleans up after itself.
-                raise StartFailed("Your access to this hub has ended; sign in again.", 403)
-        except BaseException as e:
-            self._audit("start_failed", error=str(e)[:300])
-            await self._cleanup_failed_start(aws, launched_now, e)
-            if isinstance(e, AwsError):
-                raise self._aws_failure(e, community, e.operation) from None
-            if isinstance(e, SessionError):
-                self.log.error(
-                    "%s: Session Manager %s failed for %s: %s — check the hub role's "
-                    "ssm:StartSession permission and the instance's SSM agent",
-                    self._log_name,
-                    getattr(e, "call", "session"),
-                    self.instance_id,
-                    e,
-                )
-                raise StartFailed(
-                    "The hub could not open a Session Manager connection to your instance. "
-                    "It has been stopped; an admin has the details in the hub's log."
-                ) from None
-            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
-                self.log.exception("%s: unexpected error during start", self._log_name)
-                raise StartFailed(
-                    "Starting your server failed unexpectedly; an admin has the details in "
-                    "the hub's log. Please try again."
-                ) from None
-            raise
-        return self.tunnel_url
+    async def _wait_reachable(self, image: Any, aws: Aws, poller: InstancePoller) -> None:
+        """From "EC2 accepted it" to "the notebook answers through the tunnel"."""
+        self._emit(40, "Instance is booting…")
+        await self._wait_running(poller)
+        self._emit(60, "Waiting for the instance to connect to Systems Manager…")
+        await self._wait_agent_online(aws)
+        self._emit(75, "Opening a secure tunnel to the instance…")
+        await self._open_tunnel()
+        kind = "RStudio" if str(image.kind) == "rstudio" else "Jupyter"
+        self._emit(85, f"Starting {kind}…")
+        await self._wait_notebook()
+        if not (await self.user.get_auth_state() or {}).get("access_token"):
+            # The user's access ended while the instance booted (they left their teams, or
+            # signed out everywhere): the start fails and cleans up after itself.
+            raise StartFailed("Your access to this hub has ended; sign in again.", 403)
+
+    async def _failed_start(
+        self, e: BaseException, community: Community, aws: Aws, launched_now: bool
+    ) -> NoReturn:
+        """Audit and clean up a start that failed after its parameters were written, then
+        raise what the user should see (the admin's details go to the log)."""
+        self._audit("start_failed", error=str(e)[:300])
+        await self._cleanup_failed_start(aws, launched_now, e)
+        if isinstance(e, AwsError):
+            raise self._aws_failure(e, community, e.operation) from None
+        if isinstance(e, SessionError):
+            self.log.error(
+                "%s: Session Manager %s failed for %s: %s — check the hub role's "
+                "ssm:StartSession permission and the instance's SSM agent",
+                self._log_name,
+                getattr(e, "call", "session"),
+                self.instance_id,
+                e,
+            )
+            raise StartFailed(
+                "The hub could not open a Session Manager connection to your instance. "
+                "It has been stopped; an admin has the details in the hub's log."
+            ) from None
+        if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
+            self.log.exception("%s: unexpected error during start", self._log_name)
+            raise StartFailed(
+                "Starting your server failed unexpectedly; an admin has the details in "
+                "the hub's log. Please try again."
+            ) from None
+        raise e
 
     @property
     def tunnel_url(self) -> str:
@@ -606,45 +659,56 @@ class EC2Spawner(Spawner):
         aws: Aws,
         poller: InstancePoller,
     ) -> bool:
-        """Resume (restarting it first if it still runs) or launch; True when this call
-        launched a new instance."""
-        view = await self._find_instance(aws, poller)
-        if view is not None and view.state not in ("terminated", "shutting-down"):
-            self.instance_id = view.instance_id
-            self.volume_id = view.volumes.get(HOME_DEVICE, self.volume_id)
-            self._save_state()
-            if view.tags.get(TAG_IMAGE) != options.image_id:
-                # An image switch: the bootstrap reads the image from the config parameter at
-                # boot; the tag follows so cost reports see what runs.
-                await aws.call(
-                    "ec2",
-                    "create_tags",
-                    Resources=[view.instance_id],
-                    Tags=[{"Key": TAG_IMAGE, "Value": options.image_id}],
-                )
-            state = view.state
-            if state in ("pending", "running"):
-                await self._stop_stale_instance(view.instance_id, state, aws, poller)
-                state = "stopping"
-            if state == "stopping":
-                self._emit(20, f"Waiting for {view.instance_id} to finish stopping…")
-                async with asyncio.timeout(300):
-                    await poller.wait_for(view.instance_id, {"stopped"})
-            if view.instance_type != options.instance_type:
-                await aws.call(
-                    "ec2",
-                    "modify_instance_attribute",
-                    InstanceId=view.instance_id,
-                    InstanceType={"Value": options.instance_type},
-                )
-            self._emit(20, f"Starting your stopped instance {view.instance_id}…")
-            await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
-            self._audit("resume", instance_id=view.instance_id)
+        """This server's instance, started: resumed if it exists (restarted first if it
+        still runs), else launched. True when this call launched a new one."""
+        view = await self.get_object(aws, poller)
+        if view is None or view.state in ("terminated", "shutting-down"):
+            await self.create_object(community, identity, options, aws)
             poller.kick()
-            return False
-        await self._launch(community, identity, options, aws)
+            return True
+        self.instance_id = view.instance_id
+        self.volume_id = view.volumes.get(HOME_DEVICE, self.volume_id)
+        self._save_state()
+        await self.start_object(view, options, aws, poller)
         poller.kick()
-        return True
+        return False
+
+    # -- the instance's lifecycle: small steps a subclass may override (dockerspawner's
+    # -- get/create/start/stop/remove_object)
+
+    async def start_object(
+        self, view: InstanceView, options: SpawnOptions, aws: Aws, poller: InstancePoller
+    ) -> None:
+        """Start this server's existing instance with the chosen image and type: retag an
+        image switch, restart an instance that still runs (so it boots with this start's
+        parameters), wait for a stop in flight, change the type, ``StartInstances``."""
+        if view.tags.get(TAG_IMAGE) != options.image_id:
+            # An image switch: the bootstrap reads the image from the config parameter at
+            # boot; the tag follows so cost reports see what runs.
+            await aws.call(
+                "ec2",
+                "create_tags",
+                Resources=[view.instance_id],
+                Tags=[{"Key": TAG_IMAGE, "Value": options.image_id}],
+            )
+        state = view.state
+        if state in ("pending", "running"):
+            await self._stop_stale_instance(view.instance_id, state, aws, poller)
+            state = "stopping"
+        if state == "stopping":
+            self._emit(20, f"Waiting for {view.instance_id} to finish stopping…")
+            async with asyncio.timeout(300):
+                await poller.wait_for(view.instance_id, {"stopped"})
+        if view.instance_type != options.instance_type:
+            await aws.call(
+                "ec2",
+                "modify_instance_attribute",
+                InstanceId=view.instance_id,
+                InstanceType={"Value": options.instance_type},
+            )
+        self._emit(20, f"Starting your stopped instance {view.instance_id}…")
+        await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+        self._audit("resume", instance_id=view.instance_id)
 
     async def _stop_stale_instance(
         self, instance_id: str, state: str, aws: Aws, poller: InstancePoller
@@ -672,7 +736,7 @@ class EC2Spawner(Spawner):
         )
         poller.kick()
 
-    async def _find_instance(self, aws: Aws, poller: InstancePoller) -> Any:
+    async def get_object(self, aws: Aws, poller: InstancePoller) -> InstanceView | None:
         """This server's instance: by the id in the state, else by its tags."""
         if self.instance_id:
             view = poller.get(self.instance_id)
@@ -693,9 +757,11 @@ class EC2Spawner(Spawner):
         mine.sort(key=lambda v: v.launch_time or 0, reverse=True)
         return mine[0] if mine else None
 
-    async def _launch(
+    async def create_object(
         self, community: Community, identity: ServerIdentity, options: SpawnOptions, aws: Aws
     ) -> None:
+        """Launch a new instance: ``RunInstances`` in the community's subnets in turn until
+        one has capacity, with a client token that makes a retried call idempotent."""
         if not self.launch_id:
             self.launch_id = uuid.uuid4().hex
             self._save_state()
@@ -737,14 +803,7 @@ class EC2Spawner(Spawner):
                 continue
             instance = answer["Instances"][0]
             self.instance_id = instance["InstanceId"]
-            self.volume_id = next(
-                (
-                    b["Ebs"]["VolumeId"]
-                    for b in instance.get("BlockDeviceMappings", [])
-                    if b.get("DeviceName") == HOME_DEVICE and "Ebs" in b
-                ),
-                None,
-            )
+            self.volume_id = _home_volume(instance)
             self.launch_id = None
             self._save_state()
             self.log.info("%s: launched %s in %s", self._log_name, self.instance_id, subnet)
@@ -1057,16 +1116,20 @@ class EC2Spawner(Spawner):
         aws = self.aws_for(self.region)
         await ParameterStore(aws).delete(self._parameters())
         if self.instance_id:
-            try:
-                await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
-                self.stopped_at = audit.isoformat(audit.utcnow())
-                self._audit("stop")
-            except AwsError as e:
-                if e.kind is not ErrorKind.NOT_FOUND:
-                    raise
-                self.instance_id = None
+            await self.stop_object(aws)
             self.poller_for(self.region).kick()
         self.log.info("%s: stopped %s (volume kept)", self._log_name, self.instance_id)
+
+    async def stop_object(self, aws: Aws) -> None:
+        """``StopInstances``: the disk stays; an instance already gone is forgotten."""
+        try:
+            await aws.call("ec2", "stop_instances", InstanceIds=[self.instance_id])
+            self.stopped_at = audit.isoformat(audit.utcnow())
+            self._audit("stop")
+        except AwsError as e:
+            if e.kind is not ErrorKind.NOT_FOUND:
+                raise
+            self.instance_id = None
 
     async def delete_forever(self) -> None:
         """Deleting a named server (or the user) terminates its instance: the home volume is
@@ -1076,6 +1139,13 @@ class EC2Spawner(Spawner):
         aws = self.aws_for(self.region)
         with contextlib.suppress(AwsError):
             await ParameterStore(aws).delete(self._parameters())
+        await self.remove_object(aws)
+        self.log.info("%s: terminated %s", self._log_name, self.instance_id)
+        self.instance_id = self.volume_id = self.tunnel_port = None
+
+    async def remove_object(self, aws: Aws) -> None:
+        """Terminate the instance for good, the home volume snapshotted first when the
+        community says so: `spawner.removal`, the reaper's own steps."""
         view = self.poller_for(self.region).get(self.instance_id)
         community = self.communities_config.by_id((self.last_options or {}).get("community", ""))
         await snapshot_then_terminate(
@@ -1085,5 +1155,3 @@ class EC2Spawner(Spawner):
             audit.actor_for(self),
             "server deleted" if self.name else "user deleted",
         )
-        self.log.info("%s: terminated %s", self._log_name, self.instance_id)
-        self.instance_id = self.volume_id = self.tunnel_port = None

@@ -169,6 +169,7 @@ def run_instances_request(
     a subnet not in the community, an overlong token or user data), so that they fail here
     and not as an EC2 error halfway through a launch.
     """
+    # Long: one request, field by field: the one place that says all EC2 is asked for.
     if options.community_id != community.id:
         raise ValueError(f"options are for {options.community_id!r}, not {community.id!r}")
     if community.instance_type(options.instance_type) is None:

@@ -209,6 +209,8 @@ async def snapshot_then_terminate(
     snapshot failed) or the instance does not stop, `AwsError` when AWS refuses a step;
     each step that happened has its audit line.
     """
+    # Long: the removal's steps in the order the module docstring gives, each audited
+    # where it happens; to be cut into one function per step.
     record = (audit_log or audit.get_audit_log()).record
     who = actor if isinstance(actor, Actor) else Actor(actor)
     snapshot_first = (
@@ -373,6 +375,7 @@ async def delete_volumes_after_snapshots(
 ) -> list[tuple[str, str]]:
     """Delete home volumes kept only until their snapshot completed (see the module
     docstring). Returns (volume id, what was done) for each such volume."""
+    # Long: one pass over the kept volumes, with every outcome reported and audited.
     record = (audit_log or audit.get_audit_log()).record
     who = actor if isinstance(actor, Actor) else Actor(actor)
     pages = await aws.paginate(

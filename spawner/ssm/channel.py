@@ -242,6 +242,7 @@ class ChannelConnection:
         ``now`` for the CreatedDate field, which carries epoch milliseconds: pass
         ``time.time() - loop.time()`` when ``now`` is a monotonic clock.
         """
+        # Long: the state machine's whole state, set in one place, each field documented.
         self.role = role
         self._agent = agent = role is Role.AGENT
         self.session_type = session_type

@@ -382,6 +382,7 @@ class DataChannel:
         resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
         metrics: TunnelMetrics | None = None,
     ) -> None:
+        # Long: every keyword argument kept, each documented above.
         self.target = target
         self.remote_port = remote_port
         self.document_name = document_name
@@ -489,6 +490,8 @@ class DataChannel:
         Raises `SessionError` naming the step that failed; a session that was started is
         terminated again before the error propagates.
         """
+        # Long: the plugin's opening sequence in order (StartSession, dial, token,
+        # handshake), each failure named.
         loop = self._loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
         starting = self._starting = loop.run_in_executor(

@@ -663,6 +663,8 @@ class Tunnel:
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        # Long: every keyword argument kept, each documented above; to become one frozen
+        # settings object.
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self.target = target
