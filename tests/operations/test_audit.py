@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import uuid
 from types import SimpleNamespace
 from unittest import mock
 
@@ -82,12 +83,15 @@ def test_values_are_scalars_and_strings_are_bounded(tmp_path):
 def test_lines_go_to_the_snh_audit_logger_too(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="snh.audit")
     log = AuditLog(None, clock=lambda: T0)  # no file: the logger only
-    log.record("start", Actor("user", "alice"), user="alice", server="")
+    server = f"logger-{uuid.uuid4().hex}"
+    log.record("start", Actor("user", "alice"), user="alice", server=server)
     log.flush()
-    # only this log's line (its clock says T0): other tests' lines may reach the logger late
+    # only this log's line: other tests' logs write from their own threads and may reach
+    # the logger late, with the same clock
     messages = [r.getMessage() for r in caplog.records if r.name == "snh.audit"]
-    [mine] = [m for m in messages if json.loads(m)["time"] == isoformat(T0)]
+    [mine] = [m for m in messages if json.loads(m).get("server") == server]
     assert json.loads(mine)["action"] == "start"
+    assert json.loads(mine)["time"] == isoformat(T0)
 
 
 async def test_recording_does_not_wait_for_the_disk(tmp_path):
