@@ -138,10 +138,7 @@ c.JupyterHub.load_roles.append(
 # why: hub_config/culling.py; IDLE_TIMEOUT_SECONDS / CULL_EVERY_SECONDS to try it quickly.
 from hub_config import culling  # noqa: E402 - this block's own import
 
-try:
-    cull_overrides = culling.CullingOverrides.from_environ()
-except SettingsError as e:
-    sys.exit(f"jupyterhub_config.py: {e}")
+cull_overrides = settings.cull_overrides
 cull_services, cull_roles = culling.culler_services(communities, cull_overrides)
 c.JupyterHub.services.extend(cull_services)
 c.JupyterHub.load_roles.extend(cull_roles)
@@ -150,6 +147,10 @@ cull_rules = culling.cull_rules(communities, cull_overrides)
 c.Spawner.environment.update(
     {"JUPYTERHUB_ACTIVITY_INTERVAL": str(culling.activity_interval(cull_rules))}
 )
+# Each instance's own idle limit (its backstop), from the same rules.
+c.EC2Spawner.backstop_idle_seconds = {
+    rule.community: culling.backstop_idle_seconds(rule.timeout_seconds) for rule in cull_rules
+}
 # -- end of idle culling ---------------------------------------------------------------
 
 # -- operations: audit log, Prometheus metrics (/hub/metrics), the admin's server overview --

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,51 +58,22 @@ from functools import cache
 from typing import Any
 
 from .communities import CommunitiesConfig, Community
-from .settings import SettingsError
+from .settings import (
+    POLICY_VARIABLE,
+    CullingOverrides,
+    culler_policy_json,
+)
 
-#: Environment variables for trying culling quickly (README, "Idle culling").
-IDLE_TIMEOUT_VARIABLE = "IDLE_TIMEOUT_SECONDS"
-CULL_EVERY_VARIABLE = "CULL_EVERY_SECONDS"
-#: How the services get their rules (JSON, see ``CullPolicy.to_json``).
-POLICY_VARIABLE = "SNH_CULL_POLICY"
 DEFAULT_CULL_EVERY_SECONDS = 300
 #: jupyterhub-singleuser's default report interval, the longest we use.
 MAX_ACTIVITY_INTERVAL_SECONDS = 300
 #: The instance backstop's limit is twice the idle timeout, but never less than this.
 MIN_BACKSTOP_SECONDS = 3600
-_MAX_SECONDS = 10**9
 
 
 # --------------------------------------------------------------------------------------------
 # Rules
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CullingOverrides:
-    """``IDLE_TIMEOUT_SECONDS`` and ``CULL_EVERY_SECONDS``, when set."""
-
-    idle_timeout_seconds: int | None = None
-    cull_every_seconds: int | None = None
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> CullingOverrides:
-        """Read both variables; a malformed one raises ``SettingsError`` naming it."""
-        env = os.environ if environ is None else environ
-        problems: list[str] = []
-        values: dict[str, int | None] = {}
-        for name in (IDLE_TIMEOUT_VARIABLE, CULL_EVERY_VARIABLE):
-            raw = env.get(name, "").strip()
-            values[name] = None
-            if not raw:
-                continue
-            if raw.isascii() and raw.isdigit() and 0 < int(raw) < _MAX_SECONDS:
-                values[name] = int(raw)
-            else:
-                problems.append(f"{name}={raw!r}: not a positive whole number of seconds")
-        if problems:
-            raise SettingsError(problems)
-        return cls(values[IDLE_TIMEOUT_VARIABLE], values[CULL_EVERY_VARIABLE])
 
 
 @dataclass(frozen=True)
@@ -358,7 +328,7 @@ def culler_class() -> type:
 
         @default("cull_arbiter_hook")
         def _policy_arbiter(self) -> Any:
-            text = os.environ.get(POLICY_VARIABLE)
+            text = culler_policy_json()
             if not text:
                 return default_cull_arbiter
             return arbiter(CullPolicy.from_json(text), self.log)

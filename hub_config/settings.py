@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from spawner.naming import DEFAULT_HUB_ID, DEFAULT_PARAMETER_PREFIX
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_COMMUNITIES_FILE = HERE / "communities.yaml"
 
@@ -79,6 +81,14 @@ VARIABLES: dict[str, tuple[bool, str]] = {
 }
 
 
+#: Environment variables for trying culling quickly (README, "Idle culling").
+IDLE_TIMEOUT_VARIABLE = "IDLE_TIMEOUT_SECONDS"
+CULL_EVERY_VARIABLE = "CULL_EVERY_SECONDS"
+#: How the culler services get their rules (JSON, see ``culling.CullPolicy.to_json``).
+POLICY_VARIABLE = "SNH_CULL_POLICY"
+_MAX_SECONDS = 10**9
+
+
 class SettingsError(ValueError):
     """One or more environment variables are missing or malformed; lists all of them."""
 
@@ -88,6 +98,40 @@ class SettingsError(ValueError):
             + "\n".join(f"  - {p}" for p in problems)
         )
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class CullingOverrides:
+    """``IDLE_TIMEOUT_SECONDS`` and ``CULL_EVERY_SECONDS``, when set."""
+
+    idle_timeout_seconds: int | None = None
+    cull_every_seconds: int | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> CullingOverrides:
+        """Read both variables; a malformed one raises ``SettingsError`` naming it."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        values: dict[str, int | None] = {}
+        for name in (IDLE_TIMEOUT_VARIABLE, CULL_EVERY_VARIABLE):
+            raw = env.get(name, "").strip()
+            values[name] = None
+            if not raw:
+                continue
+            if raw.isascii() and raw.isdigit() and 0 < int(raw) < _MAX_SECONDS:
+                values[name] = int(raw)
+            else:
+                problems.append(f"{name}={raw!r}: not a positive whole number of seconds")
+        if problems:
+            raise SettingsError(problems)
+        return cls(values[IDLE_TIMEOUT_VARIABLE], values[CULL_EVERY_VARIABLE])
+
+
+def culler_policy_json(environ: Mapping[str, str] | None = None) -> str | None:
+    """The rules a culler service was started with (``SNH_CULL_POLICY``, set by the hub in
+    the service's environment; see ``culling.culler_services``), or None."""
+    env = os.environ if environ is None else environ
+    return env.get(POLICY_VARIABLE) or None
 
 
 def _url(name: str, value: str, problems: list[str], *, path_ok: bool = True) -> str:
@@ -112,13 +156,14 @@ class HubSettings:
     db_url: str
     admin_contact: str
     extra_config: Path | None
-    hub_id: str = "synapse-notebook-hub"
+    hub_id: str = DEFAULT_HUB_ID
     hub_bind_url: str = "http://127.0.0.1:8081"
     hub_connect_url: str = ""
     aws_endpoint_url: str | None = None
-    parameter_prefix: str = "/synapse-notebook-hub"
+    parameter_prefix: str = DEFAULT_PARAMETER_PREFIX
     parameter_kms_key_id: str | None = None
     break_glass_admins: frozenset[str] = frozenset()
+    cull_overrides: CullingOverrides = CullingOverrides()
 
     def aws_environment(self) -> dict[str, str]:
         """What the hub's own services (reconciliation, reaper) need to reach AWS as the hub
@@ -194,7 +239,7 @@ class HubSettings:
             problems.append(f"SNH_EXTRA_CONFIG={extra!r}: no such file")
 
         db_url = get("SNH_DB_URL", f"sqlite:///{state_dir / 'jupyterhub.sqlite'}")
-        hub_id = get("SNH_HUB_ID", "synapse-notebook-hub")
+        hub_id = get("SNH_HUB_ID", DEFAULT_HUB_ID)
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", hub_id):
             problems.append(f"SNH_HUB_ID={hub_id!r}: lowercase letters, digits and '-' only")
         hub_bind_url = _url(
@@ -206,7 +251,7 @@ class HubSettings:
         aws_endpoint_url = get("SNH_AWS_ENDPOINT_URL")
         if aws_endpoint_url:
             aws_endpoint_url = _url("SNH_AWS_ENDPOINT_URL", aws_endpoint_url, problems)
-        parameter_prefix = get("SNH_PARAMETER_PREFIX", "/synapse-notebook-hub").rstrip("/")
+        parameter_prefix = get("SNH_PARAMETER_PREFIX", DEFAULT_PARAMETER_PREFIX).rstrip("/")
         if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", parameter_prefix):
             problems.append(
                 f"SNH_PARAMETER_PREFIX={parameter_prefix!r}: a parameter path such as "
@@ -229,6 +274,11 @@ class HubSettings:
                 f"SNH_BREAK_GLASS_ADMINS: {', '.join(bad)}: hub user names (lower case, "
                 "comma-separated)"
             )
+        try:
+            cull_overrides = CullingOverrides.from_environ(env)
+        except SettingsError as e:
+            problems.extend(e.problems)
+            cull_overrides = CullingOverrides()
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -250,4 +300,42 @@ class HubSettings:
             parameter_prefix=parameter_prefix,
             parameter_kms_key_id=kms_key or None,
             break_glass_admins=break_glass,
+            cull_overrides=cull_overrides,
+        )
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator commands (``snh``) take from the environment: the hub's own
+    variables (the reaper's systemd unit loads the hub's ``hub.env``; the hub's services get
+    them from `HubSettings.aws_environment`) and JupyterHub's API variables. Command-line
+    options override each; nothing here is required, so ``snh forward`` and ``snh check``
+    work on a laptop with none of them set."""
+
+    hub_id: str = DEFAULT_HUB_ID
+    communities_file: Path | None = None
+    aws_endpoint_url: str | None = None
+    state_dir: Path = Path(".")
+    api_url: str | None = None
+    api_token: str | None = None
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir.expanduser() / "audit.log"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        communities = get("SNH_COMMUNITIES_FILE")
+        return cls(
+            hub_id=get("SNH_HUB_ID") or DEFAULT_HUB_ID,
+            communities_file=Path(communities) if communities else None,
+            aws_endpoint_url=get("SNH_AWS_ENDPOINT_URL"),
+            state_dir=Path(get("SNH_STATE_DIR") or "."),
+            api_url=get("JUPYTERHUB_API_URL"),
+            api_token=get("JUPYTERHUB_API_TOKEN"),
         )

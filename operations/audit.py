@@ -457,15 +457,13 @@ _default = AuditLog(None)
 LISTENERS: list[Callable[[dict[str, Any]], None]] = _default.listeners
 
 
-def default_path(state_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``<state dir>/audit.log``; the state dir defaults to ``SNH_STATE_DIR`` or ``.``."""
-    if state_dir is None:
-        state_dir = os.environ.get("SNH_STATE_DIR", "").strip() or "."
+def default_path(state_dir: str | os.PathLike[str] = ".") -> Path:
+    """``<state dir>/audit.log`` (the hub's state dir: ``HubSettings.state_dir``)."""
     return Path(state_dir).expanduser() / "audit.log"
 
 
 def configure(
-    path: str | os.PathLike[str] | None = None, *, state_dir: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str] | None = None, *, state_dir: str | os.PathLike[str] = "."
 ) -> AuditLog:
     """Point the process's audit log at ``path`` (default `default_path`). Until this is
     called, lines go to the ``snh.audit`` logger only (so unit tests write no file)."""

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -49,6 +48,7 @@ from hub_config.communities import (
     load_communities,
     load_instance_types,
 )
+from hub_config.settings import OperatorSettings
 from spawner.region import Regions, aws_of
 
 from . import audit, check, forward, reconcile
@@ -67,8 +67,8 @@ class UsageError(Exception):
     pass
 
 
-def _communities(path: str | None, *, required: bool) -> CommunitiesConfig | None:
-    path = path or os.environ.get("SNH_COMMUNITIES_FILE") or str(DEFAULT_COMMUNITIES_PATH)
+def _communities(args: argparse.Namespace, *, required: bool) -> CommunitiesConfig | None:
+    path = args.communities or args.settings.communities_file or DEFAULT_COMMUNITIES_PATH
     try:
         return load_communities(path)
     except CommunitiesError as e:
@@ -92,10 +92,10 @@ def _clients(args: argparse.Namespace) -> Regions:
     return args.regions if args.regions is not None else Regions(args.endpoint_url)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, settings: OperatorSettings) -> None:
     parser.add_argument(
         "--hub-id",
-        default=os.environ.get("SNH_HUB_ID") or "synapse-notebook-hub",
+        default=settings.hub_id,
         help="the hub's id (tag jupyterhub:hub); default $SNH_HUB_ID or synapse-notebook-hub",
     )
     parser.add_argument(
@@ -110,7 +110,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--endpoint-url",
-        default=os.environ.get("SNH_AWS_ENDPOINT_URL") or None,
+        default=settings.aws_endpoint_url,
         help="one endpoint for every AWS service (the local cloud); default $SNH_AWS_ENDPOINT_URL",
     )
     parser.add_argument(
@@ -128,7 +128,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _api_url(args: argparse.Namespace) -> str:
     if args.hub_url:
         return args.hub_url.rstrip("/") + "/hub/api"
-    url = os.environ.get("JUPYTERHUB_API_URL")
+    url = args.settings.api_url
     if not url:
         raise UsageError("pass --hub-url, or set JUPYTERHUB_API_URL")
     return url.rstrip("/")
@@ -137,7 +137,7 @@ def _api_url(args: argparse.Namespace) -> str:
 def _token(args: argparse.Namespace) -> str:
     if args.token_file:
         return Path(args.token_file).expanduser().read_text().strip()
-    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
+    token = args.token or args.settings.api_token
     if not token:
         raise UsageError("set JUPYTERHUB_API_TOKEN, or pass --token-file (or --token)")
     return token
@@ -181,7 +181,7 @@ def fetch_users(api_url: str, token: str, *, page_size: int = 200) -> list[dict[
 
 async def _servers(args: argparse.Namespace) -> int:
     api_url, token = _api_url(args), _token(args)
-    communities = _communities(args.communities, required=False)
+    communities = _communities(args, required=False)
     users = await asyncio.to_thread(fetch_users, api_url, token)
     servers = hub_servers_from_api(users)
     regions = set(args.region or [])
@@ -197,7 +197,7 @@ async def _servers(args: argparse.Namespace) -> int:
         views,
         communities,
         now,
-        runs=AuditRuns(args.audit_log or audit.default_path()).runs(now),
+        runs=AuditRuns(args.audit_log or args.settings.audit_log).runs(now),
         price_table=load_instance_types(),
         unknown_regions=failed,
     )
@@ -291,9 +291,9 @@ def _reap_json(report: Any, dry_run: bool, now: dt.datetime) -> dict[str, Any]:
 
 
 async def _reap(args: argparse.Namespace) -> int:
-    communities = _communities(args.communities, required=True)
+    communities = _communities(args, required=True)
     regions = _regions(args, communities)
-    log = audit.configure(args.audit_log or audit.default_path())
+    log = audit.configure(args.audit_log or args.settings.audit_log)
     reaper = Reaper(
         aws_of(_clients(args)),
         args.hub_id,
@@ -328,7 +328,8 @@ async def _reap(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(settings: OperatorSettings | None = None) -> argparse.ArgumentParser:
+    settings = settings or OperatorSettings()
     top = argparse.ArgumentParser(
         prog="snh",
         description="Synapse Notebook Hub's commands: list the servers, reap dormant ones, "
@@ -340,7 +341,7 @@ def parser() -> argparse.ArgumentParser:
         delegated.add_argument("args", nargs=argparse.REMAINDER)
 
     servers = sub.add_parser("servers", help="list every server: instance, uptime, cost")
-    _common(servers)
+    _common(servers, settings)
     servers.add_argument("--json", action="store_true", help="print JSON instead of a table")
     servers.add_argument(
         "--hub-url",
@@ -354,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
     servers.add_argument("--token-file", help="a file holding a hub API token")
 
     reap = sub.add_parser("reap", help="terminate instances stopped longer than dormancy_days")
-    _common(reap)
+    _common(reap, settings)
     reap.add_argument(
         "--dry-run", action="store_true", help="list what would be done, change nothing"
     )
@@ -387,18 +388,25 @@ _DELEGATED_HELP = {
 }
 
 
-def main(argv: list[str] | None = None, *, regions: Regions | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    regions: Regions | None = None,
+    settings: OperatorSettings | None = None,
+) -> int:
     """``snh``: the console script (``pyproject.toml``); ``python -m operations`` too.
-    ``regions``: the AWS clients to use (tests pass fakes); by default new ones."""
+    ``regions``: the AWS clients to use (tests pass fakes), by default new ones;
+    ``settings``: by default from the environment (`OperatorSettings`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    settings = settings or OperatorSettings.from_environ()
     if argv and argv[0] == "reconcile":
-        return reconcile.main(argv[1:])
+        return reconcile.main(argv[1:], settings=settings)
     if argv and argv[0] in ("check", "keys"):
         return check.main(argv)
     if argv and argv[0] == "forward":
         return forward.main(argv)
-    args = parser().parse_args(argv)
-    args.regions = regions
+    args = parser(settings).parse_args(argv)
+    args.regions, args.settings = regions, settings
     command = {"servers": _servers, "reap": _reap}[args.command]
     try:
         return asyncio.run(command(args))

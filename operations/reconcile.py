@@ -25,7 +25,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_config import load_communities
+from hub_config.settings import OperatorSettings
 from spawner.aws import Aws, AwsError
 from spawner.naming import DEFAULT_SERVER_TAG, TAG_SERVER, TAG_USER
 from spawner.poller import InstancePoller, InstanceView
@@ -173,11 +173,13 @@ def _audit_line(actor: str, action: str, **fields: Any) -> None:
     audit_log.record(action, actor, **fields)
 
 
-async def _main(args: argparse.Namespace) -> int:
-    api_url = os.environ["JUPYTERHUB_API_URL"]
-    token = os.environ["JUPYTERHUB_API_TOKEN"]
+async def _main(args: argparse.Namespace, settings: OperatorSettings) -> int:
+    if not settings.api_url or not settings.api_token:
+        log.error("JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN are needed (a hub service has them)")
+        return 2
+    api_url, token = settings.api_url, settings.api_token
     regions = sorted({c.region for c in load_communities(args.communities).communities})
-    endpoint = os.environ.get("SNH_AWS_ENDPOINT_URL") or None
+    endpoint = settings.aws_endpoint_url
     pollers = [InstancePoller(Aws(region, endpoint), args.hub_id) for region in regions]
     audit = _audit_line
     while True:
@@ -193,24 +195,26 @@ async def _main(args: argparse.Namespace) -> int:
         await asyncio.sleep(args.every)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, settings: OperatorSettings | None = None) -> int:
+    """``snh reconcile``; ``settings`` by default from the environment."""
+    settings = settings or OperatorSettings.from_environ()
     parser = argparse.ArgumentParser(
         prog="snh reconcile",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--hub-id", default=os.environ.get("SNH_HUB_ID", "synapse-notebook-hub"))
+    parser.add_argument("--hub-id", default=settings.hub_id)
     parser.add_argument(
         "--communities",
-        default=os.environ.get("SNH_COMMUNITIES_FILE"),
-        required="SNH_COMMUNITIES_FILE" not in os.environ,
+        default=settings.communities_file,
+        required=settings.communities_file is None,
         help="the communities file (its regions are reconciled)",
     )
     parser.add_argument("--every", type=float, default=600, help="seconds between passes")
     parser.add_argument("--once", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return asyncio.run(_main(parser.parse_args(argv)))
+    return asyncio.run(_main(parser.parse_args(argv), settings))
 
 
 if __name__ == "__main__":

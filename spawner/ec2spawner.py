@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
 import time
@@ -25,7 +24,7 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Enum, Float, Instance, Integer, Unicode, default, validate
+from traitlets import Dict, Enum, Float, Instance, Integer, Unicode, default, validate
 
 from hub_config import CommunitiesConfig, Community, culling, load_communities
 from operations import audit, metrics
@@ -34,6 +33,8 @@ from .aws import Aws, AwsError, ErrorKind
 from .bootstrap import BootstrapConfig, render_user_data
 from .launch import ServerIdentity, client_token, run_instances_request, subnet_order
 from .naming import (
+    DEFAULT_HUB_ID,
+    DEFAULT_PARAMETER_PREFIX,
     DEFAULT_SERVER_TAG,
     HOME_DEVICE,
     TAG_COMMUNITY,
@@ -95,18 +96,15 @@ class EC2Spawner(Spawner):
     """A dedicated EC2 instance per server, with the user's Synapse token usable inside."""
 
     hub_id = Unicode(
+        DEFAULT_HUB_ID,
         config=True,
         help="""
         Identifies this hub's instances and parameters: the ``jupyterhub:hub`` tag on every
         instance and volume, and a segment of every parameter path. Two hubs in one account
         must have different ids; changing it orphans existing servers. Lowercase letters,
-        digits and ``-``. Environment: ``SNH_HUB_ID``.
+        digits and ``-``. ``jupyterhub_config.py`` sets it from ``SNH_HUB_ID``.
         """,
     )
-
-    @default("hub_id")
-    def _hub_id_default(self) -> str:
-        return os.environ.get("SNH_HUB_ID", "synapse-notebook-hub")
 
     @validate("hub_id")
     def _validate_hub_id(self, proposal: dict[str, Any]) -> str:
@@ -134,16 +132,12 @@ class EC2Spawner(Spawner):
         config=True,
         help="""
         One endpoint for every AWS service (the local cloud's AWS front). Leave unset on AWS.
-        Environment: ``SNH_AWS_ENDPOINT_URL``.
+        ``jupyterhub_config.py`` sets it from ``SNH_AWS_ENDPOINT_URL``.
         """,
     )
 
-    @default("aws_endpoint_url")
-    def _aws_endpoint_url_default(self) -> str | None:
-        return os.environ.get("SNH_AWS_ENDPOINT_URL") or None
-
     parameter_prefix = Unicode(
-        "/synapse-notebook-hub",
+        DEFAULT_PARAMETER_PREFIX,
         config=True,
         help="""
         SSM Parameter Store path under which each server's settings and secrets are written
@@ -194,6 +188,20 @@ class EC2Spawner(Spawner):
         The communities, already loaded (``jupyterhub_config.py`` loads the file once at
         start-up and passes it here and to the pages). Unset, ``communities_file`` is loaded
         the first time a spawner needs it.
+        """,
+    )
+
+    backstop_idle_seconds = Dict(
+        key_trait=Unicode(),
+        value_trait=Integer(),
+        config=True,
+        help="""
+        Per community id, the seconds of idleness after which an instance stops itself (the
+        backstop timer in the bootstrap: for when the hub's culler cannot act). The hub
+        configuration derives it from the culling rules (twice the idle timeout, at least an
+        hour; ``hub_config.culling.backstop_idle_seconds``), so that the rule and its
+        overrides are read once, not at every launch. A community missing here gets the
+        value of its own rule without overrides.
         """,
     )
 
@@ -815,11 +823,11 @@ class EC2Spawner(Spawner):
         )
 
     def _backstop_seconds(self, community: Community) -> int:
-        """The instance's own idle limit: a second, larger timeout than the hub's culler."""
-        overrides = culling.CullingOverrides.from_environ()
-        rule = next(
-            r for r in culling.cull_rules([community], overrides) if r.community == community.id
-        )
+        """The instance's own idle limit: a second, larger timeout than the hub's culler
+        (`backstop_idle_seconds`, else from the community's own rule)."""
+        if community.id in self.backstop_idle_seconds:
+            return self.backstop_idle_seconds[community.id]
+        [rule] = culling.cull_rules([community])
         return culling.backstop_idle_seconds(rule.timeout_seconds)
 
     async def _run_instances(self, aws: Aws, request: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+#: The hub id (``jupyterhub:hub`` tag, a parameter path segment) of a deployment that sets none.
+DEFAULT_HUB_ID = "synapse-notebook-hub"
+#: Where the servers' parameters live unless the deployment says otherwise.
+DEFAULT_PARAMETER_PREFIX = "/synapse-notebook-hub"
+
 #: EC2's limits on tags (the same for every resource type).
 MAX_TAG_KEY_LENGTH = 128
 MAX_TAG_VALUE_LENGTH = 256

@@ -240,3 +240,18 @@ def test_long_functions_say_why(package: str) -> None:
                 if length > MAX_FUNCTION_LINES and not any("# Long:" in b for b in body):
                     long.append(f"{module}.{node.name} ({length} lines)")
     assert long == []
+
+
+def test_only_the_settings_read_the_environment() -> None:
+    """``hub_config/settings.py`` reads every variable, checks it and hands values on
+    (`HubSettings` for the hub, `OperatorSettings` for ``snh``); nothing else of the hub
+    looks at ``os.environ`` (the stand-ins and benchmarks are processes of their own)."""
+    readers = []
+    for module, tree in TREES.items():
+        if _package(module) in ("localcloud", "benchmarks") or module == "hub_config.settings":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                if isinstance(node.value, ast.Name) and node.value.id == "os":
+                    readers.append(f"{module}:{node.lineno}")
+    assert readers == []

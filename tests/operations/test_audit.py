@@ -161,13 +161,12 @@ def test_reading_skips_broken_lines(tmp_path):
     assert list(audit.read_records(tmp_path / "missing.log")) == []
 
 
-def test_configure_points_the_process_log_at_the_state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SNH_STATE_DIR", str(tmp_path))
-    assert audit.default_path() == tmp_path / "audit.log"
+def test_configure_points_the_process_log_at_the_state_dir(tmp_path):
+    assert audit.default_path(tmp_path) == tmp_path / "audit.log"
     default = audit.get_audit_log()
     old = default.path
     try:
-        audit.configure()
+        audit.configure(state_dir=tmp_path)
         audit.record("stop", audit.HUB, instance_id="i-9")
         default.flush()
         assert lines(tmp_path / "audit.log")[0]["instance_id"] == "i-9"
