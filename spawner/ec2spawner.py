@@ -311,7 +311,8 @@ class EC2Spawner(Spawner):
         self.volume_id: str | None = None
         self.tunnel_port: int | None = None
         self.launch_id: str | None = None
-        self.last_options: dict[str, Any] | None = None
+        #: the choices of the last start (typed; saved as ``options`` in the state)
+        self.last_options: SpawnOptions | None = None
         #: when stop() stopped the instance (ISO UTC): the home page's last resort for
         #: "stopped since" (operations.home_page), when neither EC2 nor the audit log says
         self.stopped_at: str | None = None
@@ -332,7 +333,7 @@ class EC2Spawner(Spawner):
         self.volume_id = state.get("volume_id")
         self.tunnel_port = state.get("tunnel_port")
         self.launch_id = state.get("launch_id")
-        self.last_options = state.get("options")
+        self.last_options = SpawnOptions.from_saved(state.get("options"))
         self.stopped_at = state.get("stopped_at")
 
     def get_state(self) -> dict[str, Any]:
@@ -345,7 +346,7 @@ class EC2Spawner(Spawner):
                 volume_id=self.volume_id,
                 tunnel_port=self.tunnel_port,
                 launch_id=self.launch_id,
-                options=self.last_options,
+                options=self.last_options.as_user_options() if self.last_options else None,
                 stopped_at=self.stopped_at,
             )
         return state
@@ -396,7 +397,7 @@ class EC2Spawner(Spawner):
         current = None
         if self.last_options:
             with contextlib.suppress(OptionsError):
-                current = validate_options(self.last_options, communities)
+                current = validate_options(self.last_options.as_user_options(), communities)
         return options_form(communities, current=current)
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
@@ -441,7 +442,7 @@ class EC2Spawner(Spawner):
             raise
         finally:
             metrics.observe_spawn(
-                (self.last_options or {}).get("community"),
+                self.last_options.community_id if self.last_options else None,
                 metrics.spawn_outcome(error),
                 time.monotonic() - began,
             )
@@ -449,12 +450,12 @@ class EC2Spawner(Spawner):
     def _audit(self, action: str, actor: Any = None, **fields: Any) -> None:
         """One audit line about this server (who: the request's user, admin, culler, …).
         Auditing must never break a start or a stop: a failure here is logged, not raised."""
-        options = self.last_options or {}
+        options = self.last_options
         line = {
             **audit.server_fields(self),
-            "community": options.get("community"),
-            "instance_type": options.get("instance_type"),
-            "image": options.get("image"),
+            "community": options.community_id if options else None,
+            "instance_type": options.instance_type if options else None,
+            "image": options.image_id if options else None,
             **fields,
         }
         try:
@@ -465,7 +466,8 @@ class EC2Spawner(Spawner):
     async def _start(self) -> str:
         """The request path of ``docs/spawner.md``, one step per line."""
         self._begin_start()
-        community, options = await self._chosen(self.user_options or self.last_options or {})
+        earlier = self.last_options.as_user_options() if self.last_options else {}
+        community, options = await self._chosen(self.user_options or earlier)
         auth_state = await self._signed_in_state()
         self._remember(community, options)
         aws, poller = self.aws_for(community.region), self.poller_for(community.region)
@@ -526,13 +528,8 @@ class EC2Spawner(Spawner):
         apply this server's community's rule even when the request named no community
         (JupyterHub saves user_options with the server)."""
         self.region = community.region
-        self.last_options = {
-            "community": options.community_id,
-            "image": options.image_id,
-            "instance_type": options.instance_type,
-            "disk_gb": options.disk_gb,
-        }
-        self.user_options = dict(self.last_options)
+        self.last_options = options
+        self.user_options = options.as_user_options()
 
     async def _write_parameters(
         self,
@@ -1155,7 +1152,9 @@ class EC2Spawner(Spawner):
         """Terminate the instance for good, the home volume snapshotted first when the
         community says so: `spawner.removal`, the reaper's own steps."""
         view = self.poller_for(self.region).get(self.instance_id)
-        community = self.communities_config.by_id((self.last_options or {}).get("community", ""))
+        community = self.communities_config.by_id(
+            self.last_options.community_id if self.last_options else ""
+        )
         await snapshot_then_terminate(
             aws,
             view if view not in (None, UNKNOWN) else self.instance_id,

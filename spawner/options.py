@@ -38,12 +38,38 @@ _DIGITS_RE = re.compile(r"\s*[0-9]{1,9}\s*")
 
 @dataclass(frozen=True)
 class SpawnOptions:
-    """A server's validated choices; only :func:`validate_options` should build one."""
+    """A server's validated choices; only :func:`validate_options` (and `from_saved`, for
+    choices validated at an earlier start) should build one."""
 
     community_id: str
     image_id: str
     instance_type: str
     disk_gb: int
+
+    def as_user_options(self) -> dict[str, Any]:
+        """The choices as ``user_options`` (and the spawner's saved state) spell them."""
+        return {
+            "community": self.community_id,
+            "image": self.image_id,
+            "instance_type": self.instance_type,
+            "disk_gb": self.disk_gb,
+        }
+
+    @classmethod
+    def from_saved(cls, saved: Any) -> SpawnOptions | None:
+        """The choices of an earlier start, from the spawner's saved state; None when there
+        are none or they are not whole (a state written by another version). They are
+        typed, not re-validated: the communities may have changed since, and a new start
+        validates its options again."""
+        if not isinstance(saved, Mapping):
+            return None
+        community, image = saved.get("community"), saved.get("image")
+        instance_type, disk_gb = saved.get("instance_type"), saved.get("disk_gb")
+        if not all(isinstance(v, str) and v for v in (community, image, instance_type)):
+            return None
+        if not isinstance(disk_gb, int) or isinstance(disk_gb, bool):
+            return None
+        return cls(community, image, instance_type, disk_gb)
 
 
 class OptionsError(ValueError):

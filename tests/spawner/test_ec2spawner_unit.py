@@ -11,6 +11,7 @@ import pytest
 from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
 from spawner.aws import AwsError, ErrorKind
 from spawner.ec2spawner import STATE_VERSION, EC2Spawner, StartFailed
+from spawner.options import SpawnOptions
 from spawner.poller import UNKNOWN, InstanceView
 
 
@@ -98,9 +99,15 @@ async def test_absent_from_describe_is_confirmed_before_it_counts():
 def test_state_identifies_the_instance_and_survives_stop():
     s = spawner(None)
     s.volume_id, s.tunnel_port = "vol-0123456789abcdef0", 40123
-    s.last_options = {"community": "ad-portal", "image": "jupyter"}
+    s.last_options = SpawnOptions("ad-portal", "jupyter", "t3.large", 20)
     state = s.get_state()
     assert state["version"] == STATE_VERSION
+    assert state["options"] == {  # saved as user_options spell them
+        "community": "ad-portal",
+        "image": "jupyter",
+        "instance_type": "t3.large",
+        "disk_gb": 20,
+    }
     restored = spawner(None)
     restored.instance_id = restored.region = None
     restored.load_state(state)
@@ -110,6 +117,7 @@ def test_state_identifies_the_instance_and_survives_stop():
         "vol-0123456789abcdef0",
         40123,
     )
+    assert restored.last_options == s.last_options  # typed again
     restored.clear_state()  # JupyterHub calls it after every stop: stop is not delete
     assert restored.get_state()["instance_id"] == "i-0123456789abcdef0"
 

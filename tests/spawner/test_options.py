@@ -487,3 +487,19 @@ def test_any_json_is_accepted_within_choices_or_refused_with_options_error(
     assert community.instance_type(options.instance_type) is not None
     assert type(options.disk_gb) is int and options.disk_gb in community.disk_gb
     assert isinstance(raw, dict) and set(raw) <= set(OPTION_KEYS)
+
+
+def test_saved_options_come_back_typed_or_not_at_all() -> None:
+    """The spawner saves ``as_user_options()`` in its state and reads it back with
+    ``from_saved``: the same options, or None for a state that is not whole."""
+    chosen = SpawnOptions("ad-portal", "jupyter", "t3.large", 20)
+    assert SpawnOptions.from_saved(chosen.as_user_options()) == chosen
+    for broken in (
+        None,
+        [],
+        {"community": "ad-portal", "image": "jupyter"},
+        {**chosen.as_user_options(), "disk_gb": "20"},
+        {**chosen.as_user_options(), "disk_gb": True},
+        {**chosen.as_user_options(), "image": ""},
+    ):
+        assert SpawnOptions.from_saved(broken) is None, broken
