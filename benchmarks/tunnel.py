@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 from localcloud.notebook_like import LAB_STATIC
-from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
+from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
 from tests.integration.ssm_harness import (
     ACCESS_KEY_ID,
     INSTANCE_ID,
@@ -79,7 +79,11 @@ def cpu_seconds() -> float:
 
 def tunnel(ssm_url: str, sessions: int) -> Tunnel:
     return Tunnel(
-        INSTANCE_ID, 8888, endpoint_url=ssm_url, region="us-east-1", max_sessions=sessions
+        INSTANCE_ID,
+        8888,
+        TunnelSettings(max_sessions=sessions),
+        endpoint_url=ssm_url,
+        region="us-east-1",
     )
 
 

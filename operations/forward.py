@@ -23,7 +23,7 @@ import signal
 import sys
 
 from spawner.ssm.datachannel import DEFAULT_DOCUMENT, SessionError
-from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
+from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,16 +64,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _forward(args: argparse.Namespace) -> int:
+    settings = TunnelSettings(
+        document_name=args.document,
+        max_sessions=max(1, args.max_sessions),
+        start_timeout=0.0,  # like `aws ssm start-session`: the first failure is reported
+    )
     tunnel = Tunnel(
         args.target,
         args.remote_port,
+        settings,
         local_port=args.local_port,
         region=args.region,
         endpoint_url=args.endpoint_url,
         profile=args.profile,
-        document_name=args.document,
-        max_sessions=max(1, args.max_sessions),
-        start_timeout=0.0,  # like `aws ssm start-session`: the first failure is reported
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -101,7 +104,7 @@ async def _forward(args: argparse.Namespace) -> int:
         )
         return 1
     print(
-        f"Forwarding {tunnel.local_host}:{tunnel.local_port} -> {args.target} "
+        f"Forwarding {tunnel.settings.local_host}:{tunnel.local_port} -> {args.target} "
         f"port {args.remote_port} (session {tunnel.session_id})",
         flush=True,
     )

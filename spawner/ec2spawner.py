@@ -49,7 +49,7 @@ from .poller import UNKNOWN, InstancePoller, InstanceView
 from .region import Regions
 from .removal import snapshot_then_terminate
 from .ssm.datachannel import DEFAULT_RESUME_TIMEOUT, SessionError
-from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel
+from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
 
 STATE_VERSION = 1
 _HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -879,18 +879,21 @@ class EC2Spawner(Spawner):
     def _new_tunnel(self, local_port: int) -> Tunnel:
         assert self.instance_id and self.region
         aws = self.aws_for(self.region)
+        settings = TunnelSettings(
+            backoff_max=self.tunnel_backoff_max,
+            max_sessions=self.tunnel_max_sessions,
+            resume_timeout=self.tunnel_resume_timeout,
+        )
         return Tunnel(
             self.instance_id,
             self.notebook_port,
+            settings,
             local_port=local_port,
             region=self.region,
             # one attempt per call: the tunnel retries StartSession and ResumeSession itself,
             # with its own backoff and deadlines, and a call must not hold a pool thread for
             # minutes of botocore's retries while hundreds of tunnels resume after a blip
             ssm_client_factory=lambda: aws.client("ssm", retry=False),
-            backoff_max=self.tunnel_backoff_max,
-            max_sessions=self.tunnel_max_sessions,
-            resume_timeout=self.tunnel_resume_timeout,
         )
 
     async def _open_tunnel(self, *, lazy: bool = False) -> None:

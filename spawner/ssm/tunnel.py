@@ -29,6 +29,7 @@ import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -175,7 +176,7 @@ class _Local(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        transport.set_write_buffer_limits(high=self.tunnel._local_write_limit)
+        transport.set_write_buffer_limits(high=self.tunnel.settings.local_write_limit)
         self.tunnel._accept(self)
 
     def data_received(self, data: bytes) -> None:
@@ -253,7 +254,8 @@ class _Local(asyncio.Protocol):
     def wait_expired(self) -> None:
         self.wait_timer = None
         self.tunnel._forget_waiting(self)
-        log.info("%s: no session within %gs, resetting", self.tunnel, self.tunnel.wait_timeout)
+        wait = self.tunnel.settings.wait_timeout
+        log.info("%s: no session within %gs, resetting", self.tunnel, wait)
         self.reset()
 
 
@@ -597,6 +599,55 @@ class _Lane:
         return self.handler is not None and self.handler.write_paused > 0
 
 
+@dataclass(frozen=True)
+class TunnelSettings:
+    """How a `Tunnel` behaves: timeouts, pacing, sessions, backoff. Frozen, so one object
+    can serve every tunnel of a hub (``EC2Spawner`` makes one from its traits)."""
+
+    #: The address the local port is bound to.
+    local_host: str = "127.0.0.1"
+    #: The Session document (port forwarding to the instance itself).
+    document_name: str = DEFAULT_DOCUMENT
+    #: What the data channel reports as its client version (the official plugin's).
+    client_version: str = DEFAULT_CLIENT_VERSION
+    #: Seconds to open the websocket, and to complete the handshake after it.
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 20.0
+    #: Websocket pings (None: none) and how long to wait for the pong (0: not at all).
+    ping_interval: float | None = DEFAULT_PING_INTERVAL
+    ping_timeout: float | None = 0.0
+    #: smux keep-alive, where the agent's version has it (0: off).
+    keepalive_interval: float = 10.0
+    #: Messages in flight before the sender waits for acknowledgements.
+    max_unacked: int = DEFAULT_MAX_UNACKED
+    #: Stream messages a second per session (None: unpaced); AWS's rate is about 1,000.
+    pace: float | None = DEFAULT_PACE
+    #: Seconds to resume a lost websocket before the session is given up.
+    resume_timeout: float = DEFAULT_RESUME_TIMEOUT
+    #: Sessions the connections are spread over (see `Tunnel`), and how long an extra one
+    #: may stay unused, and a connection wait for a new one.
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    extra_session_idle: float = 60.0
+    spread_wait: float = 3.0
+    #: Bytes queued for a slow local reader before its session stops being read.
+    local_write_limit: int = DEFAULT_LOCAL_WRITE_LIMIT
+    #: Reconnection backoff: first delay, cap, growth, jitter; a session up this long
+    #: resets it.
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    backoff_factor: float = 2.0
+    backoff_jitter: float = 0.5
+    stable_after: float = 30.0
+    #: Seconds `Tunnel.start` waits for the first session (0: the first failure is
+    #: reported), and a connection waits for a session.
+    start_timeout: float = 60.0
+    wait_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+
+
 class Tunnel:
     """``127.0.0.1:<local_port>`` → SSM sessions → ``<target>:<remote_port>``, supervised.
 
@@ -626,67 +677,32 @@ class Tunnel:
         self,
         target: str,
         remote_port: int,
+        settings: TunnelSettings | None = None,
         *,
         local_port: int = 0,
-        local_host: str = "127.0.0.1",
         region: str | None = None,
         endpoint_url: str | None = None,
         profile: str | None = None,
         ssm_client: Any = None,
         ssm_client_factory: Callable[[], Any] | None = None,
         executor: Executor | None = None,
-        document_name: str = DEFAULT_DOCUMENT,
-        client_version: str = DEFAULT_CLIENT_VERSION,
         connector: WebSocketConnector | None = None,
         credentials: CredentialSource | None = None,
-        connect_timeout: float = 10.0,
-        handshake_timeout: float = 20.0,
-        ping_interval: float | None = DEFAULT_PING_INTERVAL,
-        ping_timeout: float | None = 0.0,
-        keepalive_interval: float = 10.0,
-        max_unacked: int = DEFAULT_MAX_UNACKED,
-        pace: float | None = DEFAULT_PACE,
-        resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
-        extra_session_idle: float = 60.0,
-        spread_wait: float = 3.0,
-        local_write_limit: int = DEFAULT_LOCAL_WRITE_LIMIT,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
-        backoff_factor: float = 2.0,
-        backoff_jitter: float = 0.5,
-        stable_after: float = 30.0,
-        start_timeout: float = 60.0,
-        wait_timeout: float = 30.0,
         metrics: TunnelMetrics | None = None,
         datachannel_factory: Callable[[], DataChannel] | None = None,
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        # Long: every keyword argument kept, each documented above; to become one frozen
-        # settings object.
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+        """``settings``: how the tunnel behaves (`TunnelSettings`, the defaults of the
+        official client where it has one); the keyword arguments: where it goes and what it
+        uses (the AWS client or how to make one, the signer's credentials, test doubles)."""
+        self.settings = settings = settings or TunnelSettings()
         self.target = target
         self.remote_port = remote_port
-        self.local_host = local_host
         self.local_port = local_port
         self.region = region
         self.endpoint_url = endpoint_url
         self.profile = profile
-        self.document_name = document_name
-        self.client_version = client_version
-        self.keepalive_interval = keepalive_interval
-        self.max_sessions = max_sessions
-        self.extra_session_idle = extra_session_idle
-        self.spread_wait = spread_wait
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.backoff_factor = backoff_factor
-        self.backoff_jitter = backoff_jitter
-        self.stable_after = stable_after
-        self.start_timeout = start_timeout
-        self.wait_timeout = wait_timeout
         self.metrics = metrics if metrics is not None else TunnelMetrics()
         self.session_id: str | None = None
         self.agent_version: str | None = None
@@ -694,22 +710,9 @@ class Tunnel:
         self._ssm_client = ssm_client
         self._ssm_client_factory = ssm_client_factory
         self._executor = executor
-        self._dc_options = {
-            "document_name": document_name,
-            "client_version": client_version,
-            "connector": connector,
-            "credentials": credentials,
-            "connect_timeout": connect_timeout,
-            "handshake_timeout": handshake_timeout,
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "max_unacked": max_unacked,
-            "pace": pace,
-            "resume_timeout": resume_timeout,
-            "metrics": self.metrics,
-        }
+        self._connector = connector
+        self._credentials = credentials
         self._datachannel_factory = datachannel_factory
-        self._local_write_limit = local_write_limit
         self._rng = rng
         self._sleep = sleep
 
@@ -728,7 +731,8 @@ class Tunnel:
         self._spread_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"<Tunnel {self.local_host}:{self.local_port} -> {self.target}:{self.remote_port}>"
+        here = f"{self.settings.local_host}:{self.local_port}"
+        return f"<Tunnel {here} -> {self.target}:{self.remote_port}>"
 
     # -- public ---------------------------------------------------------------------------
 
@@ -765,7 +769,7 @@ class Tunnel:
 
     @property
     def url(self) -> str:
-        return f"http://{self.local_host}:{self.local_port}"
+        return f"http://{self.settings.local_host}:{self.local_port}"
 
     async def start(self, *, lazy: bool = False) -> None:
         """Bind the local port and open the first session.
@@ -782,7 +786,7 @@ class Tunnel:
             raise RuntimeError("tunnel already started")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            functools.partial(_Local, self), self.local_host, self.local_port, backlog=256
+            functools.partial(_Local, self), self.settings.local_host, self.local_port, backlog=256
         )
         self.local_port = self._server.sockets[0].getsockname()[1]
         self._first = loop.create_future()
@@ -880,10 +884,10 @@ class Tunnel:
     def backoff_delay(self, attempt: int) -> float:
         return backoff_delay(
             attempt,
-            initial=self.backoff_initial,
-            cap=self.backoff_max,
-            factor=self.backoff_factor,
-            jitter=self.backoff_jitter,
+            initial=self.settings.backoff_initial,
+            cap=self.settings.backoff_max,
+            factor=self.settings.backoff_factor,
+            jitter=self.settings.backoff_jitter,
             rng=self._rng,
         )
 
@@ -905,13 +909,25 @@ class Tunnel:
     async def _new_datachannel(self) -> DataChannel:
         if self._datachannel_factory is not None:
             return self._datachannel_factory()
+        settings = self.settings
         return DataChannel(
             await self._client(),
             self.target,
             self.remote_port,
             executor=self._executor,
             region=self.region,
-            **self._dc_options,  # type: ignore[arg-type]
+            document_name=settings.document_name,
+            client_version=settings.client_version,
+            connector=self._connector,
+            credentials=self._credentials,
+            connect_timeout=settings.connect_timeout,
+            handshake_timeout=settings.handshake_timeout,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            max_unacked=settings.max_unacked,
+            pace=settings.pace,
+            resume_timeout=settings.resume_timeout,
+            metrics=self.metrics,
         )
 
     async def _open(self) -> DataChannel:
@@ -943,7 +959,7 @@ class Tunnel:
         assert self._first is not None
         if self._demand is not None:
             await self._demand.wait()
-        start_deadline = loop.time() + self.start_timeout
+        start_deadline = loop.time() + self.settings.start_timeout
         attempt = 0
         while not self._stopping:
             try:
@@ -968,7 +984,7 @@ class Tunnel:
             self._uninstall(lane, reason)
             if self._stopping:
                 return
-            if loop.time() - lane.opened_at >= self.stable_after:
+            if loop.time() - lane.opened_at >= self.settings.stable_after:
                 attempt = 0
             delay = self.backoff_delay(attempt)
             attempt += 1
@@ -996,7 +1012,7 @@ class Tunnel:
             self._install(lane, dc)
             reason = await dc.wait_closed()
             self._uninstall(lane, reason)
-            if not lane.retiring and loop.time() - lane.opened_at < self.stable_after:
+            if not lane.retiring and loop.time() - lane.opened_at < self.settings.stable_after:
                 # it ended on its own, soon: do not replace it at once (an instance-side
                 # limit, an agent closing sessions) — the first session carries on
                 self._grow_after = loop.time() + self.backoff_delay(2)
@@ -1021,8 +1037,8 @@ class Tunnel:
         port_type = (dc.session_properties or {}).get("type")
         if _smux.use_smux(agent_version) and port_type == "LocalPortForwarding":
             keepalive = None
-            if _smux.needs_keepalive(agent_version, self.client_version):
-                keepalive = self.keepalive_interval or None
+            if _smux.needs_keepalive(agent_version, self.settings.client_version):
+                keepalive = self.settings.keepalive_interval or None
             handler = _MuxHandler(self, dc, lane, keepalive)
         else:
             handler = _BasicHandler(self, dc, lane)
@@ -1091,8 +1107,8 @@ class Tunnel:
         usable = sum(1 for lane in self._lanes if not lane.stalled and not lane.retiring)
         return (
             not self._stopping
-            and usable < self.max_sessions
-            and len(self._lanes) < 2 * self.max_sessions
+            and usable < self.settings.max_sessions
+            and len(self._lanes) < 2 * self.settings.max_sessions
             and asyncio.get_running_loop().time() >= self._grow_after
             and self.connected
         )
@@ -1109,7 +1125,7 @@ class Tunnel:
         if self._waiting and self._spread_timer is None and any(lane.up for lane in self._lanes):
             # waiting only to be spread: not longer than spread_wait
             self._spread_timer = asyncio.get_running_loop().call_later(
-                self.spread_wait, self._spread_expired
+                self.settings.spread_wait, self._spread_expired
             )
 
     def _spread_expired(self) -> None:
@@ -1128,7 +1144,7 @@ class Tunnel:
         if lane.load == 0:
             if lane.idle_timer is None:
                 lane.idle_timer = asyncio.get_running_loop().call_later(
-                    self.extra_session_idle, self._close_if_idle, lane
+                    self.settings.extra_session_idle, self._close_if_idle, lane
                 )
         elif lane.idle_timer is not None:
             lane.idle_timer.cancel()
@@ -1185,7 +1201,7 @@ class Tunnel:
         self._waiting[conn] = None
         if conn.wait_timer is None:
             conn.wait_timer = asyncio.get_running_loop().call_later(
-                self.wait_timeout, conn.wait_expired
+                self.settings.wait_timeout, conn.wait_expired
             )
 
     def _mark_dirty(self, conn: _Local) -> None:

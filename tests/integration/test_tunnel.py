@@ -17,7 +17,7 @@ from localcloud.ssm import fixed_resolver
 from localcloud.ssm.app import serve, shutdown
 from localcloud.ssm.sigv4 import StaticCredentials
 from spawner.ssm.datachannel import SessionError
-from spawner.ssm.tunnel import Tunnel
+from spawner.ssm.tunnel import Tunnel, TunnelSettings
 
 from .ssm_harness import INSTANCE_ID, ssm_control, start_notebook_like, start_ssm_standin
 
@@ -66,7 +66,7 @@ async def test_fifty_concurrent_connections(ssm):
         assert all(body == blob(10_000 + i, i) for i, body in enumerate(bodies))
         http.close()
         # spread over the tunnel's sessions, none lost or reopened
-        assert tunnel.metrics.sessions_opened == tunnel.max_sessions
+        assert tunnel.metrics.sessions_opened == tunnel.settings.max_sessions
         assert tunnel.metrics.reconnects == 0
 
 
@@ -101,7 +101,9 @@ async def test_fifty_megabytes_with_matching_sha256(ssm):
 async def test_websocket_across_a_forced_session_end(ssm):
     """The service ends a session (idle timeout, channel_closed): the open websocket fails
     cleanly, the browser-side client reconnects on the same local port, requests succeed."""
-    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address, backoff_initial=0.05) as tunnel:
+    async with Tunnel(
+        INSTANCE_ID, 8888, TunnelSettings(backoff_initial=0.05), endpoint_url=ssm.address
+    ) as tunnel:
         port, first_session = tunnel.local_port, tunnel.session_id
         ws = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws/echo")
         await ws.write_message("before")
@@ -125,7 +127,9 @@ async def test_websocket_across_a_forced_session_end(ssm):
 async def test_agent_restart_and_dropped_websocket_are_survived(ssm):
     """A dropped websocket is resumed (same session); an agent restart ends the session and
     the supervisor opens a new one on the same port."""
-    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address, backoff_initial=0.05) as tunnel:
+    async with Tunnel(
+        INSTANCE_ID, 8888, TunnelSettings(backoff_initial=0.05), endpoint_url=ssm.address
+    ) as tunnel:
         http = client()
         session = tunnel.session_id
         ssm_control(ssm, "POST", f"/sessions/{session}/drop")
@@ -165,7 +169,9 @@ async def test_download_and_websockets_survive_three_websocket_cuts(ssm):
 
 
 async def _across_three_cuts(ssm, size: int, expected: str) -> None:
-    async with Tunnel(INSTANCE_ID, 8888, endpoint_url=ssm.address, max_sessions=1) as tunnel:
+    async with Tunnel(
+        INSTANCE_ID, 8888, TunnelSettings(max_sessions=1), endpoint_url=ssm.address
+    ) as tunnel:
         session = tunnel.session_id
         sockets = await _echo_websockets(tunnel.local_port, 5)
         digest, received = hashlib.sha256(), 0
@@ -216,7 +222,10 @@ async def test_refused_resume_falls_back_to_a_new_session_on_the_same_port(ssm):
     ssm_control(ssm, "PUT", "/settings", {"reconnectTimeout": 0.0})  # for sessions from now
     try:
         async with Tunnel(
-            INSTANCE_ID, 8888, endpoint_url=ssm.address, backoff_initial=0.05, max_sessions=1
+            INSTANCE_ID,
+            8888,
+            TunnelSettings(backoff_initial=0.05, max_sessions=1),
+            endpoint_url=ssm.address,
         ) as tunnel:
             port, session = tunnel.local_port, tunnel.session_id
             # the websocket is cut and the service ends the session at once: no token

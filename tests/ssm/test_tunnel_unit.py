@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from spawner.ssm.datachannel import DataChannel, SessionError
 from spawner.ssm.messages import ClientMessage, Flag, MessageType, channel_closed_payload, encode
 from spawner.ssm.metrics import TunnelMetrics
 from spawner.ssm.smux import Nop, SmuxSession, StreamData, StreamEnded, StreamOpened
-from spawner.ssm.tunnel import Tunnel, backoff_delay
+from spawner.ssm.tunnel import Tunnel, TunnelSettings, backoff_delay
 
 INSTANCE = "i-0123456789abcdef0"
 NEW_AGENT = "3.3.1142.0"  # smux, no client keep-alive needed
@@ -710,11 +711,15 @@ class Sleeps:
 
 
 def make_tunnel(script: Script, **options: Any) -> Tunnel:
-    """A tunnel over scripted channels; one session unless a test asks for more."""
+    """A tunnel over scripted channels; one session unless a test asks for more. The
+    options are `TunnelSettings` fields and `Tunnel`'s own keyword arguments, mixed."""
     options.setdefault("max_sessions", 1)
     options.setdefault("sleep", Sleeps())
     options.setdefault("rng", lambda: 0.0)
-    return Tunnel(INSTANCE, 8888, datachannel_factory=script, **options)
+    names = {f.name for f in dataclasses.fields(TunnelSettings)}
+    settings = TunnelSettings(**{k: v for k, v in options.items() if k in names})
+    rest = {k: v for k, v in options.items() if k not in names}
+    return Tunnel(INSTANCE, 8888, settings, datachannel_factory=script, **rest)
 
 
 _writers: list[asyncio.StreamWriter] = []
@@ -1197,7 +1202,7 @@ async def test_e2e_dropped_websocket_is_resumed_and_the_connection_survives(ssm_
 @pytest.mark.parametrize("end", ["close_session", "expire_idle", "restart_agent"])
 async def test_e2e_session_end_resets_in_flight_then_same_port_works(ssm_cloud, end) -> None:
     standin, _base_url, client = ssm_cloud
-    tunnel = Tunnel(INSTANCE, 8888, ssm_client_factory=client, backoff_initial=0.05)
+    tunnel = Tunnel(INSTANCE, 8888, TunnelSettings(backoff_initial=0.05), ssm_client_factory=client)
     await tunnel.start()
     port, first = tunnel.local_port, tunnel.session_id
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
