@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from localcloud.notebook_like import LAB_STATIC
+from localcloud.instances.notebook_like import LAB_STATIC
 from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
 from tests.integration.ssm_harness import (
     ACCESS_KEY_ID,

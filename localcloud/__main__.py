@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .instances.simulator import DEFAULT_BOOT_DELAY
 from .launcher import run_demo, run_hub, run_serve
-from .simulator import DEFAULT_BOOT_DELAY
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Starting and stopping the local cloud and the hub, for the demo and the tests.
 
 The local cloud runs in one process: the Synapse stand-in, and the AWS half
-(``localcloud.aws_stack``: moto, the SSM stand-in, the AWS front, the communities' resources,
+(``localcloud.stack``: moto, the SSM stand-in, the AWS front, the communities' resources,
 the instance simulator and its notebook processes). The hub runs as a child process in its own
 session (it starts configurable-http-proxy as its own child), so that stopping the demo can
 stop the hub first, let it stop its proxy, and then kill whatever is left of that session;
@@ -25,15 +25,15 @@ from urllib.parse import urlparse
 
 from tornado.httpclient import AsyncHTTPClient
 
-from .aws_stack import start_aws
-from .simulator import DEFAULT_BOOT_DELAY
+from .instances.simulator import DEFAULT_BOOT_DELAY
+from .stack import start_aws
 from .synapse import serve as serve_synapse
 from .synapse.directory import OAuthClient
 
 if TYPE_CHECKING:
     from tornado.httpserver import HTTPServer
 
-    from .aws_stack import LocalAws
+    from .stack import LocalAws
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_CONFIG = REPO / "jupyterhub_config.py"

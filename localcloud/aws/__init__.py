@@ -9,5 +9,5 @@
 - ``corrections``: the few moto errors that differ from AWS's, rewritten to AWS's;
 - ``control``: the front's ``/_control/`` routes.
 
-The front itself is ``localcloud.aws_front``.
+The front itself is ``localcloud.aws.front``.
 """

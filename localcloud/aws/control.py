@@ -19,13 +19,19 @@ A rule that names no ``code`` needs a ``delay`` (a slow call); ``count: null`` f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..control_api import ControlError, ControlHandler
-from .faults import AwsFaultRule
+from .calls import CallLog
+from .faults import AwsFaultRule, AwsFaults
 
-if TYPE_CHECKING:
-    from ..aws_front import AwsFront
+
+class AwsFront(Protocol):
+    """What the control API reaches of the front (`localcloud.aws.front.AwsFront`)."""
+
+    faults: AwsFaults
+    calls: CallLog
+
 
 _FIELDS: dict[str, Any] = {
     "service": str,

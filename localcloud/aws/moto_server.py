@@ -2,7 +2,7 @@
 
 The local cloud keeps every AWS resource (instances, volumes, parameters, roles) in one moto
 server, reached over HTTP like AWS, so the hub's boto3 code runs unchanged. What moto 5.2
-does, found by running it (``tests/test_localcloud_aws.py`` pins the parts we rely on):
+does, found by running it (``tests/localcloud/test_aws.py`` pins the parts we rely on):
 
 Instance states
   There are no transitions: RunInstances *answers* ``pending`` but the instance is

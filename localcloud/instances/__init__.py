@@ -1,4 +1,4 @@
-"""Pieces of the instance simulator (``localcloud.simulator``): what runs "on" an instance.
+"""The instance simulator (``simulator.py``) and its pieces: what runs "on" an instance.
 
 - ``userdata``: ``server.conf`` out of the ``#cloud-config`` user data;
 - ``notebook``: the notebook "container" as a local ``jupyterhub-singleuser`` process;

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-log = logging.getLogger("localcloud.simulator")
+log = logging.getLogger("localcloud.instances.simulator")
 
 
 class ActivityLog:

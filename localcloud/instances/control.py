@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..control_api import ControlError, ControlHandler
 
 if TYPE_CHECKING:
-    from ..simulator import InstanceSimulator
+    from .simulator import InstanceSimulator
 
 
 def _settings(simulator: InstanceSimulator) -> dict[str, Any]:

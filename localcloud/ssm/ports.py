@@ -29,13 +29,36 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from spawner.ssm import smux
 from spawner.ssm.messages import Flag
 
-if TYPE_CHECKING:
-    from .agent import AgentSession
+
+class AgentSession(Protocol):
+    """What a port plugin uses of its session (`localcloud.ssm.agent.AgentSession`): the
+    plugin is the agent's part, and the agent makes the plugin, not the other way round."""
+
+    session_id: str
+    instance_id: str
+    remote_port: int
+    client_version: str | None
+    loop: asyncio.AbstractEventLoop
+
+    def resolve_target(self) -> tuple[str, int]: ...
+
+    def set_ready(self) -> None: ...
+
+    def output_ready(self) -> None: ...
+
+    def target_blocked(self, blocked: bool) -> None: ...
+
+    def send_flag(self, flag: Flag) -> None: ...
+
+    def terminate_from_client(self) -> None: ...
+
+    def fail(self, output: str) -> None: ...
+
 
 log = logging.getLogger(__name__)
 

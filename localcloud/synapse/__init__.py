@@ -160,7 +160,7 @@ config-file profile; with an empty config file it has nothing to select.
 Run standalone: ``python -m localcloud.synapse --port 8100`` prints the base URL.
 """
 
-from .app import SynapseStandIn, make_app, serve
+from .app import SynapseStandIn
 from .clock import Clock
 from .directory import (
     Directory,
@@ -171,6 +171,7 @@ from .directory import (
     demo_directory,
 )
 from .keys import SigningKey
+from .server import make_app, serve
 
 __all__ = [
     "Clock",

@@ -13,8 +13,8 @@ import contextlib
 import logging
 import sys
 
-from .app import serve
 from .directory import DEMO_REDIRECT_URI, OAuthClient, demo_client
+from .server import serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,27 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import tornado.web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
-
 from .clock import Clock
-from .control import control_routes
 from .directory import Directory, OAuthClient, SynapseUser, demo_client, demo_directory
 from .faults import Fault, FaultInjector
-from .handlers import (
-    DiscoveryHandler,
-    JwksHandler,
-    MembershipStatusHandler,
-    NotFoundHandler,
-    RevokeHandler,
-    TokenHandler,
-    UserInfoHandler,
-    UserProfileByIdHandler,
-    UserProfileHandler,
-)
 from .keys import SigningKey
-from .pages import SigninHandler
 from .tokens import TokenService, is_valid_url
 
 
@@ -119,53 +102,3 @@ class SynapseStandIn:
     def inject_fault(self, path: str, **options: Any) -> Fault:
         """Make the next matching requests fail and/or stall (see `FaultInjector.add`)."""
         return self.faults.add(path, **options)
-
-
-def make_app(standin: SynapseStandIn) -> tornado.web.Application:
-    """The Tornado application: Synapse's paths, the sign-in page, and ``/_control/``."""
-    args = {"standin": standin}
-    # Spring MVC matches a trailing slash too (synapseclient asks for ``/userProfile/``).
-    routes = [
-        (r"/auth/v1/\.well-known/openid-configuration/?", DiscoveryHandler, args),
-        (r"/auth/v1/oauth2/jwks/?", JwksHandler, args),
-        (r"/auth/v1/oauth2/token/?", TokenHandler, args),
-        (r"/auth/v1/oauth2/userinfo/?", UserInfoHandler, args),
-        (r"/auth/v1/oauth2/revoke/?", RevokeHandler, args),
-        (r"/repo/v1/userProfile/?", UserProfileHandler, args),
-        (r"/repo/v1/userProfile/(\d+)/?", UserProfileByIdHandler, args),
-        (r"/repo/v1/team/([^/]+)/member/([^/]+)/membershipStatus/?", MembershipStatusHandler, args),
-        (r"/signin", SigninHandler, args),
-        *control_routes(standin),
-    ]
-    return tornado.web.Application(
-        routes,
-        default_handler_class=NotFoundHandler,
-        default_handler_args=args,
-    )
-
-
-async def serve(
-    port: int = 0,
-    host: str = "127.0.0.1",
-    *,
-    clients: Iterable[OAuthClient] | None = None,
-    directory: Directory | None = None,
-    clock: Clock | None = None,
-    signing_key: SigningKey | None = None,
-) -> tuple[SynapseStandIn, HTTPServer, str]:
-    """Start a stand-in on the running event loop; returns it, its server, and its base URL.
-
-    ``port=0`` picks a free port. Without ``clients``/``directory`` the demo client and demo
-    directory are used. Stop it with ``server.stop()`` and ``await
-    server.close_all_connections()``.
-    """
-    standin = SynapseStandIn(
-        clients=clients, directory=directory, clock=clock, signing_key=signing_key
-    )
-    sockets = bind_sockets(port, host)
-    server = HTTPServer(make_app(standin))
-    server.add_sockets(sockets)
-    bound_port = sockets[0].getsockname()[1]
-    url_host = f"[{host}]" if ":" in host else host
-    standin.base_url = f"http://{url_host}:{bound_port}"
-    return standin, server, standin.base_url

@@ -28,9 +28,9 @@ class Process:
 
 
 def start_notebook_like() -> Process:
-    """``localcloud.notebook_like`` on a free port; returns when it listens."""
+    """``localcloud.instances.notebook_like`` on a free port; returns when it listens."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localcloud.notebook_like", "--port", "0"],
+        [sys.executable, "-m", "localcloud.instances.notebook_like", "--port", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

@@ -12,7 +12,7 @@ import tornado.escape
 import tornado.websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from localcloud.notebook_like import blob
+from localcloud.instances.notebook_like import blob
 from localcloud.ssm import fixed_resolver
 from localcloud.ssm.app import serve, shutdown
 from localcloud.ssm.sigv4 import StaticCredentials

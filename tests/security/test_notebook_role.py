@@ -5,8 +5,9 @@ container reaches the role through IMDSv2 (hop limit 2) on purpose, so that ``sy
 can read the user's token. The attacks below are decided by the project's policy evaluator
 (``hub_config.infrastructure.policy_eval``, written from the IAM User Guide's "Policy
 evaluation logic") over the role's policy file, the one the community stack attaches
-(``tests/test_infrastructure_lint.py`` holds file and template to the same text). Each test
-first shows the attack succeeding against the role as it was, then refused as it is.
+(``tests/hub_config/test_infrastructure_lint.py`` holds file and template to the same
+text). Each test first shows the attack succeeding against the role as it was, then refused
+as it is.
 """
 
 from __future__ import annotations

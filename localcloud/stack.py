@@ -20,11 +20,9 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 
+from .aws.front import AwsFront, serve_front, shutdown_front
 from .aws.moto_server import MotoServer, index_moto_tags, start_moto
-from .aws.principals import MotoPrincipals, issue_user_keys
-from .aws_front import AwsFront, serve_front, shutdown_front
-from .instances.control import control_routes as simulator_routes
-from .moto_setup import (
+from .aws.moto_setup import (
     DEFAULT_PARAMETER_PREFIX,
     LIGHT_SUBNETS,
     REGION,
@@ -32,7 +30,9 @@ from .moto_setup import (
     CloudIds,
     setup,
 )
-from .simulator import DEFAULT_BOOT_DELAY, InstanceSimulator
+from .aws.principals import MotoPrincipals, issue_user_keys
+from .instances.control import control_routes as simulator_routes
+from .instances.simulator import DEFAULT_BOOT_DELAY, InstanceSimulator
 from .ssm import SsmStandIn
 from .ssm import serve as serve_ssm
 from .ssm import shutdown as shutdown_ssm

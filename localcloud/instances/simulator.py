@@ -62,27 +62,27 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .aws.calls import CallRecord
-from .instances.activity import ActivityLog
-from .instances.backstop import BackstopClock, ask_notebook, idle_limit
-from .instances.boot_reads import (
+from ..aws.calls import CallRecord
+from .activity import ActivityLog
+from .backstop import BackstopClock, ask_notebook, idle_limit
+from .boot_reads import (
     INSTANCE_INITIATED,
     BootError,
     MotoReader,
     ServerParameters,
     mark_instance_initiated_shutdown,
 )
-from .instances.light import LightResponder
-from .instances.notebook import (
+from .light import LightResponder
+from .notebook import (
     NotebookProcess,
     RoleCredentials,
     notebook_environment,
     write_synapse_config,
 )
-from .instances.userdata import UserDataError
+from .userdata import UserDataError
 
 if TYPE_CHECKING:
-    from .ssm import SsmStandIn
+    from ..ssm import SsmStandIn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

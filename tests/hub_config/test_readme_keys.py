@@ -6,7 +6,7 @@ from pathlib import Path
 from hub_config.schema_docs import key_table, readme_table
 from operations.check import main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_lists_every_key_of_the_schema() -> None:

@@ -4,12 +4,14 @@ The requests come from the spawner's own builders (`spawner.launch.run_instances
 `spawner.naming.ServerParameters`, `spawner.removal.snapshot_tags`, the tunnel's default
 document) for every community and image of the shipped ``hub_config/communities.yaml``; the
 permissions come from the policies the templates deploy (``policies/*.json``, equal to the
-templates' by test_infrastructure_lint), rendered with the community's account and region.
+templates' by tests/hub_config/test_infrastructure_lint.py), rendered with the community's
+account and region.
 Each request is turned into the per-resource authorisation questions the Service
 Authorization Reference lists for the operation (RunInstances: instance, volume, subnet,
 security-group, network-interface, image, plus iam:PassRole for the profile's role and
 ec2:CreateTags with ec2:CreateAction for tags on create) and answered with the evaluator of
-test_iam_policies. A change on either side that breaks the other fails here, not in AWS.
+tests/hub_config/test_iam_policies.py. A change on either side that breaks the other fails
+here, not in AWS.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from spawner.options import SpawnOptions
 from spawner.poller import InstanceView
 from spawner.ssm.datachannel import DEFAULT_DOCUMENT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HUB_POLICY_FILES = ("hub-ec2.json", "hub-parameters.json", "hub-sessions.json")
 COMMUNITIES = load_communities(DEFAULT_COMMUNITIES_PATH).communities
 LOCALCLOUD_FILE = REPO / ".localcloud" / "communities.yaml"
@@ -288,12 +290,11 @@ def test_the_network_has_the_endpoints_an_instance_without_internet_needs() -> N
     assert {"ssm", "ssmmessages", "ec2messages", "ec2", "kms", "logs"} <= services
 
 
-def test_the_spawners_defaults_are_the_templates_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_spawners_defaults_are_the_templates_defaults() -> None:
     """Deployed with its defaults, the hub stack fits a hub left at its defaults."""
     traits = EC2Spawner.class_traits()
     assert traits["parameter_prefix"].default_value == "/" + PARAMETER_PREFIX
-    monkeypatch.delenv("SNH_HUB_ID", raising=False)
-    assert EC2Spawner._hub_id_default(SimpleNamespace()) == HUB_ID
+    assert traits["hub_id"].default_value == HUB_ID
 
 
 @pytest.mark.parametrize("community", COMMUNITIES, ids=lambda c: c.id)

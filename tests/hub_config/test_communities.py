@@ -35,7 +35,7 @@ from hub_config import (
 )
 from operations.check import main as cli_main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_TEXT = DEFAULT_COMMUNITIES_PATH.read_text(encoding="utf-8")
 BASE: dict[str, Any] = yaml.safe_load(SHIPPED_TEXT)
 

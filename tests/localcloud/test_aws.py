@@ -24,11 +24,11 @@ from botocore.exceptions import ClientError
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub_config import load_communities
-from localcloud.aws_stack import LocalAws, start_aws
+from localcloud.aws.moto_setup import parameter_policy
 from localcloud.launcher import hub_environment
-from localcloud.moto_setup import parameter_policy
 from localcloud.ssm import fixed_resolver
 from localcloud.ssm.sigv4 import SignatureError
+from localcloud.stack import LocalAws, start_aws
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -2,7 +2,7 @@
 
 Tunnel tests and benchmarks need a target that behaves like ``jupyterhub-singleuser`` on the
 wire (keep-alive HTTP/1.1, large streamed responses, long-lived websockets) without a hub
-behind it. Run it alone: ``python -m localcloud.notebook_like --port 8888``; it prints
+behind it. Run it alone: ``python -m localcloud.instances.notebook_like --port 8888``; it prints
 ``{"listening": "127.0.0.1:<port>"}`` when ready.
 
 Endpoints: ``GET /api`` (a JSON version, like Jupyter Server's), ``GET /small`` (two bytes),

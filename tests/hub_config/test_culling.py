@@ -34,7 +34,7 @@ from hub_config.culling import (
 )
 from hub_config.settings import SettingsError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "hub_config" / "communities.yaml"
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 

@@ -33,14 +33,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from localcloud.aws_stack import LocalAws, start_aws
+from localcloud.aws.moto_setup import CloudIds
 from localcloud.instances.userdata import UserDataError, parse_user_data, read_server_conf
-from localcloud.moto_setup import CloudIds
+from localcloud.stack import LocalAws, start_aws
 from spawner.ssm.tunnel import Tunnel
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/synapse-notebook-hub/test-hub"
 USER_DATA = """#cloud-config
 write_files:

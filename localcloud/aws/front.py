@@ -39,12 +39,12 @@ from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.netutil import bind_sockets
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from .aws.calls import CallLog, CallRecord
-from .aws.control import control_routes
-from .aws.corrections import correct
-from .aws.faults import AwsFaultRule, AwsFaults
-from .aws.idempotency import MISMATCH_CODE, MISMATCH_MESSAGE, ClientTokens, Recorded
-from .aws.wire import AwsRequest, error_code_of, error_response, parse_request
+from .calls import CallLog, CallRecord
+from .control import control_routes
+from .corrections import correct
+from .faults import AwsFaultRule, AwsFaults
+from .idempotency import MISMATCH_CODE, MISMATCH_MESSAGE, ClientTokens, Recorded
+from .wire import AwsRequest, error_code_of, error_response, parse_request
 
 log = logging.getLogger(__name__)
 

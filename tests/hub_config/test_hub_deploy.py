@@ -28,7 +28,7 @@ from hub_config.settings import VARIABLES
 from tests.shell_stubs import run_sourced
 from tests.test_shell_scripts import shell_scripts
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "hub_config" / "deploy"
 INSTALL = DEPLOY / "install-hub.sh"
 FETCH = DEPLOY / "fetch-hub-secrets.sh"
