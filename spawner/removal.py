@@ -209,10 +209,6 @@ async def snapshot_then_terminate(
     snapshot failed) or the instance does not stop, `AwsError` when AWS refuses a step;
     each step that happened has its audit line.
     """
-    # Long: the removal's steps in the order the module docstring gives, each audited
-    # where it happens; to be cut into one function per step.
-    record = (audit_log or audit.get_audit_log()).record
-    who = actor if isinstance(actor, Actor) else Actor(actor)
     snapshot_first = (
         community.volume_policy.snapshot_before_delete
         if community is not None
@@ -223,63 +219,123 @@ async def snapshot_then_terminate(
         if raw is None:
             return RemovalResult(view, terminated=True, skipped="no such instance")
         view = InstanceView.from_api(raw)
-    base = {**audit.view_fields(view), "region": aws.region, "reason": reason}
-    result = RemovalResult(view.instance_id)
-    state = raw["State"]["Name"] if raw else "terminated"
-    if state in ("terminated", "shutting-down"):
-        result.terminated = True
-        result.skipped = f"already {state}"
-        return result
-    if state != "stopped" and require_stopped:
-        result.skipped = f"it is {state} now"
-        record("skip", who, **{**base, "state": state, "reason": f"{reason}; {state} now"})
-        return result
-    if state in ("pending", "running"):
-        await aws.call("ec2", "stop_instances", InstanceIds=[view.instance_id])
-        record("stop", who, **{**base, "previous_state": state, "reason": f"{reason}: stop first"})
-        result.actions.append("stop")
-    if state != "stopped":
-        raw = await _wait_state(
-            aws, view.instance_id, "stopped", stop_timeout, poll_interval, sleep
-        )
-        if raw is None or raw["State"]["Name"] == "terminated":
-            result.terminated = True
-            result.skipped = "terminated meanwhile"
-            return result
-    assert raw is not None
-    stopped_at = InstanceView.from_api(raw).state_since
-    if (
-        require_stopped
-        and view.state_since is not None
-        and stopped_at is not None
-        and stopped_at > view.state_since
-    ):
-        result.skipped = f"started and stopped again since (at {stopped_at:%Y-%m-%d %H:%M} UTC)"
-        record("skip", who, **{**base, "state": "stopped", "reason": result.skipped})
-        return result
+    removal = _Removal(
+        aws,
+        view,
+        who=actor if isinstance(actor, Actor) else Actor(actor),
+        record=(audit_log or audit.get_audit_log()).record,
+        reason=reason,
+        poll_interval=poll_interval,
+        sleep=sleep,
+    )
+    raw = await removal.stopped(raw, require_stopped=require_stopped, timeout=stop_timeout)
+    if raw is None:
+        return removal.result
     volume_id, deletes_with_instance = _home_mapping(raw)
-    result.volume_id = volume_id
-
+    removal.result.volume_id = volume_id
     if volume_id and snapshot_first:
-        # reuse only a snapshot taken after the latest stop (an interrupted earlier attempt)
-        snapshot = await _existing_snapshot(aws, view.instance_id, volume_id, stopped_at)
+        stopped_at = InstanceView.from_api(raw).state_since
+        await removal.snapshot(volume_id, stopped_at, wait=wait_for_snapshot)
+    if volume_id:
+        await removal.settle_volume(volume_id, deletes_with_instance)
+    await removal.terminate(volume_id, deletes_with_instance)
+    return removal.result
+
+
+class _Removal:
+    """The steps of one `snapshot_then_terminate`, in order, each with its audit line."""
+
+    def __init__(
+        self,
+        aws: Aws,
+        view: InstanceView,
+        *,
+        who: Actor,
+        record: Callable[..., Any],
+        reason: str,
+        poll_interval: float,
+        sleep: Callable[[float], Any],
+    ) -> None:
+        self.aws, self.view, self.who, self.record = aws, view, who, record
+        self.reason, self.poll_interval, self.sleep = reason, poll_interval, sleep
+        self.base = {**audit.view_fields(view), "region": aws.region, "reason": reason}
+        self.result = RemovalResult(view.instance_id)
+
+    async def stopped(
+        self, raw: dict[str, Any] | None, *, require_stopped: bool, timeout: float
+    ) -> dict[str, Any] | None:
+        """The instance, stopped (stopping it first unless ``require_stopped``); None when
+        there is nothing to remove (``result`` says why)."""
+        view, result, reason = self.view, self.result, self.reason
+        state = raw["State"]["Name"] if raw else "terminated"
+        if state in ("terminated", "shutting-down"):
+            result.terminated = True
+            result.skipped = f"already {state}"
+            return None
+        if state != "stopped" and require_stopped:
+            result.skipped = f"it is {state} now"
+            self.record(
+                "skip",
+                self.who,
+                **{**self.base, "state": state, "reason": f"{reason}; {state} now"},
+            )
+            return None
+        if state in ("pending", "running"):
+            await self.aws.call("ec2", "stop_instances", InstanceIds=[view.instance_id])
+            self.record(
+                "stop",
+                self.who,
+                **{**self.base, "previous_state": state, "reason": f"{reason}: stop first"},
+            )
+            result.actions.append("stop")
+        if state != "stopped":
+            raw = await _wait_state(
+                self.aws, view.instance_id, "stopped", timeout, self.poll_interval, self.sleep
+            )
+            if raw is None or raw["State"]["Name"] == "terminated":
+                result.terminated = True
+                result.skipped = "terminated meanwhile"
+                return None
+        assert raw is not None
+        stopped_at = InstanceView.from_api(raw).state_since
+        if (
+            require_stopped
+            and view.state_since is not None
+            and stopped_at is not None
+            and stopped_at > view.state_since
+        ):
+            result.skipped = f"started and stopped again since (at {stopped_at:%Y-%m-%d %H:%M} UTC)"
+            self.record(
+                "skip", self.who, **{**self.base, "state": "stopped", "reason": result.skipped}
+            )
+            return None
+        return raw
+
+    async def snapshot(
+        self, volume_id: str, stopped_at: dt.datetime | None, *, wait: float
+    ) -> None:
+        """Snapshot the home volume (or reuse the one an interrupted earlier attempt took
+        after the latest stop), and wait up to ``wait`` seconds for it to complete; raise
+        `RemovalError`, terminating nothing, if it failed."""
+        view, result = self.view, self.result
+        snapshot = await _existing_snapshot(self.aws, view.instance_id, volume_id, stopped_at)
         if snapshot is None:
             user = view.tags.get(TAG_USER, "?")
             server = view.tags.get(TAG_SERVER, DEFAULT_SERVER_TAG)
-            snapshot = await aws.call(
+            snapshot = await self.aws.call(
                 "ec2",
                 "create_snapshot",
                 VolumeId=volume_id,
                 Description=_description(
-                    f"Home volume of {user}/{server} ({view.instance_id}) before: {reason}"
+                    f"Home volume of {user}/{server} ({view.instance_id}) before: {self.reason}"
                 ),
                 TagSpecifications=[{"ResourceType": "snapshot", "Tags": snapshot_tags(view)}],
             )
             result.actions.append("snapshot")
-            record(
+            self.record(
                 "snapshot",
-                who,
-                **base,
+                self.who,
+                **self.base,
                 volume_id=volume_id,
                 snapshot_id=snapshot["SnapshotId"],
                 snapshot_state=snapshot.get("State"),
@@ -287,19 +343,19 @@ async def snapshot_then_terminate(
         result.snapshot_id = snapshot["SnapshotId"]
         result.snapshot_state = str(snapshot.get("State", "pending"))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_for_snapshot
+        deadline = loop.time() + wait
         while result.snapshot_state == "pending" and loop.time() < deadline:
-            await sleep(min(poll_interval, max(0.0, deadline - loop.time())))
-            result.snapshot_state = await _snapshot_state(aws, result.snapshot_id)
+            await self.sleep(min(self.poll_interval, max(0.0, deadline - loop.time())))
+            result.snapshot_state = await _snapshot_state(self.aws, result.snapshot_id)
         if result.snapshot_state not in ("pending", "completed"):
             message = (
                 f"snapshot {result.snapshot_id} of {volume_id} is {result.snapshot_state}: "
                 f"{view.instance_id} not terminated, nothing deleted"
             )
-            record(
+            self.record(
                 "terminate",
-                who,
-                **base,
+                self.who,
+                **self.base,
                 outcome="failed",
                 error=message,
                 volume_id=volume_id,
@@ -307,62 +363,67 @@ async def snapshot_then_terminate(
             )
             raise RemovalError(message)
 
-    if volume_id and not deletes_with_instance:
-        result.volume_fate = (
-            f"kept: DeleteOnTermination is false (volume_policy.delete_on_termination); "
-            f"{volume_id} stays, and is billed, until someone deletes it"
-        )
-    elif volume_id and result.snapshot_state == "pending":
-        await aws.call(
-            "ec2",
-            "modify_instance_attribute",
-            InstanceId=view.instance_id,
-            BlockDeviceMappings=[
-                {"DeviceName": HOME_DEVICE, "Ebs": {"DeleteOnTermination": False}}
-            ],
-        )
-        await aws.call(
-            "ec2",
-            "create_tags",
-            Resources=[volume_id],
-            Tags=[
-                {"Key": TAG_DELETE_AFTER_SNAPSHOT, "Value": result.snapshot_id or ""},
-                {"Key": TAG_HUB, "Value": view.tags.get(TAG_HUB, "")},
-            ],
-        )
-        result.volume_fate = (
-            f"kept until snapshot {result.snapshot_id} completes, then deleted by the reaper"
-        )
-    elif volume_id:
-        result.volume_fate = "deleted with the instance" + (
-            f" (snapshot {result.snapshot_id})"
-            if result.snapshot_id
-            else " (no snapshot: volume_policy.snapshot_before_delete is false)"
-        )
+    async def settle_volume(self, volume_id: str, deletes_with_instance: bool) -> None:
+        """What becomes of the home volume: kept (the community's policy), kept until its
+        pending snapshot completes, or deleted with the instance."""
+        result = self.result
+        if not deletes_with_instance:
+            result.volume_fate = (
+                f"kept: DeleteOnTermination is false (volume_policy.delete_on_termination); "
+                f"{volume_id} stays, and is billed, until someone deletes it"
+            )
+        elif result.snapshot_state == "pending":
+            await self.aws.call(
+                "ec2",
+                "modify_instance_attribute",
+                InstanceId=self.view.instance_id,
+                BlockDeviceMappings=[
+                    {"DeviceName": HOME_DEVICE, "Ebs": {"DeleteOnTermination": False}}
+                ],
+            )
+            await self.aws.call(
+                "ec2",
+                "create_tags",
+                Resources=[volume_id],
+                Tags=[
+                    {"Key": TAG_DELETE_AFTER_SNAPSHOT, "Value": result.snapshot_id or ""},
+                    {"Key": TAG_HUB, "Value": self.view.tags.get(TAG_HUB, "")},
+                ],
+            )
+            result.volume_fate = (
+                f"kept until snapshot {result.snapshot_id} completes, then deleted by the reaper"
+            )
+        else:
+            result.volume_fate = "deleted with the instance" + (
+                f" (snapshot {result.snapshot_id})"
+                if result.snapshot_id
+                else " (no snapshot: volume_policy.snapshot_before_delete is false)"
+            )
 
-    await aws.call("ec2", "terminate_instances", InstanceIds=[view.instance_id])
-    result.terminated = True
-    result.actions.append("terminate")
-    record(
-        "terminate",
-        who,
-        **{**base, "state": "shutting-down"},
-        previous_state="stopped",
-        volume_id=volume_id,
-        snapshot_id=result.snapshot_id,
-        snapshot_state=result.snapshot_state,
-        volume_fate=result.volume_fate,
-    )
-    if volume_id and (not deletes_with_instance or result.snapshot_state == "pending"):
-        record(
-            "keep_volume",
-            who,
-            **base,
+    async def terminate(self, volume_id: str | None, deletes_with_instance: bool) -> None:
+        result = self.result
+        await self.aws.call("ec2", "terminate_instances", InstanceIds=[self.view.instance_id])
+        result.terminated = True
+        result.actions.append("terminate")
+        self.record(
+            "terminate",
+            self.who,
+            **{**self.base, "state": "shutting-down"},
+            previous_state="stopped",
             volume_id=volume_id,
             snapshot_id=result.snapshot_id,
+            snapshot_state=result.snapshot_state,
             volume_fate=result.volume_fate,
         )
-    return result
+        if volume_id and (not deletes_with_instance or result.snapshot_state == "pending"):
+            self.record(
+                "keep_volume",
+                self.who,
+                **self.base,
+                volume_id=volume_id,
+                snapshot_id=result.snapshot_id,
+                volume_fate=result.volume_fate,
+            )
 
 
 async def delete_volumes_after_snapshots(
