@@ -170,6 +170,15 @@ c.JupyterHub.extra_handlers = [
     )
 ]
 
+# -- the relay: the owner's own computer to a port of their running server ---------------
+# (snh ssh-proxy / snh forward --server). Only the owner's tokens with the custom:snh-relay
+# scope open it: the user role holds it on the user's own servers only; operators do not.
+from operations import relay  # noqa: E402 - this block's own import
+
+c.JupyterHub.custom_scopes = relay.CUSTOM_SCOPES
+c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", f"{relay.SCOPE}!user"]})
+c.JupyterHub.extra_handlers.extend(relay.relay_handlers())
+
 # -- home page: "Stopped since …, will be removed on …" under each stopped server ----------
 from operations import home_page  # noqa: E402 - this block's own import
 

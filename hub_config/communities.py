@@ -47,6 +47,7 @@ MAX_EXTRA_TAGS = 39
 BUILTIN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "max_servers_per_user": 1,
+        "relay_ports": (22,),
         "idle_timeout_minutes": 60,
         "dormancy_days": 30,
         "root_volume_gb": 30,
@@ -176,6 +177,8 @@ class Community:
     volume_policy: VolumePolicy
     #: Hours after its start at which the idle culler stops a server even if in use; None: never.
     max_age_hours: int | None = None
+    #: Ports of a server its owner may reach through the hub's relay (``operations.relay``).
+    relay_ports: tuple[int, ...] = (22,)
 
     def instance_type(self, name: str) -> InstanceType | None:
         """The allowed type called ``name``; None means the choice must be refused."""
@@ -1019,6 +1022,12 @@ def _build_community(
         idle_timeout_minutes=setting("idle_timeout_minutes"),
         dormancy_days=setting("dormancy_days"),
         max_age_hours=entry.get("max_age_hours", defaults.get("max_age_hours")),
+        relay_ports=tuple(
+            int(p)
+            for p in entry.get(
+                "relay_ports", defaults.get("relay_ports", BUILTIN_DEFAULTS["relay_ports"])
+            )
+        ),
         volume_policy=VolumePolicy(
             snapshot_before_delete=policy.get(
                 "snapshot_before_delete", BUILTIN_DEFAULTS["snapshot_before_delete"]

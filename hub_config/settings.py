@@ -318,6 +318,10 @@ class OperatorSettings:
     state_dir: Path = Path(".")
     api_url: str | None = None
     api_token: str | None = None
+    #: the relay's client (``snh login``/``ssh-proxy``): the hub, a token, where to keep them
+    relay_hub_url: str | None = None
+    relay_token: str | None = None
+    config_dir: Path = Path(".snh")
 
     @property
     def audit_log(self) -> Path:
@@ -331,7 +335,11 @@ class OperatorSettings:
             return env.get(name, "").strip() or None
 
         communities = get("SNH_COMMUNITIES_FILE")
+        config_home = get("XDG_CONFIG_HOME") or str(Path(get("HOME") or "~") / ".config")
         return cls(
+            relay_hub_url=get("SNH_HUB_URL"),
+            relay_token=get("SNH_TOKEN"),
+            config_dir=Path(config_home).expanduser() / "snh",
             hub_id=get("SNH_HUB_ID") or DEFAULT_HUB_ID,
             communities_file=Path(communities) if communities else None,
             aws_endpoint_url=get("SNH_AWS_ENDPOINT_URL"),

@@ -81,6 +81,8 @@ ACTIONS = frozenset(
         "skip",  # the reaper left an instance alone (says why)
         "access_ended",  # a user lost every allowed team: servers, tokens, admin taken away
         "break_glass",  # a break-glass name signed in with full JupyterHub admin
+        "relay",  # one connection from the owner's computer to a port of their server
+        "relay_refused",  # a relay connection refused (reason says why)
     }
 )
 
@@ -111,6 +113,9 @@ FIELDS: Mapping[str, str] = {
     "removal_date": "ISO-8601 time the reaper may terminate it",
     "launch_time": "ISO-8601 EC2 LaunchTime (start of the current run)",
     "duration_s": "seconds the action took",
+    "port": "the server's port a relay connection reached",
+    "bytes_in": "bytes from the user's computer to the server (a relay connection)",
+    "bytes_out": "bytes from the server to the user's computer (a relay connection)",
     "dry_run": "true when nothing was changed",
 }
 

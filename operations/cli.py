@@ -51,7 +51,7 @@ from hub_config.communities import (
 from hub_config.settings import OperatorSettings
 from spawner.region import Regions, aws_of
 
-from . import audit, check, forward, reconcile
+from . import audit, check, client, forward, reconcile
 from .admin_page import (
     AuditRuns,
     build_rows,
@@ -384,8 +384,13 @@ _DELEGATED_HELP = {
     "reconcile": "stop instances the hub no longer knows, at once or every N seconds",
     "check": "validate a communities file as the hub does at start-up",
     "keys": "print the communities file's keys as the README's Markdown table",
-    "forward": "forward a local port to a port of an instance, through Session Manager",
+    "forward": "forward a local port to a port of your server (--server, through the hub's "
+    "relay), or of an instance (--target, with AWS credentials)",
+    "login": "keep the hub's URL and your API token for the relay commands",
+    "ssh-proxy": "ssh's ProxyCommand: a connection to a port of your server, via the hub",
+    "ssh-config": "print the ~/.ssh/config block for your server",
 }
+_RELAY_COMMANDS = ("login", "ssh-proxy", "ssh-config")
 
 
 def main(
@@ -403,6 +408,11 @@ def main(
         return reconcile.main(argv[1:], settings=settings)
     if argv and argv[0] in ("check", "keys"):
         return check.main(argv)
+    # forward --target: an instance, with AWS credentials (operators); otherwise one's own
+    # server, through the hub's relay
+    relayed = argv[:1] == ["forward"] and not any(a.startswith("--target") for a in argv)
+    if argv and (argv[0] in _RELAY_COMMANDS or relayed):
+        return client.main(argv, settings)
     if argv and argv[0] == "forward":
         return forward.main(argv)
     args = parser(settings).parse_args(argv)

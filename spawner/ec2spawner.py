@@ -320,6 +320,8 @@ class EC2Spawner(Spawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._token_written: str | None = None
+        #: tunnels to other ports of the instance, for the owner's relay (operations.relay)
+        self._relay_tunnels: dict[int, Tunnel] = {}
         #: the community whose server limit this server counts against while it starts or
         #: runs (taken in `_check_server_limit`, released at stop or a failed start)
         self.claimed_community: str | None = None
@@ -876,7 +878,7 @@ class EC2Spawner(Spawner):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 10.0)
 
-    def _new_tunnel(self, local_port: int) -> Tunnel:
+    def _new_tunnel(self, local_port: int, remote_port: int | None = None) -> Tunnel:
         assert self.instance_id and self.region
         aws = self.aws_for(self.region)
         settings = TunnelSettings(
@@ -886,7 +888,7 @@ class EC2Spawner(Spawner):
         )
         return Tunnel(
             self.instance_id,
-            self.notebook_port,
+            remote_port or self.notebook_port,
             settings,
             local_port=local_port,
             region=self.region,
@@ -1109,7 +1111,28 @@ class EC2Spawner(Spawner):
             self.log.info("%s: rewrote the Synapse token parameter", self._log_name)
         self._token_written = token
 
+    async def relay_tunnel(self, port: int) -> Tunnel:
+        """A tunnel to ``port`` of this server's instance, for its owner's relay
+        (`operations.relay`): opened when first asked for (raising `SessionError` if it
+        cannot be), kept while the server runs, closed when it stops. Which ports may be
+        asked for is the relay's decision (the community's ``relay_ports``)."""
+        tunnel = self._relay_tunnels.get(port)
+        if tunnel is None:  # once started, a tunnel keeps its sessions up by itself
+            tunnel = self._relay_tunnels[port] = self._new_tunnel(0, remote_port=port)
+            try:
+                await tunnel.start()
+            except BaseException:
+                self._relay_tunnels.pop(port, None)
+                with contextlib.suppress(Exception):
+                    await tunnel.stop()
+                raise
+        return tunnel
+
     async def _close_tunnel(self) -> None:
+        relays, self._relay_tunnels = list(self._relay_tunnels.values()), {}
+        for relay in relays:
+            with contextlib.suppress(Exception):
+                await relay.stop()
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             metrics.untrack_tunnel(tunnel.metrics)

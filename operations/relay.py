@@ -1,0 +1,213 @@
+"""The relay: a TCP connection from a user's own computer to a port of their own running
+server, carried over a websocket to the hub and the hub's Session Manager tunnel.
+
+Why in the hub (an API handler) and not a hub-managed service: the hub already holds the
+server's tunnel and its AWS credentials; a service would need both again (a second AWS role
+that may open sessions to every instance) and would see tokens the hub checks anyway. Here
+the relay is one more consumer of the spawner's tunnels (`EC2Spawner.relay_tunnel`), behind
+JupyterHub's own token authentication, scope checks and membership refresh.
+
+Who may connect: the caller's own JupyterHub API token (a browser cookie is not enough: the
+client is ``ssh``) with the ``custom:snh-relay`` scope for that server, which only the
+server's owner holds (the ``user`` role has it on the user's own servers; operators and
+admins do not), so that a token can be made for SSH alone; only to the ports the server's
+community allows (``relay_ports``, SSH only by default); only while the server runs. Each
+refusal says why and what to do; each connection is an audit line (``relay``: port, bytes
+each way, duration) and so is each refusal (``relay_refused``).
+
+Wire: ``GET /hub/api/users/<user>/relay/<port>`` (the default server) or
+``/hub/api/users/<user>/servers/<name>/relay/<port>``, upgraded to a websocket; binary
+messages carry the connection's bytes, each way; either side closing the websocket closes
+the connection. ``snh ssh-proxy`` and ``snh forward --server`` are the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.scopes import has_scope
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from spawner.ssm.datachannel import SessionError
+
+from . import audit
+
+log = logging.getLogger(__name__)
+
+#: The scope a token needs (on the server, as JupyterHub filters it: ``!server=<user>/<name>``).
+SCOPE = "custom:snh-relay"
+#: ``c.JupyterHub.custom_scopes`` entry of `SCOPE`.
+CUSTOM_SCOPES = {
+    SCOPE: {
+        "description": "Open connections (SSH, app ports) to your own running servers "
+        "through the hub's relay, from your own computer.",
+    }
+}
+#: Bytes read from the server's side per websocket message.
+CHUNK = 64 * 1024
+
+
+class RelayHandler(WebSocketHandler, BaseHandler):
+    """One relay connection; see the module docstring. JupyterHub's `BaseHandler` resolves
+    the token (and refreshes the user's Synapse membership) in ``prepare``, before the
+    upgrade; tornado's `WebSocketHandler` does the rest."""
+
+    # An API token, never a browser cookie: the client is ssh, and a page of another site
+    # must not be able to open connections with the user's session.
+    _accept_token_auth = True
+    _accept_cookie_auth = False
+
+    def check_xsrf_cookie(self) -> None:
+        """Token-authenticated only (`get` refuses cookie sessions), so no XSRF to check."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """JSON, as JupyterHub's API answers (``snh`` prints the message): a refusal says
+        why and what to do."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def check_origin(self, origin: str) -> bool:
+        """Any origin: the client is a command-line program with the user's own token, and a
+        browser page cannot set the Authorization header of a websocket upgrade."""
+        return True
+
+    async def get(self, user_name: str, *args: str) -> None:
+        server_name, port_text = (args[0], args[1]) if len(args) == 2 else ("", args[0])
+        self.relay_user, self.relay_server, self.relay_port = user_name, server_name, 0
+        self.bytes_in = self.bytes_out = 0
+        self.started = time.monotonic()
+        try:
+            port = int(port_text)
+            spawner, community = self._authorised(user_name, server_name, port)
+            tunnel = await spawner.relay_tunnel(port)
+            reader, writer = await asyncio.open_connection(
+                tunnel.settings.local_host, tunnel.local_port
+            )
+        except web.HTTPError as e:
+            self._refused(e.log_message or str(e))
+            raise
+        except SessionError as e:
+            message = (
+                f"The hub could not reach port {port_text} of your server {self._label}: "
+                f"{e}. Is something listening on it there?"
+            )
+            self._refused(message)
+            raise web.HTTPError(502, message) from None
+        self.relay_port, self.community = port, community.id
+        self.remote = (reader, writer)
+        await super().get(user_name, *args)
+
+    @property
+    def _label(self) -> str:
+        return repr(self.relay_server) if self.relay_server else "(default)"
+
+    def _authorised(self, user_name: str, server_name: str, port: int) -> tuple[Any, Any]:
+        """The server's spawner and community, or the HTTPError that says why not."""
+        who = self.current_user
+        if who is None or self.get_auth_token() is None:
+            raise web.HTTPError(
+                403,
+                "Missing or invalid token: make an API token on the hub's token page "
+                "(with the custom:snh-relay scope) and run `snh login`.",
+            )
+        if getattr(who, "name", None) != user_name or getattr(who, "kind", "user") != "user":
+            raise web.HTTPError(403, "You can connect only to your own servers.")
+        if not has_scope(f"{SCOPE}!server={user_name}/{server_name}", self.expanded_scopes):
+            raise web.HTTPError(
+                403,
+                f"This token may not open relay connections (it lacks the {SCOPE} scope): "
+                "make one on the hub's token page with that scope.",
+            )
+        known = server_name in who.orm_user.orm_spawners
+        spawner = who.spawners[server_name] if known else None
+        if spawner is None or not spawner.ready:
+            raise web.HTTPError(
+                409,
+                f"Your server {self._label} is not running: start it on the hub's home page, "
+                "then connect again.",
+            )
+        community = None
+        options = getattr(spawner, "last_options", None)
+        if options is not None:
+            community = spawner.communities_config.by_id(options.community_id)
+        if community is None or port not in community.relay_ports:
+            allowed = ", ".join(str(p) for p in community.relay_ports) if community else "none"
+            raise web.HTTPError(
+                403,
+                f"Port {port} of your server is not open for connections from your computer "
+                f"(its community allows: {allowed}).",
+            )
+        return spawner, community
+
+    def _refused(self, reason: str) -> None:
+        audit.record(
+            "relay_refused",
+            audit.Actor("user", getattr(self.current_user, "name", None)),
+            user=self.relay_user,
+            server=self.relay_server,
+            reason=reason,
+        )
+
+    # -- the websocket --------------------------------------------------------------------
+
+    def open(self, *args: str) -> None:
+        self._pump = asyncio.ensure_future(self._server_to_client())
+
+    async def _server_to_client(self) -> None:
+        reader, _ = self.remote
+        try:
+            while data := await reader.read(CHUNK):
+                self.bytes_out += len(data)
+                await self.write_message(data, binary=True)
+        except (WebSocketClosedError, ConnectionError, OSError):
+            pass
+        finally:
+            self.close()
+
+    async def on_message(self, message: str | bytes) -> None:
+        _, writer = self.remote
+        if isinstance(message, str):
+            self.close(1003, "binary messages only")
+            return
+        self.bytes_in += len(message)
+        try:
+            writer.write(message)
+            await writer.drain()
+        except (ConnectionError, OSError):
+            self.close(1011, "the server's side closed")
+
+    def on_close(self) -> None:
+        _, writer = self.remote
+        writer.close()
+        pump = getattr(self, "_pump", None)
+        if pump is not None and not pump.done():
+            pump.cancel()
+        with contextlib.suppress(Exception):
+            audit.record(
+                "relay",
+                audit.Actor("user", self.relay_user),
+                user=self.relay_user,
+                server=self.relay_server,
+                community=self.community,
+                port=self.relay_port,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                duration_s=round(time.monotonic() - self.started, 3),
+            )
+
+
+def relay_handlers() -> list[tuple[str, type, dict[str, Any]]]:
+    """The ``c.JupyterHub.extra_handlers`` entries of the relay."""
+    return [
+        (r"/api/users/([^/]+)/relay/([0-9]{1,5})", RelayHandler, {}),
+        (r"/api/users/([^/]+)/servers/([^/]+)/relay/([0-9]{1,5})", RelayHandler, {}),
+    ]

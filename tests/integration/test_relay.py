@@ -1,0 +1,111 @@
+"""The relay (``operations.relay``) with its client (``operations.client``), against a real
+hub on the local cloud: the owner's token with the ``custom:snh-relay`` scope reaches a port
+of their running server through the hub's Session Manager tunnel; everything else is refused
+with the reason. The community here also allows port 8888 (the notebook server the simulated
+instance runs) so that the bytes have somewhere to go; SSH itself needs ``sshd`` in the
+images, which is not built yet (see the README)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from operations.client import Login, RelayError, connect
+from tests.integration.harness import own_hub, sign_in, wait_until
+from tests.integration.spawn_harness import start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+HUB_ID = "relay-tests"
+ALLOW_NOTEBOOK_PORT = """
+import dataclasses, os
+from hub_config import load_communities
+_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
+c.EC2Spawner.communities = dataclasses.replace(
+    _loaded,
+    communities=tuple(
+        dataclasses.replace(x, relay_ports=(22, 8888)) for x in _loaded.communities
+    ),
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(cloud, tmp_path_factory):
+    with own_hub(
+        cloud, tmp_path_factory.mktemp("hub-relay"), HUB_ID, extra=ALLOW_NOTEBOOK_PORT
+    ) as hub:
+        yield hub
+
+
+def token_for(hub, user: str, scopes: list[str] | None) -> str:
+    """A token made as on the hub's token page, with ``scopes`` (None: all the user's)."""
+    session, page = sign_in(hub, user)
+    assert page.url == f"{hub.url}/hub/home"
+    session.get(f"{hub.url}/hub/token", timeout=30)
+    body: dict = {"note": "laptop"}
+    if scopes is not None:
+        body["scopes"] = scopes
+    made = session.post(
+        f"{hub.url}/hub/api/users/{user}/tokens",
+        json=body,
+        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    return made.json()["token"]
+
+
+async def http_through_relay(login: Login, user: str, port: int) -> bytes:
+    ws = await connect(login, user, "", port)
+    request = f"GET /user/{user}/api HTTP/1.1\r\nHost: notebook\r\nConnection: close\r\n\r\n"
+    await ws.write_message(request.encode(), binary=True)
+    answer = b""
+    while (message := await asyncio.wait_for(ws.read_message(), 60)) is not None:
+        answer += message if isinstance(message, bytes) else b""
+        if b"\r\n\r\n" in answer:
+            break
+    ws.close()
+    return answer
+
+
+def refusal(login: Login, user: str, port: int) -> str:
+    with pytest.raises(RelayError) as refused:
+        asyncio.run(http_through_relay(login, user, port))
+    return str(refused.value)
+
+
+def relay_lines(hub) -> list[dict]:
+    path = hub.log_path.parent / "audit.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, filter(None, lines)) if r["action"].startswith("relay")]
+
+
+def test_the_owner_reaches_an_allowed_port_and_nobody_else_does(hub):
+    ssh_only = Login(hub.url, token_for(hub, "alice", ["custom:snh-relay!user"]), "alice")
+    start_server(hub, "alice")
+
+    answer = asyncio.run(http_through_relay(ssh_only, "alice", 8888))
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]  # the notebook server answered
+    wait_until(lambda: any(r["action"] == "relay" for r in relay_lines(hub)), 30, "audit")
+    [line] = [r for r in relay_lines(hub) if r["action"] == "relay"]
+    assert (line["user"], line["port"], line["actor"]) == ("alice", 8888, "user")
+    assert line["bytes_in"] > 0 and line["bytes_out"] > 0
+
+    # a port the community does not allow
+    assert "not open for connections" in refusal(ssh_only, "alice", 9999)
+    # a token without the scope (its owner's, for other things)
+    other = Login(hub.url, token_for(hub, "alice", ["read:users!user"]), "alice")
+    assert "lacks the custom:snh-relay scope" in refusal(other, "alice", 8888)
+    # someone else's token, on alice's server (bob is an analyst; alice is also an operator)
+    bob = Login(hub.url, token_for(hub, "bob", None), "bob")
+    assert "only to your own servers" in refusal(bob, "alice", 8888)
+    # no token at all
+    assert "403" in refusal(Login(hub.url, "not-a-token", "alice"), "alice", 8888)
+    refused = [r for r in relay_lines(hub) if r["action"] == "relay_refused"]
+    assert len(refused) >= 3
+
+    stop_server(hub, "alice")
+    assert "is not running" in refusal(ssh_only, "alice", 8888)
