@@ -109,3 +109,29 @@ def test_the_owner_reaches_an_allowed_port_and_nobody_else_does(hub):
 
     stop_server(hub, "alice")
     assert "is not running" in refusal(ssh_only, "alice", 8888)
+
+
+def test_a_removed_member_loses_the_relay_with_everything_else(hub, cloud):
+    """bob keeps an SSH-only token on his laptop; his community manager removes him from
+    the Synapse teams. Within ``auth_refresh_age`` his next relay connection is refused (the
+    refresh that sees it ends all his access: token deleted, server stopped)."""
+    bob = Login(hub.url, token_for(hub, "bob", ["custom:snh-relay!user"]), "bob")
+    start_server(hub, "bob")
+    assert asyncio.run(http_through_relay(bob, "bob", 8888)).startswith(b"HTTP/1.1 ")
+    teams = ("3500001", "3500002")  # ad-portal, nf-osc
+    for team in teams:
+        cloud.remove_member(team, "3400002")
+    try:
+
+        def refused() -> bool:
+            try:
+                asyncio.run(http_through_relay(bob, "bob", 8888))
+            except RelayError as e:
+                return "403" in str(e)
+            return False
+
+        wait_until(refused, 60, "the relay to refuse bob's token")
+        wait_until(lambda: not (hub.user("bob") or {}).get("servers"), 120, "bob's server to stop")
+    finally:
+        for team in teams:
+            cloud.add_member(team, "3400002")
