@@ -53,7 +53,7 @@ def test_jupyterlab_through_the_forward_command(browser, jupyterlab):
         [
             sys.executable,
             "-m",
-            "spawner.ssm",
+            "operations",
             "forward",
             "--target",
             INSTANCE_ID,
