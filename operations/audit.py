@@ -46,6 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spawner.naming import (
+    DEFAULT_SERVER_TAG,
+    TAG_COMMUNITY,
+    TAG_HUB,
+    TAG_IMAGE,
+    TAG_SERVER,
+    TAG_USER,
+)
+
 log = logging.getLogger(__name__)
 #: The logger every audit line is emitted on (INFO), besides the file.
 audit_logger = logging.getLogger("snh.audit")
@@ -277,15 +286,15 @@ def server_fields(spawner: Any) -> dict[str, Any]:
 def view_fields(view: Any) -> dict[str, Any]:
     """The audit fields of a `spawner.poller.InstanceView` (from its id, type and tags)."""
     tags = getattr(view, "tags", {}) or {}
-    server = tags.get("jupyterhub:server")
+    server = tags.get(TAG_SERVER)
     return {
         "instance_id": view.instance_id,
         "instance_type": getattr(view, "instance_type", None) or None,
-        "user": tags.get("jupyterhub:user"),
-        "server": "" if server == "_" else server,
-        "community": tags.get("jupyterhub:community"),
-        "image": tags.get("jupyterhub:image"),
-        "hub_id": tags.get("jupyterhub:hub"),
+        "user": tags.get(TAG_USER),
+        "server": "" if server == DEFAULT_SERVER_TAG else server,
+        "community": tags.get(TAG_COMMUNITY),
+        "image": tags.get(TAG_IMAGE),
+        "hub_id": tags.get(TAG_HUB),
         "state": getattr(view, "state", None),
     }
 

@@ -17,6 +17,7 @@ import contextlib
 import getpass
 import json
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.request
@@ -112,7 +113,9 @@ def _reason(error: HTTPClientError) -> str:
 
 async def pipe(ws: WebSocketClientConnection, reader: Any, write: Any) -> None:
     """Bytes both ways until either side ends: ``reader`` (an asyncio stream) to the
-    websocket, the websocket to ``write`` (a coroutine function taking bytes)."""
+    websocket, the websocket to ``write`` (a coroutine function taking bytes). The end of
+    the local input ends the connection (no half-close: ssh and most clients do not use
+    it)."""
 
     async def upstream() -> None:
         while data := await reader.read(64 * 1024):
@@ -124,10 +127,13 @@ async def pipe(ws: WebSocketClientConnection, reader: Any, write: Any) -> None:
         while (message := await ws.read_message()) is not None:
             if isinstance(message, bytes):
                 await write(message)
+    except (ConnectionError, OSError):
+        pass  # the local side went away: the relay connection ends with it
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+        ws.close()
 
 
 async def ssh_proxy(login: Login, user: str, server: str, port: int) -> None:
@@ -177,7 +183,7 @@ async def forward(login: Login, user: str, server: str, port: int, local_port: i
 def ssh_config(login: Login, user: str, server: str, port: int = 22) -> str:
     """The ``~/.ssh/config`` block for one server (``ssh snh-<user>[-<server>]``)."""
     alias = f"snh-{user}" + (f"-{server}" if server else "")
-    server_option = f" --server {server}" if server else ""
+    server_option = f" --server {shlex.quote(server)}" if server else ""
     return (
         f"Host {alias}\n"
         f"    HostName {alias}\n"
@@ -235,6 +241,11 @@ def main(argv: list[str], settings: OperatorSettings) -> int:
                 if args.token_file
                 else getpass.getpass("API token (from the hub's token page): ").strip()
             )
+            if not args.hub.startswith("https://"):
+                print(
+                    "snh login: warning: the hub is not HTTPS; the token travels in clear",
+                    file=sys.stderr,
+                )
             login = Login(args.hub.rstrip("/"), token)
             login = Login(login.hub_url, token, whoami(login))
             path = save_login(settings, login)

@@ -42,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from spawner.aws import Aws
+from spawner.naming import TAG_COMMUNITY
 from spawner.ssm.metrics import TunnelMetrics
 
 from . import audit
@@ -219,7 +220,7 @@ class InstanceCollector(Collector):
     def update(self, views: Iterable[Any], region: str) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
         for view in views:
-            community = view.tags.get("jupyterhub:community") or "unknown"
+            community = view.tags.get(TAG_COMMUNITY) or "unknown"
             counts[(community, view.instance_type or "unknown", view.state)] += 1
         self._counts[region] = counts  # replaced whole: a scrape sees the old or the new
         self._updated[region] = time.time()

@@ -11,7 +11,8 @@ hub's servers (REST API, with ``admin:server_state``):
 - a running instance whose server is stopped, or whose user or server the hub does not know,
   is **stopped** — never terminated: its disk may hold the only copy of someone's work.
 
-Every decision is logged and written to the audit log. Pure decision (`decide`) and I/O apart.
+Every decision is logged (the ``snh.audit`` logger, in the hub's log: the service does not
+write the hub's audit file). Pure decision (`decide`) and I/O apart.
 
     snh reconcile [--once] [--every 600] [--dry-run]
 

@@ -82,29 +82,38 @@ class RelayHandler(WebSocketHandler, BaseHandler):
 
     async def get(self, user_name: str, *args: str) -> None:
         server_name, port_text = (args[0], args[1]) if len(args) == 2 else ("", args[0])
-        self.relay_user, self.relay_server, self.relay_port = user_name, server_name, 0
+        self.relay_user, self.relay_server = user_name, server_name
+        self.relay_port, self.community = int(port_text), None
         self.bytes_in = self.bytes_out = 0
         self.started = time.monotonic()
+        self.remote: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
-            port = int(port_text)
-            spawner, community = self._authorised(user_name, server_name, port)
-            tunnel = await spawner.relay_tunnel(port)
+            if self.request.headers.get("Upgrade", "").lower() != "websocket":
+                raise web.HTTPError(400, "The relay speaks websocket only (use snh ssh-proxy).")
+            spawner, community = self._authorised(user_name, server_name, self.relay_port)
+            self.community = community.id
+            tunnel = await spawner.relay_tunnel(self.relay_port)
             reader, writer = await asyncio.open_connection(
                 tunnel.settings.local_host, tunnel.local_port
             )
         except web.HTTPError as e:
             self._refused(e.log_message or str(e))
             raise
-        except SessionError as e:
+        except (SessionError, OSError) as e:
             message = (
                 f"The hub could not reach port {port_text} of your server {self._label}: "
                 f"{e}. Is something listening on it there?"
             )
             self._refused(message)
             raise web.HTTPError(502, message) from None
-        self.relay_port, self.community = port, community.id
         self.remote = (reader, writer)
-        await super().get(user_name, *args)
+        try:
+            await super().get(user_name, *args)
+        finally:
+            if self.ws_connection is None or self.ws_connection.is_closing():
+                # no websocket after all (the client left while the tunnel opened, or the
+                # upgrade failed): on_close has run, or never will; the stream must not stay
+                writer.close()
 
     @property
     def _label(self) -> str:
@@ -154,6 +163,7 @@ class RelayHandler(WebSocketHandler, BaseHandler):
             audit.Actor("user", getattr(self.current_user, "name", None)),
             user=self.relay_user,
             server=self.relay_server,
+            port=self.relay_port,
             reason=reason,
         )
 
@@ -163,6 +173,7 @@ class RelayHandler(WebSocketHandler, BaseHandler):
         self._pump = asyncio.ensure_future(self._server_to_client())
 
     async def _server_to_client(self) -> None:
+        assert self.remote is not None
         reader, _ = self.remote
         try:
             while data := await reader.read(CHUNK):
@@ -174,6 +185,7 @@ class RelayHandler(WebSocketHandler, BaseHandler):
             self.close()
 
     async def on_message(self, message: str | bytes) -> None:
+        assert self.remote is not None
         _, writer = self.remote
         if isinstance(message, str):
             self.close(1003, "binary messages only")
@@ -186,6 +198,8 @@ class RelayHandler(WebSocketHandler, BaseHandler):
             self.close(1011, "the server's side closed")
 
     def on_close(self) -> None:
+        if self.remote is None:  # the client left before the connection was made
+            return
         _, writer = self.remote
         writer.close()
         pump = getattr(self, "_pump", None)

@@ -320,8 +320,10 @@ class EC2Spawner(Spawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._token_written: str | None = None
-        #: tunnels to other ports of the instance, for the owner's relay (operations.relay)
+        #: tunnels to other ports of the instance, for the owner's relay (operations.relay);
+        #: made one at a time, so that two connections at once share one started tunnel
         self._relay_tunnels: dict[int, Tunnel] = {}
+        self._relay_lock = asyncio.Lock()
         #: the community whose server limit this server counts against while it starts or
         #: runs (taken in `_check_server_limit`, released at stop or a failed start)
         self.claimed_community: str | None = None
@@ -1116,21 +1118,24 @@ class EC2Spawner(Spawner):
         (`operations.relay`): opened when first asked for (raising `SessionError` if it
         cannot be), kept while the server runs, closed when it stops. Which ports may be
         asked for is the relay's decision (the community's ``relay_ports``)."""
-        tunnel = self._relay_tunnels.get(port)
-        if tunnel is None:  # once started, a tunnel keeps its sessions up by itself
-            tunnel = self._relay_tunnels[port] = self._new_tunnel(0, remote_port=port)
-            try:
-                await tunnel.start()
-            except BaseException:
-                self._relay_tunnels.pop(port, None)
-                with contextlib.suppress(Exception):
-                    await tunnel.stop()
-                raise
-        return tunnel
+        async with self._relay_lock:
+            tunnel = self._relay_tunnels.get(port)
+            if tunnel is None:  # once started, a tunnel keeps its sessions up by itself
+                tunnel = self._new_tunnel(0, remote_port=port)
+                try:
+                    await tunnel.start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await tunnel.stop()
+                    raise
+                self._relay_tunnels[port] = tunnel
+                metrics.track_tunnel(tunnel.metrics)
+            return tunnel
 
     async def _close_tunnel(self) -> None:
         relays, self._relay_tunnels = list(self._relay_tunnels.values()), {}
         for relay in relays:
+            metrics.untrack_tunnel(relay.metrics)
             with contextlib.suppress(Exception):
                 await relay.stop()
         if self.tunnel is not None:

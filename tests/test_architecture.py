@@ -29,7 +29,8 @@ ALLOWED = {
     "localcloud": {"spawner", "hub_config"},
     "benchmarks": {"spawner", "operations", "hub_config", "localcloud", "tests"},
 }
-#: Modules that import nothing of the project (so that anything may import them).
+#: Modules that import nothing of the project but `spawner.naming` (which imports nothing),
+#: so that anything may import them.
 LEAVES = {"spawner.naming", "spawner.aws", "operations.audit"}
 #: Module-level mutable values that are not registries, and why.
 NOT_REGISTRIES = {
@@ -124,7 +125,7 @@ def test_each_package_imports_only_what_it_may() -> None:
 
 def test_the_leaves_import_nothing_of_the_project() -> None:
     for leaf in LEAVES:
-        assert _top_level_imports(leaf) == set(), leaf
+        assert _top_level_imports(leaf) <= {"spawner.naming"}, leaf
 
 
 def test_there_is_no_import_cycle() -> None:
