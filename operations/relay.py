@@ -32,6 +32,7 @@ from typing import Any
 
 from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.scopes import has_scope
+from jupyterhub.utils import utcnow
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -52,6 +53,41 @@ CUSTOM_SCOPES = {
 }
 #: Bytes read from the server's side per websocket message.
 CHUNK = 64 * 1024
+
+
+class ActivityMeter:
+    """When relay traffic counts as activity of the server (so the idle culler leaves it).
+
+    The rule, per connection, in windows of ``window`` seconds: the window is activity when
+    the user's computer sent at least ``typing_bytes`` (someone typing, an upload: an SSH
+    keystroke is a packet of about 40-50 bytes) or the server sent at least ``bulk_bytes``
+    (a download, a busy terminal). An idle SSH connection is neither: its keep-alives
+    (``ServerAliveInterval 30``, as ``snh ssh-config`` writes) are about 100 bytes each way
+    twice a minute, so a forgotten session does not keep a server running; the community's
+    ``max_age_hours`` still bounds everything. At most one mark per window. Sans-I/O: the
+    handler feeds it byte counts and the time, and records the marks it returns."""
+
+    def __init__(
+        self, *, window: float = 60.0, typing_bytes: int = 1024, bulk_bytes: int = 64 * 1024
+    ) -> None:
+        self.window, self.typing_bytes, self.bulk_bytes = window, typing_bytes, bulk_bytes
+        self._start: float | None = None
+        self._sent = self._received = 0
+        self._marked = False
+
+    def feed(self, now: float, *, sent: int = 0, received: int = 0) -> bool:
+        """Count bytes from the computer (``sent``) or the server (``received``) at
+        ``now`` (monotonic seconds); True when this makes the current window activity."""
+        if self._start is None or now - self._start >= self.window:
+            self._start, self._sent, self._received, self._marked = now, 0, 0, False
+        self._sent += sent
+        self._received += received
+        if self._marked:
+            return False
+        if self._sent >= self.typing_bytes or self._received >= self.bulk_bytes:
+            self._marked = True
+            return True
+        return False
 
 
 class RelayHandler(WebSocketHandler, BaseHandler):
@@ -107,6 +143,7 @@ class RelayHandler(WebSocketHandler, BaseHandler):
             self._refused(message)
             raise web.HTTPError(502, message) from None
         self.remote = (reader, writer)
+        self.spawner, self.activity = spawner, ActivityMeter()
         try:
             await super().get(user_name, *args)
         finally:
@@ -178,6 +215,8 @@ class RelayHandler(WebSocketHandler, BaseHandler):
         try:
             while data := await reader.read(CHUNK):
                 self.bytes_out += len(data)
+                if self.activity.feed(time.monotonic(), received=len(data)):
+                    self._mark_active()
                 await self.write_message(data, binary=True)
         except (WebSocketClosedError, ConnectionError, OSError):
             pass
@@ -191,11 +230,25 @@ class RelayHandler(WebSocketHandler, BaseHandler):
             self.close(1003, "binary messages only")
             return
         self.bytes_in += len(message)
+        if self.activity.feed(time.monotonic(), sent=len(message)):
+            self._mark_active()
         try:
             writer.write(message)
             await writer.drain()
         except (ConnectionError, OSError):
             self.close(1011, "the server's side closed")
+
+    def _mark_active(self) -> None:
+        """The server (and its owner) were active now, as the notebook's own activity
+        reports say (JupyterHub's ``last_activity``, which the idle cullers read)."""
+        now = utcnow(with_tz=False)
+        orm_spawner = self.spawner.orm_spawner
+        if orm_spawner.last_activity is None or orm_spawner.last_activity < now:
+            orm_spawner.last_activity = now
+        user = self.spawner.user.orm_user
+        if user.last_activity is None or user.last_activity < now:
+            user.last_activity = now
+        self.db.commit()
 
     def on_close(self) -> None:
         if self.remote is None:  # the client left before the connection was made

@@ -58,9 +58,10 @@ def token_for(hub, user: str, scopes: list[str] | None) -> str:
     return made.json()["token"]
 
 
-async def http_through_relay(login: Login, user: str, port: int) -> bytes:
+async def http_through_relay(login: Login, user: str, port: int, padding: int = 0) -> bytes:
     ws = await connect(login, user, "", port)
-    request = f"GET /user/{user}/api HTTP/1.1\r\nHost: notebook\r\nConnection: close\r\n\r\n"
+    extra = f"X-Padding: {'x' * padding}\r\n" if padding else ""
+    request = f"GET /user/{user}/api HTTP/1.1\r\nHost: notebook\r\n{extra}Connection: close\r\n\r\n"
     await ws.write_message(request.encode(), binary=True)
     answer = b""
     while (message := await asyncio.wait_for(ws.read_message(), 60)) is not None:
@@ -93,6 +94,12 @@ def test_the_owner_reaches_an_allowed_port_and_nobody_else_does(hub):
     [line] = [r for r in relay_lines(hub) if r["action"] == "relay"]
     assert (line["user"], line["port"], line["actor"]) == ("alice", 8888, "user")
     assert line["bytes_in"] > 0 and line["bytes_out"] > 0
+
+    # typing-sized traffic from the computer marks the server active (the ActivityMeter rule;
+    # its unit tests cover what does not)
+    before = hub.user("alice")["servers"][""]["last_activity"]
+    asyncio.run(http_through_relay(ssh_only, "alice", 8888, padding=2048))
+    wait_until(lambda: hub.user("alice")["servers"][""]["last_activity"] > before, 30, "activity")
 
     # a port the community does not allow
     assert "not open for connections" in refusal(ssh_only, "alice", 9999)
