@@ -122,6 +122,14 @@ class Regions:
         self._regions[region.name] = region
         return region
 
+    @classmethod
+    def of(cls, *clients: Aws) -> Regions:
+        """Regions whose clients are these (one per region: tests, with fakes)."""
+        regions = cls()
+        for aws in clients:
+            regions.add(Region(aws.region, aws=aws))
+        return regions
+
     def __iter__(self) -> Iterator[Region]:
         return iter(list(self._regions.values()))
 

@@ -42,7 +42,7 @@ from operations.admin_page import (
 from operations.cost import MonthCost, Run, month_cost, month_start, price_lookup, runs_from_audit
 from spawner.aws import Aws
 from spawner.poller import InstanceView
-from spawner.region import Region, Regions
+from spawner.region import Regions
 
 DEMO = load_communities(DEFAULT_COMMUNITIES_PATH)
 AD, NF = DEMO.communities
@@ -421,7 +421,7 @@ async def test_the_page_lists_every_server_for_admins_only(aws, tmp_path):
     )
     config = Config()
     handler = overview_handler(
-        regions=clients(aws),
+        regions=Regions.of(aws),
         hub_id="hub-test",
         communities=load_communities(DEFAULT_COMMUNITIES_PATH),
         audit_log=str(audit_path),
@@ -499,20 +499,13 @@ def test_handler_entry_for_extra_handlers():
 ADMIN_TOKEN = "servers-command-token-0123456789abcdef"
 
 
-def clients(aws) -> Regions:
-    """The AWS clients of the page or the command: ``aws`` for us-east-1."""
-    regions = Regions()
-    regions.add(Region("us-east-1", aws=aws))
-    return regions
-
-
 async def test_servers_command_reads_the_rest_api_and_ec2(aws, tmp_path, capsys):
     import asyncio
 
     from operations.cli import main
 
     mine = run_instance("hub-test", "bob", "gpu", community="nf-osc")
-    regions = clients(aws)
+    regions = Regions.of(aws)
     config = Config()
     config.JupyterHub.services = [{"name": "ops", "api_token": ADMIN_TOKEN}]
     config.JupyterHub.load_roles = [

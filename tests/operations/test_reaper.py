@@ -22,7 +22,7 @@ from operations.reaper import Reaper, last_stop_times, plan, removal_date
 from spawner.aws import Aws
 from spawner.naming import TAG_DELETE_AFTER_SNAPSHOT, TAG_SNAPSHOT_OF
 from spawner.poller import InstanceView
-from spawner.region import Region, Regions
+from spawner.region import Regions
 from spawner.removal import RemovalError, delete_volumes_after_snapshots, snapshot_then_terminate
 
 REGION = "us-east-1"
@@ -533,19 +533,12 @@ def cli_state():
     audit.get_audit_log().path = audit_path
 
 
-def clients(aws) -> Regions:
-    """The command's AWS clients: the fake above."""
-    regions = Regions()
-    regions.add(Region(REGION, aws=aws))
-    return regions
-
-
 def test_reap_command(aws, ec2, tmp_path, capsys, cli_state):
     due = launch(ec2, "alice")
     fresh = launch(ec2, "bob")
     ec2.stop_instances(InstanceIds=[due, fresh])
     aws.stop_times.update({due: dt.datetime(2000, 1, 1, tzinfo=dt.UTC), fresh: NOW})
-    regions = clients(aws)
+    regions = Regions.of(aws)
     audit_log = tmp_path / "audit.log"
     args = ["reap", "--hub-id", HUB, "--communities", str(DEFAULT_COMMUNITIES_PATH),
             "--audit-log", str(audit_log)]  # fmt: skip
@@ -578,7 +571,7 @@ def test_reap_command_now_previews_a_later_run(aws, ec2, tmp_path, capsys, cli_s
     ad, nf = launch(ec2, "alice"), launch(ec2, "bob", community="nf-osc")
     ec2.stop_instances(InstanceIds=[ad, nf])
     aws.stop_times.update({ad: NOW - 10 * DAY, nf: NOW - 10 * DAY})
-    regions = clients(aws)
+    regions = Regions.of(aws)
     later = NOW + 21 * DAY
     args = ["reap", "--hub-id", HUB, "--communities", str(DEFAULT_COMMUNITIES_PATH),
             "--audit-log", str(tmp_path / "audit.log"), "--json"]  # fmt: skip
