@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,17 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> A
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the leader, then SIGKILL the whole group: no process is left behind."""
+    """SIGTERM the leader, then SIGKILL the whole group and every process it started: no
+    process is left behind.
+
+    The group alone is not enough: JupyterHub starts configurable-http-proxy and its managed
+    services (the idle culler) in sessions of their own. A hub that outlives the SIGTERM wait
+    (a loaded machine, a service slow to stop) is killed before it stops its proxy, and that
+    orphaned proxy keeps the session's public port: every later hub's proxy then fails to
+    bind and the tests wait for a hub that can never answer."""
+    started: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        started = psutil.Process(proc.pid).children(recursive=True)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -57,6 +68,40 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    for child in started:
+        # psutil refuses a pid that now belongs to another process (it compares start times)
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def port_holders(port: int) -> list[str]:
+    """Who listens on a loopback port, for a message that says which process to look at."""
+    holders = []
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(conn.pid) if conn.pid else None
+                holders.append(f"pid {conn.pid}: {' '.join(proc.cmdline()) if proc else '?'}")
+    return holders
+
+
+def wait_for_free_port(port: int, timeout: float = 30) -> None:
+    def free() -> bool:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    try:
+        wait_until(free, timeout, f"port {port} to be free", interval=0.2)
+    except TimeoutError:
+        raise RuntimeError(
+            f"port {port} is still held by {port_holders(port) or 'an unknown process'}: "
+            "a process an earlier test started outlived it"
+        ) from None
 
 
 @dataclass
@@ -180,6 +225,8 @@ c.JupyterHub.log_level = "DEBUG"
 
 def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
     url = env["SNH_PUBLIC_URL"]
+    # the proxy of the hub before this one has let go of the public port (or we say who has)
+    wait_for_free_port(urlparse(url).port or 80)
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],

@@ -10,10 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
-from .harness import REPO, free_port, hub_env, wait_until
+from .harness import (
+    REPO,
+    free_port,
+    hub_env,
+    hub_test_config,
+    start_hub,
+    stop_group,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +114,24 @@ def test_demo_runs_and_ctrl_c_leaves_no_process_behind(tmp_path):
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
+
+
+def test_a_hub_killed_before_it_stopped_its_proxy_leaves_nothing_behind(cloud, tmp_path):
+    """The harness's own promise, which every later hub of a session depends on: JupyterHub
+    starts configurable-http-proxy and managed services in sessions of their own, so killing
+    the hub's process group does not reach them. A hub killed at once (no time to handle
+    SIGTERM, as when a loaded machine makes it outlive the wait) must not leave its proxy
+    holding the session's public port; a CI run once lost 57 tests to such an orphan."""
+    env = hub_env(cloud, tmp_path, SNH_EXTRA_CONFIG=str(hub_test_config(tmp_path)))
+    hub = start_hub(env, tmp_path / "hub.log")
+    started = psutil.Process(hub.proc.pid).children(recursive=True)
+    assert any("configurable-http-proxy" in " ".join(p.cmdline()) for p in started)
+    stop_group(hub.proc, timeout=0)
+    wait_until(
+        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started),
+        30,
+        "the hub's proxy and services to be gone",
+    )
+    # and the next hub of the session starts on the same public URL
+    again = start_hub(env, tmp_path / "hub.log")
+    stop_group(again.proc)
