@@ -179,6 +179,20 @@ c.JupyterHub.custom_scopes = relay.CUSTOM_SCOPES
 c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", f"{relay.SCOPE}!user"]})
 c.JupyterHub.extra_handlers.extend(relay.relay_handlers())
 
+# -- SSH keys: kept by the hub (/hub/ssh-keys), given to each server at its start ----------
+from operations import connect_panel, ssh_keys  # noqa: E402 - this block's own imports
+
+_ssh_keys = ssh_keys.SshKeyStore(c.SynapseOAuthenticator.identity_db_url)
+c.JupyterHub.extra_handlers.extend(ssh_keys.ssh_keys_handlers(_ssh_keys))
+c.EC2Spawner.ssh_authorized_keys = ssh_keys.keys_source(_ssh_keys)
+c.JupyterHub.template_vars.update(
+    {
+        connect_panel.TEMPLATE_VAR: connect_panel.ConnectPanel(
+            hub_url=settings.public_url, ssh_user=settings.ssh_user
+        )
+    }
+)
+
 # -- home page: "Stopped since …, will be removed on …" under each stopped server ----------
 from operations import home_page  # noqa: E402 - this block's own import
 

@@ -39,6 +39,12 @@ VARIABLES: dict[str, tuple[bool, str]] = {
     ),
     "SNH_DB_URL": (False, "JupyterHub database URL (default: sqlite in SNH_STATE_DIR)"),
     "SNH_ADMIN_CONTACT": (False, "who refused users should contact, shown on the refusal page"),
+    "SNH_SSH_USER": (
+        False,
+        "the user SSH sessions log in as in a server (the images' jovyan; the local cloud's "
+        "simulated servers run as the user running them), shown in the home page's "
+        "'Connect from your computer' lines",
+    ),
     "SNH_BREAK_GLASS_ADMINS": (
         False,
         "comma-separated hub user names of the deployment's own operators who get full "
@@ -164,6 +170,7 @@ class HubSettings:
     parameter_kms_key_id: str | None = None
     break_glass_admins: frozenset[str] = frozenset()
     cull_overrides: CullingOverrides = CullingOverrides()
+    ssh_user: str = "jovyan"
 
     def aws_environment(self) -> dict[str, str]:
         """What the hub's own services (reconciliation, reaper) need to reach AWS as the hub
@@ -274,6 +281,9 @@ class HubSettings:
                 f"SNH_BREAK_GLASS_ADMINS: {', '.join(bad)}: hub user names (lower case, "
                 "comma-separated)"
             )
+        ssh_user = get("SNH_SSH_USER", "jovyan")
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", ssh_user):
+            problems.append(f"SNH_SSH_USER={ssh_user!r}: a POSIX user name such as jovyan")
         try:
             cull_overrides = CullingOverrides.from_environ(env)
         except SettingsError as e:
@@ -301,6 +311,7 @@ class HubSettings:
             parameter_kms_key_id=kms_key or None,
             break_glass_admins=break_glass,
             cull_overrides=cull_overrides,
+            ssh_user=ssh_user,
         )
 
 

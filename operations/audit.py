@@ -92,6 +92,8 @@ ACTIONS = frozenset(
         "break_glass",  # a break-glass name signed in with full JupyterHub admin
         "relay",  # one connection from the owner's computer to a port of their server
         "relay_refused",  # a relay connection refused (reason says why)
+        "ssh_key_added",  # a user added an SSH public key (in effect from the next start)
+        "ssh_key_removed",  # a user removed one
     }
 )
 
@@ -125,6 +127,7 @@ FIELDS: Mapping[str, str] = {
     "port": "the server's port a relay connection reached",
     "bytes_in": "bytes from the user's computer to the server (a relay connection)",
     "bytes_out": "bytes from the server to the user's computer (a relay connection)",
+    "fingerprint": "SHA256 fingerprint of an SSH public key, as ssh-keygen -l prints it",
     "dry_run": "true when nothing was changed",
 }
 

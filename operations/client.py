@@ -31,6 +31,8 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from hub_config.settings import OperatorSettings
 
+#: The user the notebook images' sshd lets in (the Jupyter stacks' notebook user).
+DEFAULT_SSH_USER = "jovyan"
 #: What the relay answers a refusal with (JupyterHub's API error body: ``{"message": …}``).
 _MAX_ERROR = 500
 
@@ -180,14 +182,21 @@ async def forward(login: Login, user: str, server: str, port: int, local_port: i
         await listener.serve_forever()
 
 
-def ssh_config(login: Login, user: str, server: str, port: int = 22) -> str:
+def ssh_alias(user: str, server: str) -> str:
+    """The ``Host`` name of a server in ``~/.ssh/config``: ``snh-<user>[-<server>]``."""
+    return f"snh-{user}" + (f"-{server}" if server else "")
+
+
+def ssh_config(
+    login: Login, user: str, server: str, port: int = 22, ssh_user: str = DEFAULT_SSH_USER
+) -> str:
     """The ``~/.ssh/config`` block for one server (``ssh snh-<user>[-<server>]``)."""
-    alias = f"snh-{user}" + (f"-{server}" if server else "")
+    alias = ssh_alias(user, server)
     server_option = f" --server {shlex.quote(server)}" if server else ""
     return (
         f"Host {alias}\n"
         f"    HostName {alias}\n"
-        f"    User jovyan\n"
+        f"    User {ssh_user}\n"
         f"    ProxyCommand snh ssh-proxy{server_option} --port {port}\n"
         f"    ServerAliveInterval 30\n"
     )
@@ -228,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--port", "--remote-port", dest="port", type=int, default=22)
         if name == "forward":
             command.add_argument("--local-port", type=int, default=0)
+        if name == "ssh-config":
+            command.add_argument(
+                "--ssh-user",
+                default=DEFAULT_SSH_USER,
+                help=f"the user to log in as in the server (default: {DEFAULT_SSH_USER})",
+            )
     return top
 
 
@@ -253,7 +268,7 @@ def main(argv: list[str], settings: OperatorSettings) -> int:
             return 0
         login = load_login(settings)
         if args.command == "ssh-config":
-            print(ssh_config(login, login.user, args.server, args.port), end="")
+            print(ssh_config(login, login.user, args.server, args.port, args.ssh_user), end="")
             return 0
         if args.command == "ssh-proxy":
             asyncio.run(ssh_proxy(login, login.user, args.server, args.port))

@@ -24,7 +24,7 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Dict, Enum, Float, Instance, Integer, Unicode, default, validate
+from traitlets import Callable, Dict, Enum, Float, Instance, Integer, Unicode, default, validate
 
 from hub_config import CommunitiesConfig, Community, culling, load_communities
 from operations import audit, metrics
@@ -202,6 +202,21 @@ class EC2Spawner(Spawner):
         hour; ``hub_config.culling.backstop_idle_seconds``), so that the rule and its
         overrides are read once, not at every launch. A community missing here gets the
         value of its own rule without overrides.
+        """,
+    )
+
+    ssh_authorized_keys = Callable(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        A callable taking the hub user name and returning the user's SSH public keys, as
+        ``authorized_keys`` lines, or None (no keys: nobody can log in over SSH). Asked at
+        each start; the keys go to the server in its ``config`` parameter (never in user
+        data), the bootstrap hands them to the image's ``sshd``. ``jupyterhub_config.py``
+        sets it to the keys users keep on the hub's SSH keys page
+        (``operations.ssh_keys.keys_source``). A key added or removed takes effect at the
+        server's next start.
         """,
     )
 
@@ -535,6 +550,11 @@ class EC2Spawner(Spawner):
         self.last_options = options
         self.user_options = options.as_user_options()
 
+    def _authorized_keys(self) -> list[str]:
+        if self.ssh_authorized_keys is None:
+            return []
+        return [str(line) for line in self.ssh_authorized_keys(self.user.name)]
+
     async def _write_parameters(
         self,
         community: Community,
@@ -556,6 +576,10 @@ class EC2Spawner(Spawner):
                     "port": self.notebook_port,
                     "user": self.user.name,
                     "server": self.name,
+                    # the ports the relay may reach (the bootstrap publishes them on the
+                    # instance's loopback) and who may log in over SSH
+                    "relay_ports": list(community.relay_ports),
+                    "ssh_authorized_keys": self._authorized_keys(),
                 },
                 env=self.get_env(),
                 synapse_token=auth_state["access_token"],
