@@ -170,6 +170,11 @@ class SshKeyStore:
         self.engine = sa.create_engine(url, connect_args=connect_args, future=True)
         metadata.create_all(self.engine)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> SshKeyStore:
+        """Itself: traitlets deep-copies config values (``c.EC2Spawner.ssh_authorized_keys``
+        is this store's method), and a copy would open a second engine on the table."""
+        return self
+
     def keys(self, user: str) -> list[PublicKey]:
         with self.engine.connect() as conn:
             rows = conn.execute(

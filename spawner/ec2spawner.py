@@ -42,6 +42,7 @@ from .naming import (
     TAG_SERVER,
     TAG_USER,
     ServerParameters,
+    instance_port,
 )
 from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
 from .parameters import ParameterStore
@@ -1138,14 +1139,16 @@ class EC2Spawner(Spawner):
         self._token_written = token
 
     async def relay_tunnel(self, port: int) -> Tunnel:
-        """A tunnel to ``port`` of this server's instance, for its owner's relay
-        (`operations.relay`): opened when first asked for (raising `SessionError` if it
+        """A tunnel to ``port`` of this server (where its instance publishes it:
+        `spawner.naming.instance_port`), for its owner's relay (`operations.relay`): opened
+        when first asked for (raising `SessionError` if it
         cannot be), kept while the server runs, closed when it stops. Which ports may be
         asked for is the relay's decision (the community's ``relay_ports``)."""
         async with self._relay_lock:
             tunnel = self._relay_tunnels.get(port)
             if tunnel is None:  # once started, a tunnel keeps its sessions up by itself
-                tunnel = self._new_tunnel(0, remote_port=port)
+                remote = instance_port(port, self.notebook_port)
+                tunnel = self._new_tunnel(0, remote_port=remote)
                 try:
                     await tunnel.start()
                 except BaseException:

@@ -27,6 +27,25 @@ MAX_TAGS_PER_RESOURCE = 50
 ROOT_DEVICE = "/dev/xvda"
 HOME_DEVICE = "/dev/sdf"
 
+#: Ports of a server as its users name them (``relay_ports``: the container's) and where the
+#: instance has them: the image's sshd (run by the notebook user, so not on 22) is published
+#: on the instance's 127.0.0.1:2222, beside any sshd of the host's own; the notebook on
+#: ``EC2Spawner.notebook_port``; an app port on the same number
+#: (``notebook-bootstrap.sh``'s ``--publish`` lines).
+SSH_PORT = 22
+INSTANCE_SSH_PORT = 2222
+CONTAINER_NOTEBOOK_PORT = 8888
+
+
+def instance_port(port: int, notebook_port: int = CONTAINER_NOTEBOOK_PORT) -> int:
+    """The instance's port where ``port`` of the server's container is published."""
+    if port == SSH_PORT:
+        return INSTANCE_SSH_PORT
+    if port == CONTAINER_NOTEBOOK_PORT:
+        return notebook_port
+    return port
+
+
 #: Tag keys the hub finds and authorises its instances by.
 TAG_HUB = "jupyterhub:hub"
 TAG_USER = "jupyterhub:user"

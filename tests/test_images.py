@@ -39,6 +39,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from localcloud.instances.sshd import SSHD, ensure_privsep_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
 HADOLINT_CONFIG = IMAGES / ".hadolint.yaml"
@@ -423,3 +425,88 @@ def test_rstudio_server_package_is_pinned_and_checked() -> None:
     commands = [" ".join(c) for _, c in runs("rstudio")]
     assert any(c.startswith("sha256sum --check --strict") for c in commands)
     assert any("rstudio-server-${RSTUDIO_VERSION}-amd64.deb" in c for c in commands)
+
+
+# --------------------------------------------------------------------------------------------
+# SSH in the server (images/ssh, both images)
+# --------------------------------------------------------------------------------------------
+
+SSH_DIR = IMAGES / "ssh"
+
+
+def effective_sshd_config(tmp_path: Path) -> dict[str, str]:
+    """What OpenSSH's own sshd makes of the image's config (``sshd -T``: every setting after
+    parsing), with a throwaway host key in place of the one the hook makes on the volume."""
+    if not SSHD.exists():
+        pytest.fail("/usr/sbin/sshd is missing: `make test` installs Debian's openssh-server")
+    ensure_privsep_dir()
+    key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    done = subprocess.run(
+        [str(SSHD), "-T", "-f", str(SSH_DIR / "sshd_config"), "-h", str(key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    settings: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        name, _, value = line.partition(" ")
+        settings[name] = f"{settings[name]}\n{value}" if name in settings else value
+    return settings
+
+
+def test_sshd_lets_in_only_the_notebook_user_with_a_key(tmp_path: Path) -> None:
+    """Keys only (no password, keyboard-interactive or host-based login, no PAM), only jovyan,
+    never root; local TCP forwarding and SFTP on (VS Code Remote-SSH, ``ssh -L``), every
+    other kind of forwarding off."""
+    sshd = effective_sshd_config(tmp_path)
+    assert sshd["port"] == "2222"
+    assert sshd["pubkeyauthentication"] == "yes"
+    for off in (
+        "passwordauthentication",
+        "kbdinteractiveauthentication",
+        "hostbasedauthentication",
+        "usepam",
+        "permitrootlogin",
+        "x11forwarding",
+        "allowagentforwarding",
+        "allowstreamlocalforwarding",
+        "permittunnel",
+        "gatewayports",
+        "permituserenvironment",
+    ):
+        assert sshd[off] == "no", off
+    assert sshd["allowtcpforwarding"] == "local"
+    assert sshd["allowusers"] == "jovyan"
+    assert sshd["subsystem"] == "sftp internal-sftp"
+    assert sshd["authorizedkeysfile"] == "/etc/notebook-ssh/authorized_keys"
+    # on the volume: the same key at every start (the first is the throwaway one, -h)
+    assert sshd["hostkey"].splitlines()[1:] == [f"{HOME}/.ssh/notebook_host_ed25519_key"]
+
+
+def test_the_bootstrap_gives_sshd_its_keys_and_publishes_it_on_loopback() -> None:
+    script = BOOTSTRAP_SCRIPT.read_text(encoding="utf-8")
+    config = (SSH_DIR / "sshd_config").read_text(encoding="utf-8")
+    keys_file = re.search(r"^AuthorizedKeysFile (\S+)$", config, re.MULTILINE)[1]
+    port = re.search(r"^Port (\d+)$", config, re.MULTILINE)[1]
+    assert f'"$RUN_DIR/ssh/authorized_keys:{keys_file}:ro"' in script
+    assert f"readonly SSH_CONTAINER_PORT={port}" in script
+    assert '--publish "127.0.0.1:$SSH_INSTANCE_PORT:$SSH_CONTAINER_PORT"' in script
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_images_install_sshd_and_its_start_hook(kind: str) -> None:
+    instructions = parse_dockerfile(DOCKERFILES[kind])
+    copies = {tuple(i.args.split()) for i in instructions if i.keyword == "COPY"}
+    assert ("--from=ssh", "sshd_config", "/etc/notebook-ssh/sshd_config") in copies
+    assert (
+        "--from=ssh",
+        "60-notebook-sshd.sh",
+        "/usr/local/bin/before-notebook.d/",
+    ) in copies
+    runs_ = [i.args for i in instructions if i.keyword == "RUN"]
+    assert any("openssh-server" in r and "/etc/ssh/ssh_host_*" in r for r in runs_), (
+        f"{kind}: installs openssh-server without deleting the package's shared host keys"
+    )
+    assert (SSH_DIR / "60-notebook-sshd.sh").is_file()

@@ -62,6 +62,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from spawner.naming import CONTAINER_NOTEBOOK_PORT, INSTANCE_SSH_PORT, SSH_PORT
+
 from ..aws.calls import CallRecord
 from .activity import ActivityLog
 from .backstop import BackstopClock, ask_notebook, idle_limit
@@ -79,6 +81,7 @@ from .notebook import (
     notebook_environment,
     write_synapse_config,
 )
+from .sshd import SshDaemon
 from .userdata import UserDataError
 
 if TYPE_CHECKING:
@@ -116,6 +119,10 @@ class BootPlan:
     kind: str
     port: int  # the instance's notebook port (8888)
     backstop_limit: int = 24 * 3600
+    #: the config parameter's: who may log in over SSH, and the app ports the bootstrap
+    #: would publish on the instance's loopback
+    authorized_keys: tuple[str, ...] = ()
+    app_ports: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -131,6 +138,7 @@ class SimulatedInstance:
     home_volume: str | None = None
     volume_dir: Path | None = None
     process: NotebookProcess | None = None
+    sshd: SshDaemon | None = None
     registered: bool = False
     fail_boot: bool = False
     boots: int = 0
@@ -164,6 +172,7 @@ class SimulatedInstance:
             "detail": self.detail,
             "port": self.port,
             "pid": self.pid,
+            "sshPort": self.sshd.port if self.sshd is not None else None,
             "volumeId": self.home_volume,
             "volumeDir": str(self.volume_dir) if self.volume_dir else None,
             "agentOnline": self.registered,
@@ -479,7 +488,12 @@ class InstanceSimulator:
         )
         port = int(conf.get("NOTEBOOK_PORT") or params.config.get("port") or 8888)
         limit = idle_limit(conf)
-        return BootPlan(conf, env, home, runtime_dir, kind, port, limit)
+        keys = params.config.get("ssh_authorized_keys") or []
+        ports = params.config.get("relay_ports") or [SSH_PORT]
+        app_ports = frozenset(int(p) for p in ports) - {SSH_PORT, CONTAINER_NOTEBOOK_PORT}
+        return BootPlan(
+            conf, env, home, runtime_dir, kind, port, limit, tuple(map(str, keys)), app_ports
+        )
 
     async def _instance_profile(self, sim: SimulatedInstance) -> str | None:
         """The profile's ARN as the watch last saw the instance. A look taken while moto was
@@ -534,10 +548,34 @@ class InstanceSimulator:
         )
         return sim.volume_dir
 
+    async def _start_sshd(self, sim: SimulatedInstance, plan: BootPlan) -> None:
+        """The image's sshd (`localcloud.instances.sshd`), for the boot's lifetime: the
+        container's start hook starts it beside the notebook. A failure is logged; the
+        notebook runs without it, as the hook lets it."""
+        try:
+            sshd = await SshDaemon.start(
+                home=plan.home,
+                runtime_dir=plan.runtime_dir,
+                authorized_keys=list(plan.authorized_keys),
+                session_env=plan.env,
+                console=self.consoles_dir / f"{sim.instance_id}.sshd.log",
+            )
+        except OSError as exc:
+            self.activity.write(sim.instance_id, f"sshd not started: {exc}")
+            return
+        sim.sshd = sshd
+        listening = await sshd.wait_listening()
+        self.activity.write(
+            sim.instance_id,
+            f"sshd pid {sshd.pid} on 127.0.0.1:{sshd.port} (the instance's {INSTANCE_SSH_PORT}), "
+            f"{len(plan.authorized_keys)} key(s)" + ("" if listening else ": not listening"),
+        )
+
     async def _run_notebook(self, sim: SimulatedInstance, plan: BootPlan) -> None:
         iid = sim.instance_id
         loop = asyncio.get_running_loop()
         backoff = RESTART_BACKOFF[0]
+        await self._start_sshd(sim, plan)
         while True:
             process = await NotebookProcess.start(
                 env=plan.env,
@@ -591,8 +629,15 @@ class InstanceSimulator:
 
     def _register(self, sim: SimulatedInstance, remote_port: int) -> None:
         def resolve(port: int) -> tuple[str, int]:
-            local = sim.port
-            if port != remote_port or local is None:
+            """The instance's ports: the notebook's, the sshd's, and the app ports the
+            bootstrap publishes (on AWS the container's; here the host's own loopback, where
+            an app started in the simulated server listens)."""
+            local = sim.port if port == remote_port else None
+            if port == INSTANCE_SSH_PORT and sim.sshd is not None:
+                local = sim.sshd.port
+            elif sim.plan is not None and port in sim.plan.app_ports:
+                local = port
+            if local is None:
                 raise LookupError(f"nothing listens on port {port} of {sim.instance_id}")
             return "127.0.0.1", local
 
@@ -681,6 +726,10 @@ class InstanceSimulator:
             sim.registered = False
             self.activity.write(sim.instance_id, "agent offline (deregistered)")
         sim.light_port = None
+        sshd, sim.sshd = sim.sshd, None
+        if sshd is not None:
+            code = await sshd.stop()
+            self.activity.write(sim.instance_id, f"sshd pid {sshd.pid} stopped (status {code})")
         process, sim.process = sim.process, None
         if process is not None:
             code = await process.stop()

@@ -35,6 +35,11 @@ readonly BACKSTOP_DIR=${ROOT}/run/notebook-backstop
 readonly BACKSTOP_LOG=${ROOT}/var/log/notebook-backstop.log
 readonly CONTAINER=notebook
 readonly CONTAINER_PORT=8888
+# The image's sshd (run by the notebook user, so above 1024) and where the instance sees it:
+# on its loopback only, beside the host's own sshd if the AMI has one. The hub's relay maps
+# the SSH port users ask for (22) to this one (spawner/naming.py: INSTANCE_SSH_PORT).
+readonly SSH_CONTAINER_PORT=2222
+readonly SSH_INSTANCE_PORT=2222
 readonly IMDS=http://169.254.169.254/latest
 # jovyan in the Jupyter docker stacks (and the RStudio image's user): owner of a new home.
 readonly HOME_UID=1000
@@ -51,6 +56,9 @@ HOME_DEVICE=/dev/sdf
 INSTANCE_ID=""
 IMAGE=""
 IMAGE_KIND=""
+# Ports of the container the community lets its users reach from their computers (besides
+# SSH and the notebook's own), published on the instance's loopback like the notebook's.
+APP_PORTS=()
 
 log() {
   printf '%s\n' "$*" >&2
@@ -156,22 +164,47 @@ read_parameters() {
   local fields
   fetch_parameter "$PARAMETER_PATH/config" "$RUN_DIR/config.json"
   fetch_parameter "$PARAMETER_PATH/jupyterhub-env" "$RUN_DIR/jupyterhub-env.json"
-  # config: {"image": "<ref@sha256:...>", "image_kind": "jupyter"|"rstudio", ...}
+  # config: {"image": "<ref@sha256:...>", "image_kind": "jupyter"|"rstudio",
+  #          "relay_ports": [22, ...], "ssh_authorized_keys": ["ssh-ed25519 AAAA... c", ...]}
+  # The keys go to a file the container's sshd reads (mounted read-only; not a secret, but
+  # only the hub decides who may log in); one plain public key per line, no options.
+  install -d -m 0755 "$RUN_DIR/ssh"
   fields=$(
-    python3 - "$RUN_DIR/config.json" <<'PY'
-import json, re, sys
-config = json.load(open(sys.argv[1], encoding="utf-8"))
+    python3 - "$RUN_DIR/config.json" "$RUN_DIR/ssh/authorized_keys" \
+      "$CONTAINER_PORT" "$SSH_CONTAINER_PORT" <<'PY'
+import json, os, re, sys
+source, keys_file, notebook_port, ssh_port = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:5])
+config = json.load(open(source, encoding="utf-8"))
 image, kind = config.get("image"), config.get("image_kind", "jupyter")
 if not isinstance(image, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}", image):
     sys.exit("config: 'image' is missing or not an image reference")
 if kind not in ("jupyter", "rstudio"):
     sys.exit("config: 'image_kind' must be jupyter or rstudio")
+ports = config.get("relay_ports", [22])
+if not isinstance(ports, list) or not all(
+    isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
+):
+    sys.exit("config: 'relay_ports' must be a list of port numbers")
+keys = config.get("ssh_authorized_keys", [])
+key_line = re.compile(r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,2}( [ -~]{0,100})?")
+if not isinstance(keys, list) or not all(isinstance(k, str) and key_line.fullmatch(k) for k in keys):
+    sys.exit("config: 'ssh_authorized_keys' must be a list of plain public key lines")
+fd = os.open(keys_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+with os.fdopen(fd, "w", encoding="ascii") as out:
+    out.writelines(f"{k}\n" for k in keys)
+os.chmod(keys_file + ".tmp", 0o644)
+os.replace(keys_file + ".tmp", keys_file)
 print(image)
 print(kind)
+# never empty (a command substitution drops trailing newlines): "ports" and the list
+print(" ".join(["ports", *(str(p) for p in sorted(set(ports) - {22, notebook_port, ssh_port}))]))
 PY
   )
   IMAGE=${fields%%$'\n'*}
-  IMAGE_KIND=${fields#*$'\n'}
+  fields=${fields#*$'\n'}
+  IMAGE_KIND=${fields%%$'\n'*}
+  read -r -a APP_PORTS <<<"${fields#*$'\n'}"
+  APP_PORTS=("${APP_PORTS[@]:1}")
   # jupyterhub-env: a JSON object of the single-user server's environment, as a docker
   # --env-file (KEY=value lines, taken literally). Written 0600 on tmpfs.
   python3 - "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/jupyterhub.env" "$REGION" <<'PY'
@@ -193,7 +226,7 @@ with os.fdopen(fd, "w", encoding="utf-8") as out:
     out.writelines(lines)
 PY
   rm -f "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/config.json"
-  log "image $IMAGE ($IMAGE_KIND)"
+  log "image $IMAGE ($IMAGE_KIND), $(wc -l <"$RUN_DIR/ssh/authorized_keys") SSH key(s)"
 }
 
 # remove_container REASON: remove the notebook container, if there is one; REASON is logged.
@@ -315,10 +348,13 @@ pull_image() {
 }
 
 run_container() {
+  local port
   local -a args=(
     run --detach --name "$CONTAINER" --restart unless-stopped
     --publish "127.0.0.1:$PORT:$CONTAINER_PORT"
+    --publish "127.0.0.1:$SSH_INSTANCE_PORT:$SSH_CONTAINER_PORT"
     --volume "$HOME_MOUNT:/home/jovyan"
+    --volume "$RUN_DIR/ssh/authorized_keys:/etc/notebook-ssh/authorized_keys:ro"
     --env-file "$RUN_DIR/jupyterhub.env"
     # jupyter-server writes the hub API token into its runtime dir (jpserver-*.json), by
     # default under the home directory, i.e. on the persistent volume: keep it in memory.
@@ -326,6 +362,9 @@ run_container() {
     --env JUPYTER_RUNTIME_DIR=/run/jupyter
     --log-driver journald --log-opt tag=notebook
   )
+  for port in "${APP_PORTS[@]}"; do
+    args+=(--publish "127.0.0.1:$port:$port")
+  done
   if command -v nvidia-container-cli >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     args+=(--gpus all)
   fi

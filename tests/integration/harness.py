@@ -251,11 +251,12 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
 
 
 @contextlib.contextmanager
-def own_hub(cloud: LocalCloud, state: Path, hub_id: str, *, extra: str = ""):
+def own_hub(cloud: LocalCloud, state: Path, hub_id: str, *, extra: str = "", **env_vars: str):
     """A hub of its own id (its instances are its own: other modules' servers in the shared
-    local cloud are not listed, reaped or culled by it), polling every 2 s; stopped after."""
+    local cloud are not listed, reaped or culled by it), polling every 2 s; stopped after.
+    ``env_vars``: more of the hub's environment."""
     config = hub_test_config(state, extra="c.Spawner.poll_interval = 2\n" + extra)
-    env = hub_env(cloud, state, SNH_HUB_ID=hub_id, SNH_EXTRA_CONFIG=str(config))
+    env = hub_env(cloud, state, SNH_HUB_ID=hub_id, SNH_EXTRA_CONFIG=str(config), **env_vars)
     hub = start_hub(env, state / "hub.log")
     try:
         yield hub
@@ -296,3 +297,21 @@ def sign_in(
     fields = {**form.fields, "username": username, "consent": consent}
     final = s.post(urljoin(page.url, form.action or ""), data=fields, timeout=30)
     return s, final
+
+
+def token_for(hub, user: str, scopes: list[str] | None) -> str:
+    """A token made as on the hub's token page, with ``scopes`` (None: all the user's)."""
+    session, page = sign_in(hub, user)
+    assert page.url == f"{hub.url}/hub/home"
+    session.get(f"{hub.url}/hub/token", timeout=30)
+    body: dict = {"note": "laptop"}
+    if scopes is not None:
+        body["scopes"] = scopes
+    made = session.post(
+        f"{hub.url}/hub/api/users/{user}/tokens",
+        json=body,
+        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    return made.json()["token"]

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from operations.client import Login, RelayError, connect
-from tests.integration.harness import own_hub, sign_in, wait_until
+from tests.integration.harness import own_hub, token_for, wait_until
 from tests.integration.spawn_harness import start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -38,24 +38,6 @@ def hub(cloud, tmp_path_factory):
         cloud, tmp_path_factory.mktemp("hub-relay"), HUB_ID, extra=ALLOW_NOTEBOOK_PORT
     ) as hub:
         yield hub
-
-
-def token_for(hub, user: str, scopes: list[str] | None) -> str:
-    """A token made as on the hub's token page, with ``scopes`` (None: all the user's)."""
-    session, page = sign_in(hub, user)
-    assert page.url == f"{hub.url}/hub/home"
-    session.get(f"{hub.url}/hub/token", timeout=30)
-    body: dict = {"note": "laptop"}
-    if scopes is not None:
-        body["scopes"] = scopes
-    made = session.post(
-        f"{hub.url}/hub/api/users/{user}/tokens",
-        json=body,
-        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
-        timeout=30,
-    )
-    assert made.status_code == 201, made.text
-    return made.json()["token"]
 
 
 async def http_through_relay(login: Login, user: str, port: int, padding: int = 0) -> bytes:

@@ -45,6 +45,7 @@ from spawner.bootstrap import (
     parse_server_conf,
     render_user_data,
     server_conf,
+    shipped_script,
 )
 from tests.shell_stubs import run_sourced
 
@@ -102,8 +103,16 @@ def test_user_data_is_a_cloud_config_installing_its_files() -> None:
         ("root:root", "0644"),
         ("root:root", "0644"),
     ]
-    assert _content(files[SCRIPT_PATH]) == SCRIPT_FILE.read_text(encoding="utf-8")
-    assert _content(files[SCRIPT_PATH]) == bootstrap_script()
+    shipped = _content(files[SCRIPT_PATH])
+    assert shipped == shipped_script()
+    # the source's lines, in order, less its comments (the shebang stays)
+    source = SCRIPT_FILE.read_text(encoding="utf-8").splitlines()
+    kept = iter(source)
+    assert all(line in kept for line in shipped.splitlines())
+    assert shipped.startswith("#!/bin/bash\n")
+    dropped = [line for line in source if line not in shipped.splitlines()]
+    assert dropped and all(line.lstrip().startswith("#") for line in dropped)
+    assert bootstrap_script() == SCRIPT_FILE.read_text(encoding="utf-8")
     assert _content(files[UNIT_PATH]) == UNIT_FILE.read_text(encoding="utf-8") == bootstrap_unit()
     assert _content(files[SERVER_CONF_PATH]) == (
         "NOTEBOOK_PARAMETER_PATH=/notebook-hub/hub-prod/alice/_\n"
@@ -396,6 +405,8 @@ def machine(tmp_path: Path, stubs: Path):
     """An instance's filesystem, with server.conf as the user data writes it."""
     root, state = tmp_path / "root", tmp_path / "state"
     state.mkdir()
+    shipped = tmp_path / "notebook-bootstrap"
+    shipped.write_text(shipped_script(), encoding="utf-8")
     conf = root / SERVER_CONF_PATH.removeprefix("/")
     conf.parent.mkdir(parents=True)
     conf.write_text(server_conf(CONFIG), encoding="utf-8")
@@ -430,7 +441,8 @@ def machine(tmp_path: Path, stubs: Path):
             "ECR_PASSWORD_VALUE": ECR_PASSWORD,
             "LC_ALL": "C",
         }
-        result, calls = run_sourced(SCRIPT_FILE, args, env, state, timeout=30)
+        # what an instance runs: the script as the user data carries it
+        result, calls = run_sourced(shipped, args, env, state, timeout=30)
         return Run(result.returncode, result.stderr, calls, state, root)
 
     run.root = root  # type: ignore[attr-defined]
@@ -445,7 +457,7 @@ def _no_secret_anywhere(run: Run) -> None:
         assert secret not in run.stderr
     run_dir = run.root / "run" / "notebook-hub"
     left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
-    assert left in ([], ["docker"]), left
+    assert left in ([], ["docker"], ["ssh"], ["docker", "ssh"]), left
     for path in run.root.rglob("*"):
         if path.is_file() and not path.name.startswith("nvme"):
             text = path.read_text(errors="replace")
@@ -472,8 +484,13 @@ def test_first_boot_formats_mounts_and_runs(machine) -> None:
             "unless-stopped",
             "--publish",
             "127.0.0.1:8888:8888",
+            "--publish",
+            "127.0.0.1:2222:2222",
             "--volume",
             f"{home}:/home/jovyan",
+            "--volume",
+            f"{root / 'run' / 'notebook-hub' / 'ssh' / 'authorized_keys'}"
+            ":/etc/notebook-ssh/authorized_keys:ro",
             "--env-file",
             str(root / "run" / "notebook-hub" / "jupyterhub.env"),
             "--tmpfs",
@@ -534,6 +551,55 @@ def test_later_boot_replaces_the_old_container_first_and_keeps_the_disk(machine)
     ]
     assert f"removing the notebook container of image {JUPYTER_IMAGE}" in run.stderr
     _no_secret_anywhere(run)
+
+
+def test_ssh_keys_and_app_ports_reach_the_container(machine, tmp_path) -> None:
+    """The config parameter's keys become the file the image's sshd reads (readable by the
+    container's user, mounted read-only); the community's other relay ports are published
+    on the instance's loopback only, as the notebook's port is."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZ1 alice@laptop"
+    (machine.state / "config.json").write_text(
+        json.dumps(
+            {
+                "image": JUPYTER_IMAGE,
+                "image_kind": "jupyter",
+                "relay_ports": [22, 3838, 8888, 8080],
+                "ssh_authorized_keys": [key],
+            }
+        )
+    )
+    run = machine()
+    assert run.returncode == 0, run.stderr
+    keys = run.root / "run" / "notebook-hub" / "ssh" / "authorized_keys"
+    assert keys.read_text() == key + "\n"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o644
+    docker_run = run.commands("docker")[-1]
+    published = [docker_run[i + 1] for i, a in enumerate(docker_run) if a == "--publish"]
+    assert published == [
+        "127.0.0.1:8888:8888",
+        "127.0.0.1:2222:2222",
+        "127.0.0.1:3838:3838",
+        "127.0.0.1:8080:8080",
+    ]
+    assert "1 SSH key(s)" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ssh_authorized_keys": ['command="sh" ssh-ed25519 AAAA x']},
+        {"ssh_authorized_keys": ["ssh-ed25519 AAAA x\nssh-rsa AAAA y"]},
+        {"relay_ports": ["22; rm -rf /"]},
+        {"relay_ports": [70000]},
+    ],
+)
+def test_keys_with_options_or_bad_ports_start_nothing(machine, config) -> None:
+    (machine.state / "config.json").write_text(
+        json.dumps({"image": JUPYTER_IMAGE, "image_kind": "jupyter", **config})
+    )
+    run = machine()
+    assert run.returncode != 0
+    assert not any(c[0] == "run" for c in run.commands("docker"))
 
 
 def test_parameters_that_appear_late_are_waited_for(machine) -> None:
