@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oldest-jupyterhub lint bench deps chromium clean
+.PHONY: demo test test-oldest-jupyterhub lint bench deps chromium openssh clean
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -30,11 +30,20 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
+# Debian's OpenSSH: the simulated servers run its sshd (with the images' sshd_config), the
+# tests drive them with its ssh, scp and sftp. Its service is not started by the install
+# where policy-rc.d forbids it (containers); the tests never use it either way.
+openssh:
+	@{ test -x /usr/sbin/sshd && command -v ssh >/dev/null 2>&1 && command -v sftp >/dev/null 2>&1; } || { \
+	  echo "installing Debian's openssh-server and openssh-client for the SSH tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server openssh-client; }
+
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: deps chromium lint
+test: deps chromium openssh lint
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-oldest-jupyterhub
 
@@ -62,7 +71,7 @@ bench: deps
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m benchmarks.scale; c=$$?; \
 	exit $$((a || b || c))
 
-demo: deps
+demo: deps openssh
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m localcloud demo
 
 clean:

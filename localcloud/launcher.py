@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from tornado.httpclient import AsyncHTTPClient
 
 from .instances.simulator import DEFAULT_BOOT_DELAY
+from .instances.sshd import local_user
 from .stack import start_aws
 from .synapse import serve as serve_synapse
 from .synapse.directory import OAuthClient
@@ -155,6 +156,9 @@ def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str
                 "AWS_ACCESS_KEY_ID": aws.get("access_key_id", "testing"),
                 "AWS_SECRET_ACCESS_KEY": aws.get("secret_access_key", "testing"),
                 "AWS_DEFAULT_REGION": aws["region"],
+                # the simulated servers' sshd lets in the user running them (the images':
+                # jovyan), which the home page's "Connect from your computer" lines name
+                "SNH_SSH_USER": local_user(),
             }
         )
     return env

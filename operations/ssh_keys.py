@@ -119,12 +119,12 @@ def parse_public_key(text: str) -> PublicKey:
     line = " ".join(text.strip().split())
     if not line:
         raise KeyRejected("Paste a public key: the contents of ~/.ssh/id_ed25519.pub, say.")
-    if "\n" in text.strip():
-        raise KeyRejected("Add one key at a time (one line).")
     if line.startswith("-----BEGIN") or "PRIVATE KEY" in line:
         raise KeyRejected(
             "That is a private key: never paste it anywhere. Paste the .pub file's line instead."
         )
+    if "\n" in text.strip():
+        raise KeyRejected("Add one key at a time (one line).")
     fields = line.split(" ", 2)
     key_type = fields[0]
     if key_type == "ssh-dss":
