@@ -23,8 +23,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import jsonschema
-import jsonschema.validators
 import yaml
 
 from spawner.naming import RESERVED_TAG_PREFIXES, is_tag_text
@@ -448,9 +446,17 @@ def _check_finite_numbers(value: Any, path: DataPath, report: _Report) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# jsonschema is imported where it is used, not with this module: importing it loads its
+# optional format checkers (rfc3987-syntax builds a grammar, about a second), and the modules
+# that read settings (`hub_config.settings`, hence ``snh ssh-proxy`` on a laptop, run once
+# per SSH connection) import this package without validating anything.
+
+
 def _pattern_keyword(
     validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
-) -> Iterator[jsonschema.ValidationError]:
+) -> Iterator[Any]:
+    import jsonschema  # see above
+
     # Python's `$` also matches before a final newline (ECMA's does not): a YAML block scalar
     # "ami-0123…\n" must not pass as an AMI id.
     if validator.is_type(instance, "string") and (
@@ -459,9 +465,13 @@ def _pattern_keyword(
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"pattern": _pattern_keyword}
-)
+@lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    import jsonschema.validators  # see above
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator, {"pattern": _pattern_keyword}
+    )
 
 
 @lru_cache(maxsize=1)
@@ -472,15 +482,15 @@ def _communities_schema() -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _communities_validator() -> Any:
     schema = _communities_schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return _Validator(schema)
+    _validator_class().check_schema(schema)
+    return _validator_class()(schema)
 
 
 @lru_cache(maxsize=1)
 def _instance_types_validator() -> Any:
     schema = json.loads(INSTANCE_TYPES_SCHEMA_PATH.read_text(encoding="utf-8"))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return _Validator(schema)
+    _validator_class().check_schema(schema)
+    return _validator_class()(schema)
 
 
 @lru_cache(maxsize=1)
@@ -533,7 +543,7 @@ def _entries(n: int) -> str:
     return "1 entry" if n == 1 else f"{n} entries"
 
 
-def _translate_schema_error(err: jsonschema.ValidationError) -> Iterator[tuple[DataPath, str]]:
+def _translate_schema_error(err: Any) -> Iterator[tuple[DataPath, str]]:
     """Turn one jsonschema error into (path, message) pairs an admin can act on."""
     path: DataPath = tuple(err.absolute_path)
     keyword = err.validator

@@ -390,7 +390,6 @@ _DELEGATED_HELP = {
     "ssh-proxy": "ssh's ProxyCommand: a connection to a port of your server, via the hub",
     "ssh-config": "print the ~/.ssh/config block for your server",
 }
-_RELAY_COMMANDS = ("login", "ssh-proxy", "ssh-config")
 
 
 def main(
@@ -408,10 +407,7 @@ def main(
         return reconcile.main(argv[1:], settings=settings)
     if argv and argv[0] in ("check", "keys"):
         return check.main(argv)
-    # forward --target: an instance, with AWS credentials (operators); otherwise one's own
-    # server, through the hub's relay
-    relayed = argv[:1] == ["forward"] and not any(a.startswith("--target") for a in argv)
-    if argv and (argv[0] in _RELAY_COMMANDS or relayed):
+    if client.handles(argv):  # one's own server, through the hub's relay
         return client.main(argv, settings)
     if argv and argv[0] == "forward":
         return forward.main(argv)

@@ -218,6 +218,17 @@ def whoami(login: Login) -> str:
 
 # -- the commands ---------------------------------------------------------------------------
 
+#: The commands of a user's computer (``forward`` without ``--target``: one's own server).
+COMMANDS = ("login", "ssh-proxy", "ssh-config", "forward")
+
+
+def handles(argv: list[str]) -> bool:
+    """Whether ``snh ARGV`` is one of this module's commands: ``forward --target`` is the
+    operators' (an instance, with AWS credentials: `operations.forward`)."""
+    if not argv or argv[0] not in COMMANDS:
+        return False
+    return argv[0] != "forward" or not any(a.startswith("--target") for a in argv)
+
 
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="snh", description="Reach your own server from here.")

@@ -49,7 +49,7 @@ from .parameters import ParameterStore
 from .poller import UNKNOWN, InstancePoller, InstanceView
 from .region import Regions
 from .removal import snapshot_then_terminate
-from .ssm.datachannel import DEFAULT_RESUME_TIMEOUT, SessionError
+from .ssm.datachannel import DEFAULT_PACE, DEFAULT_RESUME_TIMEOUT, SessionError
 from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
 
 STATE_VERSION = 1
@@ -287,6 +287,20 @@ class EC2Spawner(Spawner):
         (ResumeSession, then a signed reconnect) before it gives the session up and opens a
         new one. While it resumes, the server's open connections (kernel websockets, uploads,
         downloads) wait rather than being reset. ``0`` never resumes.
+        """,
+    )
+
+    tunnel_pace = Float(
+        DEFAULT_PACE,
+        allow_none=True,
+        config=True,
+        help="""
+        Stream-data messages a second that each Session Manager session of a tunnel sends at
+        most (bursts of 64 go at once). About what AWS's data channel carries per session,
+        1,000 messages of up to 1 KiB each (so about 1 MB/s per session: a server's
+        connections are spread over ``tunnel_max_sessions``). Sending faster only makes
+        the service buffer and drop. None sends unpaced: for measuring the hub's own cost
+        (``benchmarks.relay``) against a stand-in that does not model the limit.
         """,
     )
 
@@ -912,6 +926,7 @@ class EC2Spawner(Spawner):
             backoff_max=self.tunnel_backoff_max,
             max_sessions=self.tunnel_max_sessions,
             resume_timeout=self.tunnel_resume_timeout,
+            pace=self.tunnel_pace,
         )
         return Tunnel(
             self.instance_id,

@@ -44,8 +44,9 @@ NOT_REGISTRIES = {
     # The collectors of prometheus_client's default registry, which is process-wide by
     # design (JupyterHub's own metrics are there too): what a scrape of /hub/metrics reads.
     ("operations.metrics", "INSTANCE_COLLECTOR"),
-    # A SQLAlchemy table: ``identities.update()`` builds a statement, it changes nothing.
+    # SQLAlchemy tables: ``identities.update()`` builds a statement, it changes nothing.
     ("authenticator.identities", "identities"),
+    ("operations.ssh_keys", "ssh_public_keys"),
 }
 
 
