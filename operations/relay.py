@@ -15,6 +15,9 @@ community allows (``relay_ports``, SSH only by default); only while the server r
 refusal says why and what to do; each connection is an audit line (``relay``: port, bytes
 each way, duration) and so is each refusal (``relay_refused``).
 
+Ports are the server's (its container's) as users know them: 22 is the image's sshd, which
+the instance publishes on its loopback's 2222 (`spawner.naming.instance_port`).
+
 Wire: ``GET /hub/api/users/<user>/relay/<port>`` (the default server) or
 ``/hub/api/users/<user>/servers/<name>/relay/<port>``, upgraded to a websocket; binary
 messages carry the connection's bytes, each way; either side closing the websocket closes

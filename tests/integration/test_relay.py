@@ -2,8 +2,8 @@
 hub on the local cloud: the owner's token with the ``custom:snh-relay`` scope reaches a port
 of their running server through the hub's Session Manager tunnel; everything else is refused
 with the reason. The community here also allows port 8888 (the notebook server the simulated
-instance runs) so that the bytes have somewhere to go; SSH itself needs ``sshd`` in the
-images, which is not built yet (see the README)."""
+instance runs), so that the refusals and the activity rule are checked on plain HTTP bytes;
+SSH through the relay, with the real OpenSSH client and sshd, is ``test_ssh.py``."""
 
 from __future__ import annotations
 
