@@ -208,5 +208,19 @@ c.JupyterHub.template_vars.update(
 )
 # -- end of the home page's stopped-server line ------------------------------------------
 
+# -- budgets: a start refused over a community's (or a member's) monthly budget, warned at 80 %
+from hub_config.communities import load_price_table  # noqa: E402 - this block's own imports
+from operations import budget  # noqa: E402
+
+_budgets = budget.BudgetGuard(
+    regions=regions,
+    hub_id=settings.hub_id,
+    communities=communities,
+    prices=load_price_table(),
+    audit_log=str(settings.state_dir / "audit.log"),
+)
+c.EC2Spawner.budget_check = _budgets.check
+c.JupyterHub.template_vars.update({"snh_spend": budget.HomeSpend(_budgets)})
+
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

@@ -177,6 +177,11 @@ class Community:
     max_age_hours: int | None = None
     #: Ports of a server its owner may reach through the hub's relay (``operations.relay``).
     relay_ports: tuple[int, ...] = (22,)
+    #: Monthly budgets in USD (``operations.budget``); None: no budget.
+    budget_usd_per_month: float | None = None
+    user_budget_usd_per_month: float | None = None
+    #: Whom users are told to ask about the budget.
+    managers: tuple[str, ...] = ()
 
     def instance_type(self, name: str) -> InstanceType | None:
         """The allowed type called ``name``; None means the choice must be refused."""
@@ -298,6 +303,35 @@ def load_instance_types(path: str | os.PathLike[str] | None = None) -> dict[str,
     """
     table_path = Path(path) if path is not None else DEFAULT_INSTANCE_TYPES_PATH
     return dict(_read_instance_types(table_path))
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Where the prices come from and when they were taken (shown next to every estimate),
+    and the EBS storage prices (None: the table has none; spend is then running hours only)."""
+
+    as_of: str
+    source: str
+    ebs_gb_month: float | None = None
+    snapshot_gb_month: float | None = None
+
+    @property
+    def note(self) -> str:
+        return f"estimated from list prices of {self.as_of} ({self.source.rstrip('.')})"
+
+
+def load_price_table(path: str | os.PathLike[str] | None = None) -> PriceTable:
+    """The instance-type table's price notes and storage prices (validated as the table is)."""
+    table_path = Path(path) if path is not None else DEFAULT_INSTANCE_TYPES_PATH
+    load_instance_types(table_path)  # validates the file, or raises CommunitiesError
+    data = yaml.safe_load(_read_text(table_path))
+    storage = data.get("storage_prices") or {}
+    return PriceTable(
+        as_of=str(data["prices_as_of"]),
+        source=" ".join(str(data["price_source"]).split()),
+        ebs_gb_month=_optional_float(storage.get("ebs_gp3_gb_month")),
+        snapshot_gb_month=_optional_float(storage.get("snapshot_gb_month")),
+    )
 
 
 def load_communities(
@@ -472,6 +506,10 @@ def _validator_class() -> Any:
     return jsonschema.validators.extend(
         jsonschema.Draft202012Validator, {"pattern": _pattern_keyword}
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @lru_cache(maxsize=1)
@@ -1032,6 +1070,9 @@ def _build_community(
         idle_timeout_minutes=setting("idle_timeout_minutes"),
         dormancy_days=setting("dormancy_days"),
         max_age_hours=entry.get("max_age_hours", defaults.get("max_age_hours")),
+        budget_usd_per_month=_optional_float(entry.get("budget_usd_per_month")),
+        user_budget_usd_per_month=_optional_float(entry.get("user_budget_usd_per_month")),
+        managers=tuple(entry.get("managers", ())),
         relay_ports=tuple(
             int(p)
             for p in entry.get(

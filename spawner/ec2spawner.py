@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import random
 import re
 import time
@@ -290,6 +291,20 @@ class EC2Spawner(Spawner):
         """,
     )
 
+    budget_check = Callable(
+        None,
+        allow_none=True,
+        config=True,
+        help="""
+        An async callable taking the hub user name and the `Community` of a start, returning
+        an object with ``level`` (``ok``, ``warn`` or ``over``) and ``message``: the
+        community's monthly budgets. ``over`` refuses the start (403, before any AWS call
+        that costs money) with the message; ``warn`` lets it start and the spawn form shows
+        the message. ``jupyterhub_config.py`` sets it to ``operations.budget.BudgetGuard``'s
+        ``check``. None: no budgets.
+        """,
+    )
+
     tunnel_pace = Float(
         DEFAULT_PACE,
         allow_none=True,
@@ -432,7 +447,11 @@ class EC2Spawner(Spawner):
         if self.last_options:
             with contextlib.suppress(OptionsError):
                 current = validate_options(self.last_options.as_user_options(), communities)
-        return options_form(communities, current=current)
+        notes = "".join(
+            f'<div class="alert alert-warning snh-budget-note" role="alert">{html.escape(n)}</div>'
+            for n in await self._budget_notes(communities)
+        )
+        return notes + options_form(communities, current=current)
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         return options_from_form(formdata)
@@ -505,6 +524,7 @@ class EC2Spawner(Spawner):
         auth_state = await self._signed_in_state()
         self._remember(community, options)
         aws, poller = self.aws_for(community.region), self.poller_for(community.region)
+        await self._check_budget(community)
         await self._check_server_limit(community, poller)
         self._audit("start")
         store = await self._write_parameters(community, options, auth_state, aws)
@@ -665,6 +685,26 @@ class EC2Spawner(Spawner):
         if self.tunnel_port and self.server is not None:
             return self.tunnel_url + self.server.base_url
         return await super().get_url()
+
+    async def _check_budget(self, community: Community) -> None:
+        """Refuse a start while the user or the community is over its monthly budget."""
+        if self.budget_check is None:
+            return
+        verdict = await self.budget_check(self.user.name, community)
+        if verdict.level == "over":
+            self.log.info("%s: start refused, over budget: %s", self._log_name, verdict.message)
+            raise StartFailed(verdict.message, status=403)
+
+    async def _budget_notes(self, communities: list[Community]) -> list[str]:
+        """The spawn form's budget warnings (and refusals), one per community that has one."""
+        if self.budget_check is None:
+            return []
+        notes = []
+        for community in communities:
+            verdict = await self.budget_check(self.user.name, community)
+            if verdict.level != "ok":
+                notes.append(f"{community.name}: {verdict.message}")
+        return notes
 
     async def _check_server_limit(self, community: Community, poller: InstancePoller) -> None:
         """Count the user's servers in the community and take this one's place, atomically.
