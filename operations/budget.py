@@ -162,7 +162,8 @@ def spend_by_owner(
 
 
 def _money(value: float) -> str:
-    return f"${value:,.2f}"
+    """Cents, or four decimals below ten cents (a figure of a day's use is not "$0.00")."""
+    return f"${value:,.2f}" if value >= 0.1 or value == 0 else f"${value:.4f}"
 
 
 def _ask(community: Community) -> str:

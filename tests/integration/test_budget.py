@@ -1,0 +1,74 @@
+"""Budgets against a real hub (`operations.budget` through ``EC2Spawner.budget_check``): once
+a community's month's spend reaches its budget, the spawn form says so and a start through
+REST is refused before anything is launched, naming the budget, the spend and the community
+managers; the home page shows the user's spend with the same words. The community's budget
+here is tiny, so that a few seconds of a t3.large (and its volumes) reach it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.harness import own_hub, sign_in, wait_until
+from tests.integration.spawn_harness import (
+    instances_of,
+    spawn_error,
+    start_server,
+    stop_server,
+)
+
+pytestmark = pytest.mark.integration
+
+HUB_ID = "budget-tests"
+TINY_BUDGET = """
+import dataclasses, os
+from hub_config import load_communities
+_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
+c.EC2Spawner.communities = dataclasses.replace(
+    _loaded,
+    communities=tuple(
+        dataclasses.replace(
+            x, budget_usd_per_month=0.0001, managers=("manager@example.org",)
+        )
+        if x.id == "ad-portal"
+        else x
+        for x in _loaded.communities
+    ),
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(cloud, tmp_path_factory):
+    with own_hub(cloud, tmp_path_factory.mktemp("hub-budget"), HUB_ID, extra=TINY_BUDGET) as hub:
+        yield hub
+
+
+def test_a_start_over_the_budget_is_refused_with_who_to_ask(hub, cloud):
+    session, _ = sign_in(hub, "alice")
+    start_server(hub, "alice", {"community": "ad-portal"})
+    stop_server(hub, "alice")
+    [instance] = instances_of(cloud, "alice", hub_id=HUB_ID)
+
+    def form_says_over() -> str | None:
+        page = session.get(f"{hub.url}/hub/spawn/alice", timeout=30)
+        return page.text if "snh-budget-note" in page.text else None
+
+    form = wait_until(form_says_over, 90, "the spawn form to show the budget")
+    assert "of the monthly budget of AD Knowledge Portal" in form
+    assert "manager@example.org" in form
+
+    message = spawn_error(hub, "alice", {"community": "ad-portal"})
+    assert "monthly budget of AD Knowledge Portal (demo), $0.0001, is spent" in message
+    assert "manager@example.org" in message and "Running servers keep running" in message
+    # refused before any AWS call: the instance was not started again, none was launched
+    assert [i["InstanceId"] for i in instances_of(cloud, "alice", hub_id=HUB_ID)] == [
+        instance["InstanceId"]
+    ]
+    assert instances_of(cloud, "alice", hub_id=HUB_ID)[0]["State"]["Name"] in (
+        "stopping",
+        "stopped",
+    )
+
+    home = session.get(f"{hub.url}/hub/home", timeout=30).text
+    assert 'id="snh-spend"' in home and "AD Knowledge Portal (demo): $" in home
+    assert "estimated from list prices of" in home
