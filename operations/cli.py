@@ -51,7 +51,7 @@ from hub_config.communities import (
 from hub_config.settings import OperatorSettings
 from spawner.region import Regions, aws_of
 
-from . import audit, check, client, forward, reconcile
+from . import audit, check, client, forward, prices, reconcile
 from .admin_page import (
     AuditRuns,
     build_rows,
@@ -384,6 +384,7 @@ _DELEGATED_HELP = {
     "reconcile": "stop instances the hub no longer knows, at once or every N seconds",
     "check": "validate a communities file as the hub does at start-up",
     "keys": "print the communities file's keys as the README's Markdown table",
+    "prices": "refresh the instance-type table's prices from the AWS Price List API",
     "forward": "forward a local port to a port of your server (--server, through the hub's "
     "relay), or of an instance (--target, with AWS credentials)",
     "login": "keep the hub's URL and your API token for the relay commands",
@@ -407,6 +408,8 @@ def main(
         return reconcile.main(argv[1:], settings=settings)
     if argv and argv[0] in ("check", "keys"):
         return check.main(argv)
+    if argv and argv[0] == "prices":
+        return prices.main(argv[1:])
     if client.handles(argv):  # one's own server, through the hub's relay
         return client.main(argv, settings)
     if argv and argv[0] == "forward":
