@@ -210,7 +210,7 @@ c.JupyterHub.template_vars.update(
 
 # -- budgets: a start refused over a community's (or a member's) monthly budget, warned at 80 %
 from hub_config.communities import load_price_table  # noqa: E402 - this block's own imports
-from operations import budget  # noqa: E402
+from operations import budget, reports_page  # noqa: E402
 
 _budgets = budget.BudgetGuard(
     regions=regions,
@@ -221,6 +221,7 @@ _budgets = budget.BudgetGuard(
 )
 c.EC2Spawner.budget_check = _budgets.check
 c.JupyterHub.template_vars.update({"snh_spend": budget.HomeSpend(_budgets)})
+c.JupyterHub.extra_handlers.append(reports_page.reports_handler(_budgets))
 
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

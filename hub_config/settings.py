@@ -316,6 +316,45 @@ class HubSettings:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """Where ``snh report --email`` sends the managers' reports: ``SNH_SMTP_HOST`` (unset:
+    no e-mail), ``SNH_SMTP_PORT`` (587 with STARTTLS, 465 with SSL, else 25),
+    ``SNH_SMTP_TLS`` (``starttls``, the default; ``ssl``; ``none`` only for a relay on the
+    same host), ``SNH_SMTP_USER`` / ``SNH_SMTP_PASSWORD`` (optional login) and
+    ``SNH_SMTP_FROM`` (the sender)."""
+
+    host: str
+    port: int
+    tls: str = "starttls"
+    user: str | None = None
+    password: str | None = None
+    sender: str = "notebook-hub@localhost"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SmtpSettings | None:
+        def get(name: str) -> str | None:
+            return environ.get(name, "").strip() or None
+
+        host = get("SNH_SMTP_HOST")
+        if host is None:
+            return None
+        tls = (get("SNH_SMTP_TLS") or "starttls").lower()
+        if tls not in ("starttls", "ssl", "none"):
+            raise SettingsError([f"SNH_SMTP_TLS={tls!r}: starttls, ssl or none"])
+        port_text = get("SNH_SMTP_PORT") or {"starttls": "587", "ssl": "465"}.get(tls, "25")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise SettingsError([f"SNH_SMTP_PORT={port_text!r}: a port number"])
+        return cls(
+            host=host,
+            port=int(port_text),
+            tls=tls,
+            user=get("SNH_SMTP_USER"),
+            password=get("SNH_SMTP_PASSWORD"),
+            sender=get("SNH_SMTP_FROM") or "notebook-hub@localhost",
+        )
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     """What the operator commands (``snh``) take from the environment: the hub's own
     variables (the reaper's systemd unit loads the hub's ``hub.env``; the hub's services get
@@ -333,6 +372,8 @@ class OperatorSettings:
     relay_hub_url: str | None = None
     relay_token: str | None = None
     config_dir: Path = Path(".snh")
+    #: ``snh report --email``
+    smtp: SmtpSettings | None = None
 
     @property
     def audit_log(self) -> Path:
@@ -357,4 +398,5 @@ class OperatorSettings:
             state_dir=Path(get("SNH_STATE_DIR") or "."),
             api_url=get("JUPYTERHUB_API_URL"),
             api_token=get("JUPYTERHUB_API_TOKEN"),
+            smtp=SmtpSettings.from_environ(env),
         )

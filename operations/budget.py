@@ -39,7 +39,7 @@ from typing import Any
 
 from hub_config.communities import CommunitiesConfig, Community, PriceTable
 from spawner.aws import AwsError
-from spawner.naming import TAG_COMMUNITY, TAG_HUB, TAG_USER
+from spawner.naming import DEFAULT_SERVER_TAG, TAG_COMMUNITY, TAG_HUB, TAG_SERVER, TAG_USER
 from spawner.region import Regions
 
 from . import audit
@@ -81,6 +81,7 @@ class Stored:
     size_gb: int
     since: dt.datetime
     snapshot: bool = False
+    server: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,81 @@ def storage_usd(item: Stored, prices: PriceTable, now: dt.datetime) -> float:
     return item.size_gb * price * hours / month_hours(now)
 
 
+@dataclass
+class ServerSpend:
+    """One server's month: its latest instance type, running hours and spend."""
+
+    user: str
+    community: str
+    server: str
+    instance_type: str = ""
+    hours: float = 0.0
+    spend: Spend = field(default_factory=Spend)
+
+
+#: (user, community id, server name)
+ServerKey = tuple[str, str, str]
+
+
+def spend_by_server(
+    records: Iterable[Mapping[str, Any]],
+    views: Mapping[str, Any],
+    stored: Iterable[Stored],
+    communities: CommunitiesConfig,
+    prices: PriceTable,
+    now: dt.datetime,
+) -> dict[ServerKey, ServerSpend]:
+    """This month's spend per server (until ``now``; a past ``now`` gives a past month).
+
+    ``records``: audit records (their ``launch``/``resume``/… lines give each instance's
+    runs, owner and server); ``views``: the hub's instances as EC2 describes them now, by
+    id (`spawner.poller.InstanceView`); ``stored``: the hub's volumes and snapshots."""
+    records = list(records)
+    keys: dict[str, ServerKey] = {}
+    types: dict[str, str] = {}
+    for record in records:
+        instance_id = record.get("instance_id")
+        if isinstance(instance_id, str) and record.get("user") and record.get("community"):
+            server = str(record.get("server") or "")
+            keys[instance_id] = (str(record["user"]), str(record["community"]), server)
+            if record.get("instance_type"):
+                types[instance_id] = str(record["instance_type"])
+    for instance_id, view in views.items():
+        tags = getattr(view, "tags", {}) or {}
+        if tags.get(TAG_USER) and tags.get(TAG_COMMUNITY):
+            server = tags.get(TAG_SERVER, DEFAULT_SERVER_TAG)
+            server = "" if server == DEFAULT_SERVER_TAG else server
+            keys[instance_id] = (tags[TAG_USER], tags[TAG_COMMUNITY], server)
+        types[instance_id] = getattr(view, "instance_type", "") or types.get(instance_id, "")
+    runs = runs_from_audit(records)
+    out: dict[ServerKey, ServerSpend] = {}
+
+    def entry(key: ServerKey) -> ServerSpend:
+        return out.setdefault(key, ServerSpend(*key))
+
+    for instance_id in set(runs) | set(views):
+        key = keys.get(instance_id)
+        if key is None:
+            continue
+        community = communities.by_id(key[1])
+        region = community.region if community else ""
+        cost = month_cost(
+            runs.get(instance_id, []), views.get(instance_id), price_lookup(community, region), now
+        )
+        part = Spend(compute_usd=cost.usd or 0.0, complete=cost.complete and cost.usd is not None)
+        if not cost.hours:
+            part.complete = True  # nothing ran: nothing unknown
+        server = entry(key)
+        server.spend.add(part)
+        server.hours += cost.hours
+        server.instance_type = types.get(instance_id) or server.instance_type
+    for item in stored:
+        entry((item.user, item.community, item.server)).spend.add(
+            Spend(storage_usd=storage_usd(item, prices, now))
+        )
+    return out
+
+
 def spend_by_owner(
     records: Iterable[Mapping[str, Any]],
     views: Mapping[str, Any],
@@ -121,47 +197,17 @@ def spend_by_owner(
     prices: PriceTable,
     now: dt.datetime,
 ) -> dict[Owner, Spend]:
-    """This month's spend per (user, community) and per (``''``, community).
-
-    ``records``: audit records (their ``launch``/``resume``/… lines give each instance's
-    runs, user and community); ``views``: the hub's instances as EC2 describes them now, by
-    id (`spawner.poller.InstanceView`); ``stored``: the hub's volumes and snapshots."""
-    records = list(records)
-    owners: dict[str, Owner] = {}
-    types: dict[str, str] = {}
-    for record in records:
-        instance_id = record.get("instance_id")
-        if isinstance(instance_id, str) and record.get("user") and record.get("community"):
-            owners[instance_id] = (str(record["user"]), str(record["community"]))
-    for instance_id, view in views.items():
-        tags = getattr(view, "tags", {}) or {}
-        if tags.get(TAG_USER) and tags.get(TAG_COMMUNITY):
-            owners[instance_id] = (tags[TAG_USER], tags[TAG_COMMUNITY])
-        types[instance_id] = getattr(view, "instance_type", "")
-    runs = runs_from_audit(records)
+    """This month's spend per (user, community) and per (``''``, community): the sums of
+    `spend_by_server`."""
     totals: dict[Owner, Spend] = defaultdict(Spend)
-    for instance_id in set(runs) | set(views):
-        owner = owners.get(instance_id)
-        if owner is None:
-            continue
-        community = communities.by_id(owner[1])
-        region = community.region if community else ""
-        cost = month_cost(
-            runs.get(instance_id, []), views.get(instance_id), price_lookup(community, region), now
-        )
-        part = Spend(compute_usd=cost.usd or 0.0, complete=cost.complete and cost.usd is not None)
-        if not cost.hours:
-            part.complete = True  # nothing ran: nothing unknown
-        totals[owner].add(part)
-        totals[("", owner[1])].add(part)
-    for item in stored:
-        part = Spend(storage_usd=storage_usd(item, prices, now))
-        totals[(item.user, item.community)].add(part)
-        totals[("", item.community)].add(part)
+    servers = spend_by_server(records, views, stored, communities, prices, now)
+    for (user, community, _), server in servers.items():
+        totals[(user, community)].add(server.spend)
+        totals[("", community)].add(server.spend)
     return dict(totals)
 
 
-def _money(value: float) -> str:
+def money(value: float) -> str:
     """Cents, or four decimals below ten cents (a figure of a day's use is not "$0.00")."""
     return f"${value:,.2f}" if value >= 0.1 or value == 0 else f"${value:.4f}"
 
@@ -189,8 +235,8 @@ def verdict(
             continue
         where = f"{whose} {community.name}"
         said = (
-            f"{'at least ' if not spend.complete else ''}{_money(spend.usd)} of "
-            f"{where}, {_money(budget)}, is spent this month"
+            f"{'at least ' if not spend.complete else ''}{money(spend.usd)} of "
+            f"{where}, {money(budget)}, is spent this month"
         )
         if spend.usd >= budget:
             return Verdict(
@@ -266,7 +312,15 @@ class BudgetGuard:
 
     async def _gather(self) -> dict[Owner, Spend]:
         now = self.clock()
-        since = month_start(now)
+        records, views, stored = await self.inputs(month_start(now))
+        return spend_by_owner(records, views, stored, self.communities, self.prices, now)
+
+    async def inputs(
+        self, since: dt.datetime
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], list[Stored]]:
+        """What the figures are made of: the audit log's records from a month before
+        ``since`` on (a run may have begun then), the hub's instances and its volumes and
+        snapshots in every region of the communities."""
         records = await asyncio.to_thread(self._month_records, since)
         views: dict[str, Any] = {}
         stored: list[Stored] = []
@@ -276,7 +330,7 @@ class BudgetGuard:
                 stored += await self._stored(region)
             except AwsError as e:
                 log.warning("budgets: EC2 in %s did not answer (%s); audit log only", region, e)
-        return spend_by_owner(records, views, stored, self.communities, self.prices, now)
+        return records, views, stored
 
     def _month_records(self, since: dt.datetime) -> list[dict[str, Any]]:
         if not self.audit_log:
@@ -303,8 +357,16 @@ class BudgetGuard:
             if not tags.get(TAG_USER) or not tags.get(TAG_COMMUNITY) or not raw.get(when):
                 continue
             size = raw.get("VolumeSize" if snapshot else "Size") or 0
+            server = tags.get(TAG_SERVER, DEFAULT_SERVER_TAG)
             items.append(
-                Stored(tags[TAG_USER], tags[TAG_COMMUNITY], int(size), raw[when], snapshot)
+                Stored(
+                    tags[TAG_USER],
+                    tags[TAG_COMMUNITY],
+                    int(size),
+                    raw[when],
+                    snapshot,
+                    "" if server == DEFAULT_SERVER_TAG else server,
+                )
             )
         return items
 
@@ -338,10 +400,10 @@ class HomeSpend:
                 continue
             budgets = []
             if community.user_budget_usd_per_month is not None:
-                budgets.append(f"your budget {_money(community.user_budget_usd_per_month)}")
+                budgets.append(f"your budget {money(community.user_budget_usd_per_month)}")
             if community.budget_usd_per_month is not None:
-                budgets.append(f"the community's {_money(community.budget_usd_per_month)}")
-            figure = f"{'at least ' if not spend.complete else ''}{_money(spend.usd)}"
+                budgets.append(f"the community's {money(community.budget_usd_per_month)}")
+            figure = f"{'at least ' if not spend.complete else ''}{money(spend.usd)}"
             out.append(
                 {
                     "community": community.name,

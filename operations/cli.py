@@ -51,7 +51,7 @@ from hub_config.communities import (
 from hub_config.settings import OperatorSettings
 from spawner.region import Regions, aws_of
 
-from . import audit, check, client, forward, prices, reconcile
+from . import audit, check, client, forward, prices, reconcile, reports
 from .admin_page import (
     AuditRuns,
     build_rows,
@@ -385,6 +385,7 @@ _DELEGATED_HELP = {
     "check": "validate a communities file as the hub does at start-up",
     "keys": "print the communities file's keys as the README's Markdown table",
     "prices": "refresh the instance-type table's prices from the AWS Price List API",
+    "report": "each community's spend this month: text, CSV, or e-mail to its managers",
     "forward": "forward a local port to a port of your server (--server, through the hub's "
     "relay), or of an instance (--target, with AWS credentials)",
     "login": "keep the hub's URL and your API token for the relay commands",
@@ -410,6 +411,8 @@ def main(
         return check.main(argv)
     if argv and argv[0] == "prices":
         return prices.main(argv[1:])
+    if argv and argv[0] == "report":
+        return reports.main(argv[1:], settings)
     if client.handles(argv):  # one's own server, through the hub's relay
         return client.main(argv, settings)
     if argv and argv[0] == "forward":
