@@ -74,18 +74,22 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
             child.kill()
 
 
-def port_holders(port: int) -> list[str]:
-    """Who listens on a loopback port, for a message that says which process to look at."""
+def port_holders(port: int) -> list[tuple[int | None, str]]:
+    """Who listens on a loopback port: pids and command lines, for a message that says which
+    process to look at."""
     holders = []
     for conn in psutil.net_connections("tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(conn.pid) if conn.pid else None
-                holders.append(f"pid {conn.pid}: {' '.join(proc.cmdline()) if proc else '?'}")
+                holders.append((conn.pid, " ".join(proc.cmdline()) if proc else "?"))
     return holders
 
 
-def wait_for_free_port(port: int, timeout: float = 30) -> None:
+def wait_for_free_port(port: int, timeout: float = 30, *, unless_held_by: str = "") -> None:
+    if unless_held_by and any(str(pid) == unless_held_by for pid, _ in port_holders(port)):
+        return
+
     def free() -> bool:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -98,8 +102,9 @@ def wait_for_free_port(port: int, timeout: float = 30) -> None:
     try:
         wait_until(free, timeout, f"port {port} to be free", interval=0.2)
     except TimeoutError:
+        holders = [f"pid {pid}: {cmdline}" for pid, cmdline in port_holders(port)]
         raise RuntimeError(
-            f"port {port} is still held by {port_holders(port) or 'an unknown process'}: "
+            f"port {port} is still held by {holders or 'an unknown process'}: "
             "a process an earlier test started outlived it"
         ) from None
 
@@ -225,8 +230,12 @@ c.JupyterHub.log_level = "DEBUG"
 
 def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
     url = env["SNH_PUBLIC_URL"]
-    # the proxy of the hub before this one has let go of the public port (or we say who has)
-    wait_for_free_port(urlparse(url).port or 80)
+    # the proxy of the hub before this one has let go of the public port (or we say who has),
+    # unless it is this state directory's own proxy, left by a hub killed outright: the new
+    # hub finds it by its pid file and replaces it, as under systemd (what restart tests test)
+    pid_file = Path(env.get("SNH_STATE_DIR", ".")) / "jupyterhub-proxy.pid"
+    own_proxy = pid_file.read_text().strip() if pid_file.exists() else ""
+    wait_for_free_port(urlparse(url).port or 80, unless_held_by=own_proxy)
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
