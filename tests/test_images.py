@@ -428,10 +428,10 @@ def test_rstudio_server_package_is_pinned_and_checked() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# SSH in the server (images/ssh, both images)
+# SSH in the server (images/shared, both images)
 # --------------------------------------------------------------------------------------------
 
-SSH_DIR = IMAGES / "ssh"
+SSH_DIR = IMAGES / "shared"
 
 
 def effective_sshd_config(tmp_path: Path) -> dict[str, str]:
@@ -499,9 +499,9 @@ def test_the_bootstrap_gives_sshd_its_keys_and_publishes_it_on_loopback() -> Non
 def test_both_images_install_sshd_and_its_start_hook(kind: str) -> None:
     instructions = parse_dockerfile(DOCKERFILES[kind])
     copies = {tuple(i.args.split()) for i in instructions if i.keyword == "COPY"}
-    assert ("--from=ssh", "sshd_config", "/etc/notebook-ssh/sshd_config") in copies
+    assert ("--from=shared", "sshd_config", "/etc/notebook-ssh/sshd_config") in copies
     assert (
-        "--from=ssh",
+        "--from=shared",
         "60-notebook-sshd.sh",
         "/usr/local/bin/before-notebook.d/",
     ) in copies

@@ -37,6 +37,11 @@ BIN_DIR = Path(sys.executable).parent
 #: Where the RStudio image's jupyter-server extensions are (installed into the image from here).
 RSTUDIO_IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "rstudio"
 ACTIVITY_FILTER = "rstudio_activity_filter"
+#: Both images' busy-kernel rule (``images/shared/notebook_busy_activity.py``), looking every
+#: few seconds here (60 in the images) so that tests with short idle timeouts see it.
+SHARED_IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "shared"
+BUSY_ACTIVITY = "notebook_busy_activity"
+BUSY_INTERVAL_SECONDS = 3
 SINGLEUSER = BIN_DIR / "jupyterhub-singleuser"
 SYNAPSE_CONFIG_MARKER = "# Written by the local cloud's instance simulator"
 
@@ -91,11 +96,11 @@ def notebook_environment(
 
 
 def kind_environment(env: dict[str, str], kind: str) -> dict[str, str]:
-    """``env`` with what the image of ``kind`` has installed: for RStudio, the directory of
-    its activity filter on the Python path (site-packages, in the image)."""
-    if kind != "rstudio":
-        return env
-    paths = [str(RSTUDIO_IMAGE_DIR), *filter(None, [env.get("PYTHONPATH")])]
+    """``env`` with what the image of ``kind`` has installed on the Python path
+    (site-packages, in the image): both images' busy-activity rule; for RStudio, also its
+    activity filter."""
+    images = [SHARED_IMAGE_DIR, *([RSTUDIO_IMAGE_DIR] if kind == "rstudio" else [])]
+    paths = [*map(str, images), *filter(None, [env.get("PYTHONPATH")])]
     return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
@@ -112,6 +117,8 @@ def notebook_command(port: int, home: Path, kind: str) -> list[str]:
         "--ServerApp.port_retries=0",
         f"--ServerApp.root_dir={home}",
         "--ServerApp.open_browser=False",
+        f"--ServerApp.jpserver_extensions={BUSY_ACTIVITY}=True",
+        f"--BusyActivity.interval_seconds={BUSY_INTERVAL_SECONDS}",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--ServerApp.allow_root=True")  # containers run as jovyan; we may not

@@ -1,5 +1,5 @@
 """The sshd of one simulated instance: Debian's real OpenSSH server, run with the images' own
-configuration (``images/ssh/sshd_config``), as the image's start hook runs it.
+configuration (``images/shared/sshd_config``), as the image's start hook runs it.
 
 On AWS the container's sshd runs as jovyan, whose home (the passwd entry's) is the home
 volume, with the keys the bootstrap mounted from the server's ``config`` parameter. Here it
@@ -34,7 +34,7 @@ from .notebook import free_port
 
 SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
-IMAGE_CONFIG = Path(__file__).resolve().parents[2] / "images" / "ssh" / "sshd_config"
+IMAGE_CONFIG = Path(__file__).resolve().parents[2] / "images" / "shared" / "sshd_config"
 #: Where the image's hook keeps the host key, relative to the home volume.
 HOST_KEY = Path(".ssh") / "notebook_host_ed25519_key"
 #: sshd's privilege separation directory, which it needs when started as root (Debian's

@@ -168,6 +168,16 @@ class Kernel:
         )
 
     def run(self, code: str) -> None:
+        msg_id = self.submit(code)
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply.get("msg_type") == "execute_reply":
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    assert reply["content"]["status"] == "ok", reply["content"]
+                    return
+
+    def submit(self, code: str) -> str:
+        """Send ``code`` to run, as a notebook cell; its message id (nothing awaited)."""
         msg_id = uuid.uuid4().hex
         message = {
             "header": {
@@ -185,12 +195,7 @@ class Kernel:
             "buffers": [],
         }
         self.ws.send(json.dumps(message))
-        while True:
-            reply = json.loads(self.ws.recv())
-            if reply.get("msg_type") == "execute_reply":
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    assert reply["content"]["status"] == "ok", reply["content"]
-                    return
+        return msg_id
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -334,6 +339,31 @@ def test_idle_servers_are_stopped_and_busy_ones_are_not(hub, cloud) -> None:
     # alice, left alone, goes the same way.
     wait_until(lambda: stopped(hub, "alice"), IDLE_TIMEOUT + 30, "alice's server culled")
     assert describe(cloud, alice_instance)["State"]["Name"] == "stopped"
+
+
+def test_a_silent_busy_kernel_is_not_culled_and_an_idle_one_is(hub) -> None:
+    """A cell that computes silently for three idle timeouts (``time.sleep``: no output, no
+    message from the kernel) keeps the server: the images' busy-activity rule
+    (``images/shared/notebook_busy_activity.py``) counts the busy kernel, and the notebook
+    reports it to the hub. Once the cell is done the kernel is idle, its websocket still
+    open as a browser tab holds it, and the culler stops the server."""
+    start(hub, "alice", JUPYTER)
+    wait_until(lambda: ready(hub, "alice"), 120, "alice's server")
+    kernel = Kernel(hub, "alice")
+    silent = IDLE_TIMEOUT * 3
+    kernel.submit(f"import time; time.sleep({silent})")
+    began = time.time()
+    try:
+
+        def computation_over() -> bool:
+            assert ready(hub, "alice"), "culled while its kernel was busy"
+            return time.time() - began > silent
+
+        wait_until(computation_over, silent + 60, "the silent computation to end", interval=0.5)
+        wait_until(lambda: stopped(hub, "alice"), IDLE_TIMEOUT + 60, "the idle server culled")
+    finally:
+        kernel.close()
+    assert "Culling server alice" in hub.log()
 
 
 def test_an_instance_left_alone_stops_itself(hub, cloud) -> None:

@@ -1,0 +1,74 @@
+"""Both images' busy-activity rule (``images/shared/notebook_busy_activity.py``), on its own:
+a kernel Jupyter Server records as ``busy`` and a terminal running a command (a real pty
+and shell, as terminado runs them) are activity; idle ones are not. The whole path (a silent
+busy kernel that the idle culler leaves alone, an idle one it stops) is
+``tests/integration/test_culling.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ptyprocess import PtyProcessUnicode
+
+PATH = Path(__file__).resolve().parent.parent / "images" / "shared" / "notebook_busy_activity.py"
+_spec = importlib.util.spec_from_file_location("notebook_busy_activity", PATH)
+assert _spec is not None and _spec.loader is not None
+busy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(busy)
+
+
+class Kernels:
+    def __init__(self, **states: str) -> None:
+        self.kernels = {k: SimpleNamespace(execution_state=s) for k, s in states.items()}
+
+    def list_kernel_ids(self) -> list[str]:
+        return list(self.kernels)
+
+    def get_kernel(self, kernel_id: str) -> SimpleNamespace:
+        return self.kernels[kernel_id]
+
+
+def server(kernels: Kernels, terminals: dict | None = None) -> SimpleNamespace:
+    settings = {"terminal_manager": SimpleNamespace(terminals=terminals or {})}
+    return SimpleNamespace(kernel_manager=kernels, web_app=SimpleNamespace(settings=settings))
+
+
+def test_a_busy_kernel_is_activity_and_idle_ones_are_not() -> None:
+    idle = server(Kernels(a="idle", b="starting"))
+    assert not busy.mark(idle) and busy.SETTING not in idle.web_app.settings
+    working = server(Kernels(a="idle", b="busy"))
+    before = datetime.now(UTC)
+    assert busy.mark(working)
+    assert working.web_app.settings[busy.SETTING] >= before
+    # the server's own rule picks it up: any setting ending in _last_activity is a source
+    assert busy.SETTING.endswith("_last_activity")
+
+
+@pytest.fixture
+def shell():
+    process = PtyProcessUnicode.spawn(["/bin/bash", "--norc", "-i"])
+    yield SimpleNamespace(ptyproc=process)
+    process.terminate(force=True)
+
+
+def wait(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_terminal_is_activity_while_a_command_runs_in_it(shell) -> None:
+    terminals = SimpleNamespace(terminals={"1": shell})
+    assert wait(lambda: busy.busy_terminals(terminals) == [])  # the prompt: idle
+    shell.ptyproc.write("sleep 30\n")
+    assert wait(lambda: busy.busy_terminals(terminals) == ["1"])
+    shell.ptyproc.write("\x03")  # Ctrl-C: back at the prompt
+    assert wait(lambda: busy.busy_terminals(terminals) == [])
