@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         try:
             return measure(args, tmp, cloud, hub)
         finally:
-            stop_group(hub.proc)
+            hub.stop()
     finally:
         stop_group(cloud.proc)
 

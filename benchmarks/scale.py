@@ -239,7 +239,7 @@ def restart_hub(hub: Hub, env: dict[str, str], servers: int, figures: Figures) -
         figures.hub_exit_seconds = time.monotonic() - began
     except Exception:
         figures.errors.append(f"the hub did not exit within {EXIT_GRACE_SECONDS:g} s of SIGTERM")
-    stop_group(hub.proc)  # its services, if any outlived it
+    hub.stop()  # its services, if any outlived it
     launched = time.monotonic()
     hub = start_hub(env, hub.log_path, wait=False)
     deadline = launched + RESTART_DEADLINE
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace, figures: Figures) -> None:
             figures.reachable = sample_through_proxy(hub, users)
     finally:
         if hub is not None:
-            stop_group(hub.proc)
+            hub.stop()
         stop_group(cloud.proc)
 
 

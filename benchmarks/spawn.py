@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     sign_in(hub, name)
                 results[label] = measure(hub, users)
             finally:
-                stop_group(hub.proc)
+                hub.stop()
     finally:
         stop_group(cloud.proc)
     return results

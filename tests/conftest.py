@@ -33,7 +33,7 @@ def hub(cloud, tmp_path_factory):
     env = hub_env(cloud, state, SNH_EXTRA_CONFIG=str(hub_test_config(state)))
     hub = start_hub(env, state / "hub.log")
     yield hub
-    stop_group(hub.proc)
+    hub.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -174,6 +174,20 @@ class Hub:
     proc: subprocess.Popen
     log_path: Path
     extra: dict[str, str] = field(default_factory=dict)
+    #: where JupyterHub records its proxy's pid (the state directory's)
+    proxy_pid_file: Path | None = None
+
+    def stop(self) -> None:
+        """Stop the hub and everything it started, its proxy included even when the hub
+        was killed outright earlier (a restart test's): an orphaned proxy would keep the
+        session's public port from every later hub."""
+        stop_group(self.proc)
+        if self.proxy_pid_file is None or not self.proxy_pid_file.exists():
+            return
+        with contextlib.suppress(ValueError, OSError, psutil.Error):
+            proxy = psutil.Process(int(self.proxy_pid_file.read_text().strip()))
+            if "configurable-http-proxy" in " ".join(proxy.cmdline()):
+                proxy.kill()
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"token {SERVICE_TOKEN}", **kwargs.pop("headers", {})}
@@ -245,7 +259,7 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    hub = Hub(url, proc, log_path)
+    hub = Hub(url, proc, log_path, proxy_pid_file=pid_file)
     if wait:
 
         def up() -> bool:
@@ -270,7 +284,7 @@ def own_hub(cloud: LocalCloud, state: Path, hub_id: str, *, extra: str = "", **e
     try:
         yield hub
     finally:
-        stop_group(hub.proc)
+        hub.stop()
 
 
 class FormParser(HTMLParser):

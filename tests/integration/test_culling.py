@@ -30,7 +30,6 @@ from .harness import (
     hub_test_config,
     sign_in,
     start_hub,
-    stop_group,
     wait_until,
 )
 from .spawn_harness import front_control, moto, server_model
@@ -73,7 +72,7 @@ c.JupyterHub.load_roles.append(
     for name in ("alice", "bob"):  # alice: ad-portal; bob: ad-portal and nf-osc
         sign_in(hub, name)
     yield hub
-    stop_group(hub.proc)
+    hub.stop()
 
 
 def when(stamp: str | None) -> float:

@@ -134,4 +134,4 @@ def test_a_hub_killed_before_it_stopped_its_proxy_leaves_nothing_behind(cloud, t
     )
     # and the next hub of the session starts on the same public URL
     again = start_hub(env, tmp_path / "hub.log")
-    stop_group(again.proc)
+    again.stop()

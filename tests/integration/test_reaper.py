@@ -33,7 +33,6 @@ from .harness import (
     hub_test_config,
     sign_in,
     start_hub,
-    stop_group,
     wait_until,
 )
 from .spawn_harness import moto, start_server, stop_server
@@ -74,7 +73,7 @@ def setup(cloud, tmp_path_factory):
     )
     hub = start_hub(env, state / "hub.log")
     yield hub, env, variant, state / "audit.log"
-    stop_group(hub.proc)
+    hub.stop()
 
 
 def reap(env: dict[str, str], variant: Path, audit_log: Path, *args: str) -> dict[str, Any]:

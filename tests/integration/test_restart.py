@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from .harness import SERVICE_TOKEN, hub_env, hub_test_config, sign_in, start_hub, stop_group
+from .harness import SERVICE_TOKEN, hub_env, hub_test_config, sign_in, start_hub
 from .spawn_harness import front_control, instances_of, moto, server_model, start_server
 
 pytestmark = pytest.mark.integration
@@ -31,14 +31,14 @@ def restartable(cloud, tmp_path_factory):
         # left running would otherwise answer (and route) for the new one
         for earlier in hubs:
             if earlier.proc.poll() is None:
-                stop_group(earlier.proc)
+                earlier.stop()
         hub = start_hub(env, state / "hub.log")
         hubs.append(hub)
         return hub
 
     yield start
     for hub in hubs:
-        stop_group(hub.proc)
+        hub.stop()
 
 
 def reachable(hub, user: str, server: str) -> bool:
@@ -69,7 +69,7 @@ def test_restart_with_five_running_servers(restartable, cloud):
         ports[(user, name)] = start_server(hub, user, {"community": community}, name=name)["state"][
             "tunnel_port"
         ]
-    stop_group(hub.proc)  # cleanup_servers = False: the instances keep running
+    hub.stop()  # cleanup_servers = False: the instances keep running
     for user, name in servers:
         assert instance_of(cloud, user, name)["State"]["Name"] == "running"
     # while the hub is down, one instance is stopped (by a person in the console, say)
@@ -136,7 +136,7 @@ def test_a_taken_tunnel_port_moves_the_route_with_the_tunnel(restartable, cloud)
     port = start_server(hub, "alice", {"community": "ad-portal"}, name="moved")["state"][
         "tunnel_port"
     ]
-    stop_group(hub.proc)
+    hub.stop()
 
     class Foreign(http.server.BaseHTTPRequestHandler):
         seen: list[str] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .harness import hub_env, hub_test_config, sign_in, start_hub, stop_group
+from .harness import hub_env, hub_test_config, sign_in, start_hub
 from .spawn_harness import moto, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def hub(cloud, tmp_path_factory):
     env = hub_env(cloud, state, SNH_EXTRA_CONFIG=str(hub_test_config(state, extra=extra)))
     hub = start_hub(env, state / "hub.log")
     yield hub
-    stop_group(hub.proc)
+    hub.stop()
 
 
 def token_parameter(cloud, user: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.integration.harness import hub_env, hub_test_config, sign_in, start_hub, stop_group
+from tests.integration.harness import hub_env, hub_test_config, sign_in, start_hub
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def test_a_name_taken_off_the_break_glass_list_is_no_admin_after_a_restart(cloud
         alice = requests.get(f"{hub.url}/hub/api/users/alice", headers=as_bob, timeout=30)
         assert alice.status_code == 200
     finally:
-        stop_group(hub.proc)
+        hub.stop()
 
     env["SNH_BREAK_GLASS_ADMINS"] = ""
     hub = start_hub(env, tmp_path / "hub.log")
@@ -75,4 +75,4 @@ def test_a_name_taken_off_the_break_glass_list_is_no_admin_after_a_restart(cloud
         assert hub.user("bob")["admin"] is False
         assert "Removing admin=True from <User(bob" in hub.log()
     finally:
-        stop_group(hub.proc)
+        hub.stop()

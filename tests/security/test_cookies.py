@@ -18,7 +18,6 @@ from tests.integration.harness import (
     hub_env,
     hub_test_config,
     start_hub,
-    stop_group,
     wait_until,
 )
 
@@ -72,4 +71,4 @@ def test_cookies_are_secure_and_httponly_and_hsts_is_sent_behind_the_proxy(cloud
             in (answer.headers["Location"])
         )
     finally:
-        stop_group(hub.proc)
+        hub.stop()
