@@ -45,7 +45,14 @@ from .naming import (
     ServerParameters,
     instance_port,
 )
-from .options import OptionsError, SpawnOptions, options_form, options_from_form, validate_options
+from .options import (
+    OptionsError,
+    SpawnOptions,
+    capacity_advice,
+    options_form,
+    options_from_form,
+    validate_options,
+)
 from .parameters import ParameterStore
 from .poller import UNKNOWN, InstancePoller, InstanceView
 from .region import Regions
@@ -361,6 +368,8 @@ class EC2Spawner(Spawner):
         #: when stop() stopped the instance (ISO UTC): the home page's last resort for
         #: "stopped since" (operations.home_page), when neither EC2 nor the audit log says
         self.stopped_at: str | None = None
+        #: the last start's capacity refusal with its equivalent types, for the spawn form
+        self.capacity_note: str | None = None
         self.tunnel: Tunnel | None = None
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
@@ -384,6 +393,7 @@ class EC2Spawner(Spawner):
         self.launch_id = state.get("launch_id")
         self.last_options = SpawnOptions.from_saved(state.get("options"))
         self.stopped_at = state.get("stopped_at")
+        self.capacity_note = state.get("capacity_note")
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -398,6 +408,8 @@ class EC2Spawner(Spawner):
                 options=self.last_options.as_user_options() if self.last_options else None,
                 stopped_at=self.stopped_at,
             )
+        if self.capacity_note:
+            state["capacity_note"] = self.capacity_note
         return state
 
     def clear_state(self) -> None:
@@ -451,6 +463,11 @@ class EC2Spawner(Spawner):
             f'<div class="alert alert-warning snh-budget-note" role="alert">{html.escape(n)}</div>'
             for n in await self._budget_notes(communities)
         )
+        if self.capacity_note:
+            notes += (
+                '<div class="alert alert-warning snh-capacity-note" role="alert">'
+                f"{html.escape(self.capacity_note)}</div>"
+            )
         return notes + options_form(communities, current=current)
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
@@ -542,6 +559,7 @@ class EC2Spawner(Spawner):
     def _begin_start(self) -> None:
         self._events = []
         self.stopped_at = None
+        self.capacity_note = None
         self._emit(0, "Preparing your server…")
 
     async def _chosen(self, requested: dict[str, Any]) -> tuple[Community, SpawnOptions]:
@@ -795,7 +813,16 @@ class EC2Spawner(Spawner):
                 InstanceType={"Value": options.instance_type},
             )
         self._emit(20, f"Starting your stopped instance {view.instance_id}…")
-        await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+        try:
+            await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+        except AwsError as e:
+            if e.kind is not ErrorKind.CAPACITY:
+                raise
+            # a stopped instance can start only in its own zone: another type may fit there
+            community = self.communities_config.by_id(options.community_id)
+            assert community is not None
+            zone = view.availability_zone or "its zone"
+            raise self._no_capacity(community, options.instance_type, zone) from None
         self._audit("resume", instance_id=view.instance_id)
 
     async def _stop_stale_instance(
@@ -897,10 +924,14 @@ class EC2Spawner(Spawner):
             self.log.info("%s: launched %s in %s", self._log_name, self.instance_id, subnet)
             self._audit("launch", instance_id=self.instance_id, subnet=subnet)
             return
-        raise StartFailed(
-            f"AWS has no {options.instance_type} capacity right now in "
-            f"{', '.join(tried)}. Pick another instance type, or try again in a few minutes."
-        )
+        raise self._no_capacity(community, options.instance_type, ", ".join(tried))
+
+    def _no_capacity(self, community: Community, instance_type: str, where: str) -> StartFailed:
+        """The refusal that offers the community's equivalent types (`capacity_advice`),
+        kept for the spawn form until the next start."""
+        self.capacity_note = capacity_advice(community, instance_type, where)
+        self._save_state()
+        return StartFailed(self.capacity_note, status=503)
 
     def _backstop_seconds(self, community: Community) -> int:
         """The instance's own idle limit: a second, larger timeout than the hub's culler

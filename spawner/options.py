@@ -251,6 +251,44 @@ def _join(keys: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def equivalent_types(community: Community, instance_type: str) -> list[Any]:
+    """The community's other instance types a server on ``instance_type`` can move to when
+    AWS has no capacity for it: the same architecture (the AMI must boot), at least the same
+    vCPUs, memory and GPUs, cheapest first (in the community's region)."""
+    current = community.instance_type(instance_type)
+    if current is None:
+        return []
+    return sorted(
+        (
+            t
+            for t in community.instance_types
+            if t.name != current.name
+            and t.arch == current.arch
+            and t.vcpu >= current.vcpu
+            and t.memory_gib >= current.memory_gib
+            and t.gpus >= current.gpus
+        ),
+        key=lambda t: (t.price_in(community.region), t.name),
+    )
+
+
+def capacity_advice(community: Community, instance_type: str, where: str) -> str:
+    """What a user is told when AWS has no ``instance_type`` capacity ``where``: the
+    equivalents with their prices, or to try later."""
+    options = equivalent_types(community, instance_type)
+    said = f"AWS has no {instance_type} capacity right now in {where}."
+    if not options:
+        return f"{said} No other type of {community.name} is as large; try again in a few minutes."
+    listed = ", ".join(
+        f"{t.name} ({t.vcpu} vCPU, {t.memory_gib:g} GiB, ~${t.price_in(community.region):.3f}/h)"
+        for t in options
+    )
+    return (
+        f"{said} These types of {community.name} are at least as large: {listed}. Pick one "
+        "in the form and start again (your files stay), or try again in a few minutes."
+    )
+
+
 def field_name(community_id: str, key: str) -> str:
     """The form field of ``key`` (one of :data:`COMMUNITY_FIELD_KEYS`) for one community."""
     return f"{community_id}.{key}"

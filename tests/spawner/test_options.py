@@ -18,6 +18,8 @@ from spawner.options import (
     OPTION_KEYS,
     OptionsError,
     SpawnOptions,
+    capacity_advice,
+    equivalent_types,
     options_form,
     options_from_form,
     validate_options,
@@ -503,3 +505,17 @@ def test_saved_options_come_back_typed_or_not_at_all() -> None:
         {**chosen.as_user_options(), "image": ""},
     ):
         assert SpawnOptions.from_saved(broken) is None, broken
+
+
+def test_equivalent_types_are_as_large_of_the_same_architecture_cheapest_first() -> None:
+    """What a user is offered when AWS has no capacity for their type (``capacity_advice``):
+    the community's other types with at least the vCPUs, memory and GPUs, on the same CPU
+    architecture (the community's AMI must boot on it), by price in its region."""
+    ad = AD
+    names = [t.name for t in equivalent_types(ad, "t3.large")]
+    assert names == ["t3.xlarge", "m5.xlarge", "m5.2xlarge", "r5.2xlarge"]
+    assert [t.name for t in equivalent_types(ad, "r5.2xlarge")] == []
+    assert equivalent_types(ad, "x9.huge") == []
+    advice = capacity_advice(ad, "r5.2xlarge", "us-east-1a")
+    assert "No other type of AD Knowledge Portal (demo) is as large" in advice
+    assert "t3.xlarge (4 vCPU, 16 GiB, ~$0.166/h)" in capacity_advice(ad, "t3.large", "z")
