@@ -814,7 +814,7 @@ class EC2Spawner(Spawner):
             )
         self._emit(20, f"Starting your stopped instance {view.instance_id}…")
         try:
-            await aws.call("ec2", "start_instances", InstanceIds=[view.instance_id])
+            await self._capacity_call(aws, "start_instances", {"InstanceIds": [view.instance_id]})
         except AwsError as e:
             if e.kind is not ErrorKind.CAPACITY:
                 raise
@@ -942,17 +942,26 @@ class EC2Spawner(Spawner):
         return culling.backstop_idle_seconds(rule.timeout_seconds)
 
     async def _run_instances(self, aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
-        """One subnet's RunInstances: throttling and transient errors retried here, with
-        backoff and the same client token (EC2 answers a repeat with the same instance)."""
+        """One subnet's RunInstances, with the same client token at every attempt (EC2
+        answers a repeat with the same instance)."""
+        return await self._capacity_call(aws, "run_instances", request)
+
+    async def _capacity_call(
+        self, aws: Aws, operation: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """An EC2 call that asks for capacity (RunInstances, StartInstances): throttling and
+        transient errors retried here with backoff, a capacity error at once to the caller
+        (another subnet, or the user's choice of another type, is the answer; botocore would
+        retry it in place, as it comes as HTTP 500)."""
         delay = 1.0
         for attempt in range(1, 9):
             try:
-                return await aws.call("ec2", "run_instances", retry=False, **request)
+                return await aws.call("ec2", operation, retry=False, **request)
             except AwsError as e:
                 if e.kind not in (ErrorKind.THROTTLED, ErrorKind.TRANSIENT) or attempt == 8:
                     raise
                 self.log.warning(
-                    "%s: RunInstances %s, retrying in %.0fs", self._log_name, e.code, delay
+                    "%s: %s %s, retrying in %.0fs", self._log_name, operation, e.code, delay
                 )
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, 20.0)
