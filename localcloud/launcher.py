@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 
 from tornado.httpclient import AsyncHTTPClient
 
+from . import demo_history
 from .instances.simulator import DEFAULT_BOOT_DELAY
 from .instances.sshd import local_user
 from .stack import start_aws
@@ -261,8 +263,12 @@ async def _demo(args: argparse.Namespace, state_dir: Path) -> int:
     stop = _stop_event()
     cloud = await _standins_of(args, state_dir)
     endpoints = cloud.endpoints
+    env = hub_environment(endpoints, state_dir)
+    # bob's spend so far this month, so that the demo shows a budget warning
+    audit_log = Path(env["SNH_STATE_DIR"]) / "audit.log"
+    demo_history.seed(audit_log, dt.datetime.now(dt.UTC), endpoints["aws"]["region"])
     try:
-        proc = await start_hub(hub_environment(endpoints, state_dir))
+        proc = await start_hub(env)
     except BaseException:
         await cloud.close()
         raise

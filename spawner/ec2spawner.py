@@ -814,7 +814,9 @@ class EC2Spawner(Spawner):
             )
         self._emit(20, f"Starting your stopped instance {view.instance_id}…")
         try:
-            await self._capacity_call(aws, "start_instances", {"InstanceIds": [view.instance_id]})
+            await self._capacity_call(
+                aws, "ec2", "start_instances", {"InstanceIds": [view.instance_id]}
+            )
         except AwsError as e:
             if e.kind is not ErrorKind.CAPACITY:
                 raise
@@ -944,10 +946,10 @@ class EC2Spawner(Spawner):
     async def _run_instances(self, aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
         """One subnet's RunInstances, with the same client token at every attempt (EC2
         answers a repeat with the same instance)."""
-        return await self._capacity_call(aws, "run_instances", request)
+        return await self._capacity_call(aws, "ec2", "run_instances", request)
 
     async def _capacity_call(
-        self, aws: Aws, operation: str, request: dict[str, Any]
+        self, aws: Aws, service: str, operation: str, request: dict[str, Any]
     ) -> dict[str, Any]:
         """An EC2 call that asks for capacity (RunInstances, StartInstances): throttling and
         transient errors retried here with backoff, a capacity error at once to the caller
@@ -956,7 +958,7 @@ class EC2Spawner(Spawner):
         delay = 1.0
         for attempt in range(1, 9):
             try:
-                return await aws.call("ec2", operation, retry=False, **request)
+                return await aws.call(service, operation, retry=False, **request)
             except AwsError as e:
                 if e.kind not in (ErrorKind.THROTTLED, ErrorKind.TRANSIENT) or attempt == 8:
                     raise

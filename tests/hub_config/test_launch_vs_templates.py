@@ -423,7 +423,8 @@ def test_the_reapers_snapshot_and_tags_are_allowed(
     assert not _denied(policies, questions)
 
 
-_CALL = re.compile(r'\b(?:call|paginate)\(\s*"(\w+)",\s*"(\w+)"', re.S)
+# aws.call("ec2", "x"), aws.paginate(...) and the spawner's _capacity_call(aws, "ec2", "x")
+_CALL = re.compile(r'(?:\b|_)(?:call|paginate)\(\s*(?:aws,\s*)?"(\w+)",\s*"(\w+)"', re.S)
 _SSM_METHOD = re.compile(r"self\._ssm\.(\w+)")
 
 
