@@ -185,6 +185,7 @@ from operations import connect_panel, ssh_keys  # noqa: E402 - this block's own 
 _ssh_keys = ssh_keys.SshKeyStore(c.SynapseOAuthenticator.identity_db_url)
 c.JupyterHub.extra_handlers.extend(ssh_keys.ssh_keys_handlers(_ssh_keys))
 c.EC2Spawner.ssh_authorized_keys = ssh_keys.keys_source(_ssh_keys)
+c.SynapseOAuthenticator.forget_on_delete = [_ssh_keys.forget]
 c.JupyterHub.template_vars.update(
     {
         connect_panel.TEMPLATE_VAR: connect_panel.ConnectPanel(

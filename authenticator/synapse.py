@@ -196,6 +196,17 @@ class SynapseOAuthenticator(OAuthenticator):
         """,
     )
 
+    forget_on_delete = List(
+        config=True,
+        help="""
+        Callables taking a hub user name, called when that user is deleted: what the hub
+        keeps of the user outside JupyterHub's own tables must go with the name, which the
+        identity binding frees for whichever Synapse account signs in next (the SSH keys
+        page's table, ``operations.ssh_keys.SshKeyStore.forget``: its keys would otherwise
+        open the next holder's servers).
+        """,
+    )
+
     break_glass_admins = Set(
         Unicode(),
         config=True,
@@ -536,6 +547,8 @@ class SynapseOAuthenticator(OAuthenticator):
         super().delete_user(user)
         if self.identities.unbind(user.name):
             self.log.info("Removed the Synapse identity binding of deleted user %s", user.name)
+        for forget in self.forget_on_delete:
+            forget(user.name)
         if encrypted:
             # delete_user is synchronous; the revocation is an HTTP call, so it runs after
             task = asyncio.ensure_future(self._revoke_encrypted(encrypted, user.name))

@@ -43,7 +43,14 @@ from spawner.naming import DEFAULT_SERVER_TAG, TAG_COMMUNITY, TAG_HUB, TAG_SERVE
 from spawner.region import Regions
 
 from . import audit
-from .cost import month_cost, month_start, price_lookup, runs_from_audit
+from .cost import (
+    DOWN_ACTIONS,
+    UP_ACTIONS,
+    month_cost,
+    month_start,
+    price_lookup,
+    runs_from_audit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +168,13 @@ def spend_by_server(
             keys[instance_id] = (tags[TAG_USER], tags[TAG_COMMUNITY], server)
         types[instance_id] = getattr(view, "instance_type", "") or types.get(instance_id, "")
     runs = runs_from_audit(records)
+    cut_off = _stopped_before_started(records)
     out: dict[ServerKey, ServerSpend] = {}
 
     def entry(key: ServerKey) -> ServerSpend:
         return out.setdefault(key, ServerSpend(*key))
 
-    for instance_id in set(runs) | set(views):
+    for instance_id in set(runs) | set(views) | cut_off:
         key = keys.get(instance_id)
         if key is None:
             continue
@@ -176,8 +184,10 @@ def spend_by_server(
             runs.get(instance_id, []), views.get(instance_id), price_lookup(community, region), now
         )
         part = Spend(compute_usd=cost.usd or 0.0, complete=cost.complete and cost.usd is not None)
-        if not cost.hours:
+        if not cost.hours and instance_id not in cut_off:
             part.complete = True  # nothing ran: nothing unknown
+        if instance_id in cut_off:
+            part.complete = False  # it ran from before the records into this month
         server = entry(key)
         server.spend.add(part)
         server.hours += cost.hours
@@ -187,6 +197,23 @@ def spend_by_server(
             Spend(storage_usd=storage_usd(item, prices, now))
         )
     return out
+
+
+def _stopped_before_started(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Instances whose first line in ``records`` stops them: they ran from before the
+    records began, for a time the estimate cannot count ("at least")."""
+    first: dict[str, tuple[str, str]] = {}
+    for record in records:
+        instance_id, action, when = (
+            record.get("instance_id"),
+            record.get("action"),
+            str(record.get("time")),
+        )
+        if not isinstance(instance_id, str) or action not in UP_ACTIONS | DOWN_ACTIONS:
+            continue
+        if instance_id not in first or when < first[instance_id][0]:
+            first[instance_id] = (when, str(action))
+    return {i for i, (_, action) in first.items() if action in DOWN_ACTIONS}
 
 
 def spend_by_owner(
@@ -337,11 +364,15 @@ class BudgetGuard:
             return []
         # a run may have begun last month: keep a month more of the log than the month
         earliest = since - dt.timedelta(days=31)
-        return [
-            r
-            for r in audit.read_records(self.audit_log)
-            if (t := r.get("time")) and audit.parse_time(str(t)) >= earliest
-        ]
+        records = []
+        for record in audit.read_records(self.audit_log):
+            try:
+                when = audit.parse_time(str(record.get("time")))
+            except ValueError:
+                continue  # a line the hub did not write: not a run
+            if when >= earliest:
+                records.append(record)
+        return records
 
     async def _stored(self, region: str) -> list[Stored]:
         aws = self.regions[region].aws

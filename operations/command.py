@@ -23,5 +23,7 @@ def main() -> int:
     argv = sys.argv[1:]
     if client.handles(argv):
         return client.main(argv, OperatorSettings.from_environ())
-    os.execv(sys.executable, [sys.executable, "-m", "operations", *argv])
+    # -P: the current directory is not put on the path (a folder called operations there
+    # must not stand in for this package)
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "operations", *argv])
     return 1  # not reached: execv replaces the process or raises

@@ -109,9 +109,10 @@ def _number(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def rewrite(text: str, quotes: Iterable[Quote], base_region: str, today: dt.date) -> str:
+def rewrite(text: str, quotes: Iterable[Quote], base_region: str, today: dt.date | None) -> str:
     """The table's text with AWS's prices in place of the old ones and ``prices_as_of``
-    today; every other character stays (the file is edited, not re-dumped)."""
+    ``today`` (None: the date stays); every other character stays (the file is edited, not
+    re-dumped)."""
     lines = text.splitlines(keepends=True)
     for quote in quotes:
         if quote.aws is None:
@@ -133,6 +134,8 @@ def rewrite(text: str, quotes: Iterable[Quote], base_region: str, today: dt.date
                 lines[i] = pattern.sub(rf"\g<1>{_number(quote.aws)}", line, count=1)
                 break
     out = "".join(lines)
+    if today is None:
+        return out
     return re.sub(r'(?m)^(prices_as_of:\s*)"[0-9-]+"', rf'\g<1>"{today.isoformat()}"', out)
 
 
@@ -168,7 +171,9 @@ def main(argv: list[str], *, client: Any = None, today: dt.date | None = None) -
               file=sys.stderr)  # fmt: skip
     if args.write:
         today = today or dt.datetime.now(dt.UTC).date()
-        path.write_text(rewrite(text, quotes, table["base_region"], today), encoding="utf-8")
+        # the table's date says when its prices were taken: not today while some are older
+        dated = None if missing else today
+        path.write_text(rewrite(text, quotes, table["base_region"], dated), encoding="utf-8")
         load_instance_types(path)
-        print(f"wrote {path} (prices_as_of {today.isoformat()})")
+        print(f"wrote {path}" + (f" (prices_as_of {today.isoformat()})" if dated else ""))
     return 1 if missing else 0

@@ -708,7 +708,12 @@ class EC2Spawner(Spawner):
         """Refuse a start while the user or the community is over its monthly budget."""
         if self.budget_check is None:
             return
-        verdict = await self.budget_check(self.user.name, community)
+        try:
+            verdict = await self.budget_check(self.user.name, community)
+        except Exception:
+            # the figures could not be made: not a reason to refuse a start (documented)
+            self.log.exception("%s: budget check failed; starting anyway", self._log_name)
+            return
         if verdict.level == "over":
             self.log.info("%s: start refused, over budget: %s", self._log_name, verdict.message)
             raise StartFailed(verdict.message, status=403)
@@ -719,7 +724,11 @@ class EC2Spawner(Spawner):
             return []
         notes = []
         for community in communities:
-            verdict = await self.budget_check(self.user.name, community)
+            try:
+                verdict = await self.budget_check(self.user.name, community)
+            except Exception:
+                self.log.exception("%s: no budget note for %s", self._log_name, community.id)
+                continue
             if verdict.level != "ok":
                 notes.append(f"{community.name}: {verdict.message}")
         return notes

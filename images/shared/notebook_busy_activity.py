@@ -14,9 +14,11 @@ counts (every setting whose name ends in ``_last_activity`` is one of its source
 hub's activity reports (jupyterhub-singleuser) and the instance's backstop (which reads the
 same ``/api/status``) see it alike.
 
-An idle kernel, an idle terminal and an open browser tab are not activity here: nothing is
-recorded for them, and the idle culler stops the server as before. The server's
-``max_age_hours`` still bounds everything.
+An idle kernel, a terminal at its prompt and an open browser tab are not activity here:
+nothing is recorded for them, and the idle culler stops the server as before. What the rule
+cannot tell from work: a program left open in a terminal (an editor, a pager, a REPL) and a
+kernel waiting at ``input()`` count as busy for as long as they stay; a community that wants
+a bound sets ``max_age_hours``, which stops a server however busy.
 """
 
 from __future__ import annotations

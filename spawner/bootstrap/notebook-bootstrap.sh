@@ -171,9 +171,10 @@ read_parameters() {
   install -d -m 0755 "$RUN_DIR/ssh"
   fields=$(
     python3 - "$RUN_DIR/config.json" "$RUN_DIR/ssh/authorized_keys" \
-      "$CONTAINER_PORT" "$SSH_CONTAINER_PORT" <<'PY'
+      "$CONTAINER_PORT" "$SSH_CONTAINER_PORT" "$PORT" <<'PY'
 import json, os, re, sys
-source, keys_file, notebook_port, ssh_port = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:5])
+source, keys_file = sys.argv[1], sys.argv[2]
+notebook_port, ssh_port, instance_port = map(int, sys.argv[3:6])
 config = json.load(open(source, encoding="utf-8"))
 image, kind = config.get("image"), config.get("image_kind", "jupyter")
 if not isinstance(image, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}", image):
@@ -197,7 +198,8 @@ os.replace(keys_file + ".tmp", keys_file)
 print(image)
 print(kind)
 # never empty (a command substitution drops trailing newlines): "ports" and the list
-print(" ".join(["ports", *(str(p) for p in sorted(set(ports) - {22, notebook_port, ssh_port}))]))
+taken = {22, notebook_port, ssh_port, instance_port}  # published already, or the host's
+print(" ".join(["ports", *(str(p) for p in sorted(set(ports) - taken))]))
 PY
   )
   IMAGE=${fields%%$'\n'*}

@@ -338,9 +338,13 @@ async def test_deleting_the_hub_user_frees_the_name(tmp_path):
     class Deleted:
         name = "alice"
 
+    forgotten: list[str] = []
+    auth.forget_on_delete = [forgotten.append]  # e.g. the SSH keys page's table
     auth.delete_user(Deleted())
     model = await login(auth, userinfo("alice", "3999999"))
     assert model["name"] == "alice" and model["auth_state"]["userid"] == "3999999"
+    # what else the hub kept under the name goes with it: the next holder gets none of it
+    assert forgotten == ["alice"]
 
 
 # -- refresh -----------------------------------------------------------------------------

@@ -162,3 +162,11 @@ def test_the_shipped_price_table_has_storage_prices_and_its_date() -> None:
     table = load_price_table(DEFAULT_INSTANCE_TYPES_PATH)
     assert table.ebs_gb_month and table.snapshot_gb_month and table.as_of
     assert table.as_of in table.note
+
+
+def test_a_run_that_began_before_the_records_is_marked_incomplete() -> None:
+    """A stop whose start is older than the log the budgets read: the hours from the 1st
+    to the stop cannot be counted exactly, so the figure says "at least"."""
+    records = [line("stop", dt.datetime(2026, 3, 3, tzinfo=dt.UTC))]
+    spends = spend_by_owner(records, {}, [], COMMUNITIES, PRICES, NOW)
+    assert not spends[("alice", AD.id)].complete

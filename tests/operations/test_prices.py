@@ -152,6 +152,7 @@ def test_a_price_aws_does_not_give_is_reported_and_kept(client, tmp_path, capsys
     err = capsys.readouterr().err
     assert "t3.large us-east-1, t3.large eu-west-1" in err
     assert "price_per_hour: 0.0832" in table.read_text()  # kept
+    assert 'prices_as_of: "2024-06-01"' in table.read_text()  # not dated today: some are old
 
 
 def test_the_shipped_table_can_be_refreshed(client, tmp_path) -> None:
