@@ -6,7 +6,9 @@ busy kernel that the idle culler leaves alone, an idle one it stops) is
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 from ptyprocess import PtyProcessUnicode
+
+from localcloud.instances.sshd import SshDaemon, local_user
 
 PATH = Path(__file__).resolve().parent.parent / "images" / "shared" / "notebook_busy_activity.py"
 _spec = importlib.util.spec_from_file_location("notebook_busy_activity", PATH)
@@ -72,3 +76,46 @@ def test_a_terminal_is_activity_while_a_command_runs_in_it(shell) -> None:
     assert wait(lambda: busy.busy_terminals(terminals) == ["1"])
     shell.ptyproc.write("\x03")  # Ctrl-C: back at the prompt
     assert wait(lambda: busy.busy_terminals(terminals) == [])
+
+
+@pytest.fixture
+def key_pair(tmp_path) -> tuple[Path, str]:
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "home").mkdir()
+    return key, Path(f"{key}.pub").read_text().strip()
+
+
+async def test_ssh_traffic_is_activity_and_an_idle_session_is_not(tmp_path, key_pair) -> None:
+    """With Debian's real sshd (as the simulated servers run it) and the real ssh client: a
+    session that moves a few KiB counts, the same session idle does not."""
+    key, public = key_pair
+    daemon = await SshDaemon.start(
+        home=tmp_path / "home",
+        runtime_dir=tmp_path / "run",
+        authorized_keys=[public],
+        session_env={},
+        console=tmp_path / "sshd.log",
+    )
+    try:
+        assert await daemon.wait_listening()
+        traffic = busy.SshTraffic(daemon.pid)
+        session = await asyncio.create_subprocess_exec(
+            "ssh", "-T", "-i", str(key), "-p", str(daemon.port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            f"{local_user()}@127.0.0.1", "cat",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert session.stdin is not None and session.stdout is not None
+        session.stdin.write(b"hello\n")
+        assert await asyncio.wait_for(session.stdout.readline(), 30) == b"hello\n"
+        traffic.since_last()  # the log-in's own bytes
+        assert traffic.since_last() < 2048  # open, idle
+        session.stdin.write(b"x" * 8191 + b"\n")
+        await asyncio.wait_for(session.stdout.readexactly(8192), 30)
+        assert traffic.since_last() >= 2048  # typing, a transfer
+        session.stdin.close()
+        await asyncio.wait_for(session.wait(), 30)
+    finally:
+        await daemon.stop()

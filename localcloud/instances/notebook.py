@@ -104,8 +104,9 @@ def kind_environment(env: dict[str, str], kind: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-def notebook_command(port: int, home: Path, kind: str) -> list[str]:
-    """The command line: ports and paths only, no secret."""
+def notebook_command(port: int, home: Path, kind: str, sshd_pid: int | None = None) -> list[str]:
+    """The command line: ports and paths only, no secret. ``sshd_pid``: the instance's sshd,
+    whose traffic the busy-activity rule watches (in the image, the container's only sshd)."""
     command = [
         sys.executable,
         "-m",
@@ -120,6 +121,8 @@ def notebook_command(port: int, home: Path, kind: str) -> list[str]:
         f"--ServerApp.jpserver_extensions={BUSY_ACTIVITY}=True",
         f"--BusyActivity.interval_seconds={BUSY_INTERVAL_SECONDS}",
     ]
+    if sshd_pid is not None:
+        command.append(f"--BusyActivity.sshd_pid={sshd_pid}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--ServerApp.allow_root=True")  # containers run as jovyan; we may not
     if kind == "rstudio":
@@ -168,13 +171,19 @@ class NotebookProcess:
 
     @classmethod
     async def start(
-        cls, *, env: dict[str, str], home: Path, kind: str, console: Path
+        cls,
+        *,
+        env: dict[str, str],
+        home: Path,
+        kind: str,
+        console: Path,
+        sshd_pid: int | None = None,
     ) -> NotebookProcess:
         port = free_port()
         console.parent.mkdir(parents=True, exist_ok=True)
         with console.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *notebook_command(port, home, kind),
+                *notebook_command(port, home, kind, sshd_pid),
                 env=kind_environment(env, kind),
                 cwd=str(home),
                 stdin=asyncio.subprocess.DEVNULL,

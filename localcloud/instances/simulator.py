@@ -582,6 +582,7 @@ class InstanceSimulator:
                 home=plan.home,
                 kind=plan.kind,
                 console=self.consoles_dir / f"{iid}.log",
+                sshd_pid=sim.sshd.pid if sim.sshd is not None else None,
             )
             sim.process = process
             page = ", RStudio launcher page" if plan.kind == "rstudio" else ""

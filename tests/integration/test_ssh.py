@@ -14,6 +14,7 @@ credentials. The simulated server's SSH user is the user running the tests
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -213,6 +214,23 @@ def test_an_ssh_session_survives_a_cut_of_the_hubs_websocket(alice, cloud) -> No
     rest, errors = session.communicate(timeout=120)
     assert session.returncode == 0, errors
     assert (first + rest).decode().splitlines() == [f"line {i}" for i in range(1, 41)]
+
+
+def test_ssh_work_is_activity_of_the_server_itself(alice, hub) -> None:
+    """The instance's backstop reads the notebook's own ``/api/status``, not the hub: SSH
+    work (here a command whose output travels back) moves that ``last_activity`` too (the
+    images' busy-activity rule watches the sshd's bytes), so a server used over SSH alone is
+    not stopped by its backstop."""
+
+    def last_activity() -> dt.datetime:
+        r = hub.api("GET", "/../../user/alice/api/status")
+        assert r.status_code == 200, r.text
+        return dt.datetime.fromisoformat(r.json()["last_activity"].replace("Z", "+00:00"))
+
+    before = last_activity()
+    done = alice.ssh("for i in 1 2 3 4 5 6 7 8; do head -c 3000 /dev/zero | base64; sleep 1; done")
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: last_activity() > before, 60, "the notebook to count the SSH work")
 
 
 def test_a_key_not_on_the_owners_list_is_refused_by_sshd(alice, hub, tmp_path) -> None:
