@@ -443,6 +443,13 @@ class AuditRuns:
         with self._lock:
             return self._runs(now)
 
+    def records(self, now: dt.datetime) -> list[dict[str, Any]]:
+        """The lines kept (those that open or close a run, of the last ``keep_days``), as
+        `operations.budget` reads them: owners, servers and types with the runs."""
+        with self._lock:
+            self._runs(now)
+            return list(self._events)
+
     def _runs(self, now: dt.datetime) -> dict[str, list[Run]]:
         try:
             stat = self.path.stat()

@@ -43,6 +43,7 @@ from spawner.naming import DEFAULT_SERVER_TAG, TAG_COMMUNITY, TAG_HUB, TAG_SERVE
 from spawner.region import Regions
 
 from . import audit
+from .admin_page import AuditRuns
 from .cost import (
     DOWN_ACTIONS,
     UP_ACTIONS,
@@ -306,6 +307,7 @@ class BudgetGuard:
         self.regions, self.hub_id, self.communities = regions, hub_id, communities
         self.prices, self.audit_log, self.cache_seconds = prices, audit_log, cache_seconds
         self.clock = clock
+        self._audit = AuditRuns(audit_log) if audit_log else None
         self._spends: dict[Owner, Spend] | None = None
         self._taken = 0.0
         self._lock = asyncio.Lock()
@@ -360,19 +362,13 @@ class BudgetGuard:
         return records, views, stored
 
     def _month_records(self, since: dt.datetime) -> list[dict[str, Any]]:
-        if not self.audit_log:
+        """The audit log's run lines from a month before ``since`` (a run may have begun
+        then), read incrementally: only what was appended since the last look is parsed,
+        so a start's check does not re-read a log that grows for the hub's life."""
+        if self._audit is None:
             return []
-        # a run may have begun last month: keep a month more of the log than the month
-        earliest = since - dt.timedelta(days=31)
-        records = []
-        for record in audit.read_records(self.audit_log):
-            try:
-                when = audit.parse_time(str(record.get("time")))
-            except ValueError:
-                continue  # a line the hub did not write: not a run
-            if when >= earliest:
-                records.append(record)
-        return records
+        earliest = audit.isoformat(since - dt.timedelta(days=31))
+        return [r for r in self._audit.records(self.clock()) if str(r.get("time")) >= earliest]
 
     async def _stored(self, region: str) -> list[Stored]:
         aws = self.regions[region].aws
