@@ -224,5 +224,12 @@ c.EC2Spawner.budget_check = _budgets.check
 c.JupyterHub.template_vars.update({"snh_spend": budget.HomeSpend(_budgets)})
 c.JupyterHub.extra_handlers.append(reports_page.reports_handler(_budgets))
 
+# -- before a cull: the home page warns, Keep running keeps the server (bounded) -----------
+from operations import keep_running  # noqa: E402 - this block's own import
+
+_keep = keep_running.KeepRunning(communities, cull_rules)
+c.JupyterHub.extra_handlers.extend(keep_running.keep_running_handlers(_keep))
+c.JupyterHub.template_vars.update({keep_running.TEMPLATE_VAR: keep_running.NoticeVar(_keep)})
+
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

@@ -182,6 +182,10 @@ class Community:
     user_budget_usd_per_month: float | None = None
     #: Whom users are told to ask about the budget.
     managers: tuple[str, ...] = ()
+    #: The home page's warning before a cull, and how long Keep running may keep a server
+    #: (``operations.keep_running``).
+    idle_warning_minutes: int = 10
+    keep_running_hours: float = 4.0
 
     def instance_type(self, name: str) -> InstanceType | None:
         """The allowed type called ``name``; None means the choice must be refused."""
@@ -1073,6 +1077,8 @@ def _build_community(
         budget_usd_per_month=_optional_float(entry.get("budget_usd_per_month")),
         user_budget_usd_per_month=_optional_float(entry.get("user_budget_usd_per_month")),
         managers=tuple(entry.get("managers", ())),
+        idle_warning_minutes=int(entry.get("idle_warning_minutes", 10)),
+        keep_running_hours=float(entry.get("keep_running_hours", 4)),
         relay_ports=tuple(
             int(p)
             for p in entry.get(

@@ -94,6 +94,7 @@ ACTIONS = frozenset(
         "relay_refused",  # a relay connection refused (reason says why)
         "ssh_key_added",  # a user added an SSH public key (in effect from the next start)
         "ssh_key_removed",  # a user removed one
+        "keep_running",  # a user kept an idle server from the culler (or was refused: outcome)
     }
 )
 
