@@ -43,8 +43,13 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two workers, each taking whole modules (a module's hub and the session's local cloud are
+# per worker): most of an integration test is waiting on a boot, a timer or a culler, so two
+# streams fit on the two cores CI has. Tests are written to be right under such load.
+PYTEST_WORKERS ?= 2
+
 test: deps chromium openssh lint
-	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-oldest-jupyterhub
 
 # The oldest JupyterHub the project supports, as an overlay on the virtualenv (its
