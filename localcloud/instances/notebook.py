@@ -154,6 +154,24 @@ def write_synapse_config(home: Path, synapse_base_url: str) -> bool:
     return True
 
 
+async def wait_listening(proc: asyncio.subprocess.Process, port: int, within: float) -> bool:
+    """Whether ``proc`` accepts connections on 127.0.0.1:``port`` within ``within`` seconds
+    (False as soon as it exits)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline and proc.returncode is None:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
 class NotebookProcess:
     """One run of the server: started by ``start``, stopped by ``stop`` (its whole group)."""
 
@@ -195,19 +213,7 @@ class NotebookProcess:
 
     async def wait_listening(self, within: float = 60.0) -> bool:
         """Whether the server accepts connections ``within`` seconds (False if it exited)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while loop.time() < deadline and self.proc.returncode is None:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return True
-        return False
+        return await wait_listening(self.proc, self.port, within)
 
     async def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM the group (as ``docker stop`` does), SIGKILL whatever is left."""

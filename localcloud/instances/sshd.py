@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from .notebook import free_port
+from .notebook import free_port, wait_listening
 
 SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
@@ -183,19 +183,7 @@ class SshDaemon:
         return cls(proc, port)
 
     async def wait_listening(self, within: float = 30.0) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while loop.time() < deadline and self.proc.returncode is None:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return True
-        return False
+        return await wait_listening(self.proc, self.port, within)
 
     async def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM sshd, then SIGKILL it and its sessions: sshd leaves running sessions

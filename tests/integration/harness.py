@@ -242,6 +242,24 @@ c.JupyterHub.log_level = "DEBUG"
     return path
 
 
+def communities_changed(only: str | None = None, **changes: Any) -> str:
+    """Hub configuration (for ``SNH_EXTRA_CONFIG``) that gives the spawner the hub's own
+    communities file with ``changes`` applied to every community, or to the one with id
+    ``only``: settings a test needs that the shipped file does not have."""
+    return f"""
+import dataclasses, os
+from hub_config import load_communities
+_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
+c.EC2Spawner.communities = dataclasses.replace(
+    _loaded,
+    communities=tuple(
+        dataclasses.replace(x, **{changes!r}) if {only!r} in (None, x.id) else x
+        for x in _loaded.communities
+    ),
+)
+"""
+
+
 def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
     url = env["SNH_PUBLIC_URL"]
     # the proxy of the hub before this one has let go of the public port (or we say who has),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.harness import hub_env, own_hub, sign_in, wait_until
+from tests.integration.harness import communities_changed, hub_env, own_hub, sign_in, wait_until
 from tests.integration.spawn_harness import (
     instances_of,
     spawn_error,
@@ -25,22 +25,9 @@ from tests.smtp_inbox import smtp_inbox
 pytestmark = pytest.mark.integration
 
 HUB_ID = "budget-tests"
-TINY_BUDGET = """
-import dataclasses, os
-from hub_config import load_communities
-_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
-c.EC2Spawner.communities = dataclasses.replace(
-    _loaded,
-    communities=tuple(
-        dataclasses.replace(
-            x, budget_usd_per_month=0.0001, managers=("manager@example.org",)
-        )
-        if x.id == "ad-portal"
-        else x
-        for x in _loaded.communities
-    ),
+TINY_BUDGET = communities_changed(
+    "ad-portal", budget_usd_per_month=0.0001, managers=("manager@example.org",)
 )
-"""
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ import json
 import pytest
 
 from operations.client import Login, RelayError, connect
-from tests.integration.harness import own_hub, token_for, wait_until
+from tests.integration.harness import communities_changed, own_hub, token_for, wait_until
 from tests.integration.spawn_harness import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
 HUB_ID = "relay-tests"
-ALLOW_NOTEBOOK_PORT = """
-import dataclasses, os
-from hub_config import load_communities
-_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
-c.EC2Spawner.communities = dataclasses.replace(
-    _loaded,
-    communities=tuple(
-        dataclasses.replace(x, relay_ports=(22, 8888)) for x in _loaded.communities
-    ),
-)
-"""
+ALLOW_NOTEBOOK_PORT = communities_changed(relay_ports=(22, 8888))
 
 
 @pytest.fixture(scope="module")

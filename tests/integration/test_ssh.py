@@ -27,6 +27,7 @@ import requests
 
 from localcloud.instances.sshd import local_user
 from tests.integration.harness import (
+    communities_changed,
     free_port,
     own_hub,
     sign_in,
@@ -42,17 +43,7 @@ pytestmark = pytest.mark.integration
 HUB_ID = "ssh-tests"
 #: an app port the community opens besides SSH (for ``snh forward``), chosen per run
 APP_PORT = free_port()
-ALLOW_APP_PORT = f"""
-import dataclasses, os
-from hub_config import load_communities
-_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
-c.EC2Spawner.communities = dataclasses.replace(
-    _loaded,
-    communities=tuple(
-        dataclasses.replace(x, relay_ports=(22, {APP_PORT})) for x in _loaded.communities
-    ),
-)
-"""
+ALLOW_APP_PORT = communities_changed(relay_ports=(22, APP_PORT))
 
 
 def ssm_control(cloud, method: str, path: str) -> dict:
