@@ -224,12 +224,18 @@ c.EC2Spawner.budget_check = _budgets.check
 c.JupyterHub.template_vars.update({"snh_spend": budget.HomeSpend(_budgets)})
 c.JupyterHub.extra_handlers.append(reports_page.reports_handler(_budgets))
 
-# -- before a cull: the home page warns, Keep running keeps the server (bounded) -----------
-from operations import keep_running  # noqa: E402 - this block's own import
+# -- before a stop (idle cull, spent budget): the owner is warned on the home page, in
+# JupyterLab and by e-mail; Keep running keeps an idle server (bounded) ---------------------
+from operations import keep_running, stop_watch  # noqa: E402 - this block's own imports
 
 _keep = keep_running.KeepRunning(communities, cull_rules)
+_watch = stop_watch.StopWatch(
+    _keep, guard=_budgets, smtp=settings.smtp, hub_url=settings.public_url
+)
+c.EC2Spawner.running_checks = [_watch.check]
 c.JupyterHub.extra_handlers.extend(keep_running.keep_running_handlers(_keep))
-c.JupyterHub.template_vars.update({keep_running.TEMPLATE_VAR: keep_running.NoticeVar(_keep)})
+c.JupyterHub.extra_handlers.extend(stop_watch.stop_watch_handlers(_watch))
+c.JupyterHub.template_vars.update({stop_watch.TEMPLATE_VAR: stop_watch.NoticeVar(_watch)})
 
 if settings.extra_config is not None:
     load_subconfig(str(settings.extra_config))  # noqa: F821 - provided by JupyterHub

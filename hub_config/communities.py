@@ -182,6 +182,8 @@ class Community:
     user_budget_usd_per_month: float | None = None
     #: Whom users are told to ask about the budget.
     managers: tuple[str, ...] = ()
+    #: Stop running servers over a budget, after the same warning as an idle cull.
+    stop_over_budget: bool = False
     #: The home page's warning before a cull, and how long Keep running may keep a server
     #: (``operations.keep_running``).
     idle_warning_minutes: int = 10
@@ -1077,6 +1079,7 @@ def _build_community(
         budget_usd_per_month=_optional_float(entry.get("budget_usd_per_month")),
         user_budget_usd_per_month=_optional_float(entry.get("user_budget_usd_per_month")),
         managers=tuple(entry.get("managers", ())),
+        stop_over_budget=bool(entry.get("stop_over_budget", False)),
         idle_warning_minutes=int(entry.get("idle_warning_minutes", 10)),
         keep_running_hours=float(entry.get("keep_running_hours", 4)),
         relay_ports=tuple(

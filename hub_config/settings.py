@@ -171,6 +171,8 @@ class HubSettings:
     break_glass_admins: frozenset[str] = frozenset()
     cull_overrides: CullingOverrides = CullingOverrides()
     ssh_user: str = "jovyan"
+    #: The warnings before a stop go by e-mail too when set (``SNH_SMTP_*``).
+    smtp: SmtpSettings | None = None
 
     def aws_environment(self) -> dict[str, str]:
         """What the hub's own services (reconciliation, reaper) need to reach AWS as the hub
@@ -289,6 +291,11 @@ class HubSettings:
         except SettingsError as e:
             problems.extend(e.problems)
             cull_overrides = CullingOverrides()
+        try:
+            smtp = SmtpSettings.from_environ(env)
+        except SettingsError as e:
+            problems.extend(e.problems)
+            smtp = None
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -312,13 +319,15 @@ class HubSettings:
             break_glass_admins=break_glass,
             cull_overrides=cull_overrides,
             ssh_user=ssh_user,
+            smtp=smtp,
         )
 
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Where ``snh report --email`` sends the managers' reports: ``SNH_SMTP_HOST`` (unset:
-    no e-mail), ``SNH_SMTP_PORT`` (587 with STARTTLS, 465 with SSL, else 25),
+    """Where the managers' reports (``snh report --email``) and the hub's warnings before a
+    stop are sent: ``SNH_SMTP_HOST`` (unset: no e-mail), ``SNH_SMTP_PORT`` (587 with
+    STARTTLS, 465 with SSL, else 25),
     ``SNH_SMTP_TLS`` (``starttls``, the default; ``ssl``; ``none`` only for a relay on the
     same host), ``SNH_SMTP_USER`` / ``SNH_SMTP_PASSWORD`` (optional login) and
     ``SNH_SMTP_FROM`` (the sender)."""

@@ -95,6 +95,8 @@ ACTIONS = frozenset(
         "ssh_key_added",  # a user added an SSH public key (in effect from the next start)
         "ssh_key_removed",  # a user removed one
         "keep_running",  # a user kept an idle server from the culler (or was refused: outcome)
+        "stop_warning",  # the owner was told a stop is coming (kind, stop_at; e-mailed or not)
+        "budget_stop",  # a server stopped because its community's budget is spent
     }
 )
 
@@ -130,6 +132,10 @@ FIELDS: Mapping[str, str] = {
     "bytes_out": "bytes from the server to the user's computer (a relay connection)",
     "fingerprint": "SHA256 fingerprint of an SSH public key, as ssh-keygen -l prints it",
     "dry_run": "true when nothing was changed",
+    "via": "where a user asked (home page, JupyterLab)",
+    "kind": "what a stop warning is for: idle or budget",
+    "stop_at": "ISO-8601 time a warned server will be stopped",
+    "emailed": "whether the warning was also sent by e-mail",
 }
 
 MAX_STRING = 500

@@ -5,7 +5,8 @@ The rule (communities keys ``budget_usd_per_month``, ``user_budget_usd_per_month
 ``managers``): a start that would begin while the community's spend, or the user's own spend
 in that community, is at or over its budget is refused, naming the budget, the spend and whom
 to ask; from `WARN_AT` of a budget the spawn form and the home page warn. Running servers are
-never stopped for a budget. Refusal happens before any AWS call that costs money.
+stopped for a budget only in a community with ``stop_over_budget``, after the same warning as
+an idle cull (`operations.stop_watch`). Refusal happens before any AWS call that costs money.
 
 The spend is an estimate from what the hub knows, with the price table's source and date
 (`hub_config.communities.PriceTable`) next to every figure:
@@ -100,6 +101,8 @@ class Verdict:
     level: str
     message: str = ""
     figures: Mapping[str, float] = field(default_factory=dict)
+    #: Over a budget: which one, the spend and whom to ask, for a running server's notice.
+    reason: str = ""
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -246,6 +249,12 @@ def _ask(community: Community) -> str:
     return "ask your community manager"
 
 
+def _running(community: Community) -> str:
+    if community.stop_over_budget:
+        return "Running servers are stopped after a warning (their disks are kept)."
+    return "Running servers keep running."
+
+
 def verdict(
     user: str, community: Community, spends: Mapping[Owner, Spend], prices: PriceTable
 ) -> Verdict:
@@ -270,9 +279,10 @@ def verdict(
             return Verdict(
                 "over",
                 f"{said[0].upper()}{said[1:]}, so no server can start until next month; "
-                f"{_ask(community)} to raise it. Running servers keep running. "
+                f"{_ask(community)} to raise it. {_running(community)} "
                 f"(Spend {prices.note}.)",
                 figures,
+                f"{said[0].upper()}{said[1:]}; {_ask(community)}.",
             )
         if spend.usd >= WARN_AT * budget:
             warnings.append(f"{said[0].upper()}{said[1:]} ({spend.usd / budget:.0%}).")

@@ -18,7 +18,6 @@ import csv
 import datetime as dt
 import io
 import smtplib
-import ssl
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -37,7 +36,7 @@ from hub_config.communities import (
 from hub_config.settings import OperatorSettings, SmtpSettings
 from spawner.region import Regions
 
-from . import audit
+from . import audit, mail
 from .budget import BudgetGuard, ServerSpend, Spend, Stored, money, spend_by_server
 from .cost import month_start
 
@@ -176,18 +175,7 @@ def send_report(report: CommunityReport, smtp: SmtpSettings) -> bool:
     failure (the caller reports it with the community's id)."""
     if not report.community.managers:
         return False
-    message = report_message(report, smtp.sender)
-    context = ssl.create_default_context()
-    if smtp.tls == "ssl":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, context=context, timeout=30)
-    else:
-        client = smtplib.SMTP(smtp.host, smtp.port, timeout=30)
-    with client:
-        if smtp.tls == "starttls":
-            client.starttls(context=context)
-        if smtp.user:
-            client.login(smtp.user, smtp.password or "")
-        client.send_message(message)
+    mail.send(report_message(report, smtp.sender), smtp)
     return True
 
 

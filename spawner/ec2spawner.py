@@ -25,7 +25,18 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Callable, Dict, Enum, Float, Instance, Integer, Unicode, default, validate
+from traitlets import (
+    Callable,
+    Dict,
+    Enum,
+    Float,
+    Instance,
+    Integer,
+    List,
+    Unicode,
+    default,
+    validate,
+)
 
 from hub_config import CommunitiesConfig, Community, culling, load_communities
 from operations import audit, metrics
@@ -309,6 +320,19 @@ class EC2Spawner(Spawner):
         that costs money) with the message; ``warn`` lets it start and the spawn form shows
         the message. ``jupyterhub_config.py`` sets it to ``operations.budget.BudgetGuard``'s
         ``check``. None: no budgets.
+        """,
+    )
+
+    running_checks = List(
+        Callable(),
+        config=True,
+        help="""
+        Callables given this spawner at each poll that finds its server running and ready:
+        JupyterHub already polls every running server every ``poll_interval``, so a check
+        that concerns running servers only needs no loop of its own. A check must return at
+        once (start its own task for anything slow) and must not raise.
+        ``jupyterhub_config.py`` adds ``operations.stop_watch.StopWatch.check`` (the
+        warnings before a stop, and budget stops).
         """,
     )
 
@@ -1182,6 +1206,12 @@ class EC2Spawner(Spawner):
                 except OSError as e:
                     self.log.warning("%s: cannot reopen the tunnel: %s", self._log_name, e)
             await self._refresh_token_if_needed()
+            if self.ready:
+                for check in self.running_checks:
+                    try:
+                        check(self)
+                    except Exception:
+                        self.log.exception("%s: running check %r failed", self._log_name, check)
             return None
         if self.tunnel is not None:
             # The hub believed it up: it stopped by itself (its backstop) or behind our back.

@@ -42,6 +42,12 @@ ACTIVITY_FILTER = "rstudio_activity_filter"
 SHARED_IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "shared"
 BUSY_ACTIVITY = "notebook_busy_activity"
 BUSY_INTERVAL_SECONDS = 3
+#: Both images' JupyterLab notice before a stop (``images/shared/notebook_stop_notice.py``
+#: and its prebuilt JupyterLab extension, found through ``JUPYTER_PATH`` as in the image's
+#: data directory), asking every few seconds here (60 in the images).
+STOP_NOTICE = "notebook_stop_notice"
+STOP_NOTICE_POLL_SECONDS = 3
+SHARED_JUPYTER_DIR = SHARED_IMAGE_DIR / "jupyter"
 SINGLEUSER = BIN_DIR / "jupyterhub-singleuser"
 SYNAPSE_CONFIG_MARKER = "# Written by the local cloud's instance simulator"
 
@@ -97,11 +103,13 @@ def notebook_environment(
 
 def kind_environment(env: dict[str, str], kind: str) -> dict[str, str]:
     """``env`` with what the image of ``kind`` has installed on the Python path
-    (site-packages, in the image): both images' busy-activity rule; for RStudio, also its
-    activity filter."""
+    (site-packages, in the image): both images' busy-activity rule and stop notice; for
+    RStudio, also its activity filter. And the stop notice's JupyterLab extension on the
+    Jupyter data path (the environment's share/jupyter, in the image)."""
     images = [SHARED_IMAGE_DIR, *([RSTUDIO_IMAGE_DIR] if kind == "rstudio" else [])]
     paths = [*map(str, images), *filter(None, [env.get("PYTHONPATH")])]
-    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+    data = [str(SHARED_JUPYTER_DIR), *filter(None, [env.get("JUPYTER_PATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths), "JUPYTER_PATH": os.pathsep.join(data)}
 
 
 def notebook_command(port: int, home: Path, kind: str, sshd_pid: int | None = None) -> list[str]:
@@ -120,6 +128,8 @@ def notebook_command(port: int, home: Path, kind: str, sshd_pid: int | None = No
         "--ServerApp.open_browser=False",
         f"--ServerApp.jpserver_extensions={BUSY_ACTIVITY}=True",
         f"--BusyActivity.interval_seconds={BUSY_INTERVAL_SECONDS}",
+        f"--ServerApp.jpserver_extensions={STOP_NOTICE}=True",
+        f"--StopNotice.poll_seconds={STOP_NOTICE_POLL_SECONDS}",
     ]
     if sshd_pid is not None:
         command.append(f"--BusyActivity.sshd_pid={sshd_pid}")

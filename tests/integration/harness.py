@@ -245,11 +245,16 @@ c.JupyterHub.log_level = "DEBUG"
 def communities_changed(only: str | None = None, **changes: Any) -> str:
     """Hub configuration (for ``SNH_EXTRA_CONFIG``) that gives the spawner the hub's own
     communities file with ``changes`` applied to every community, or to the one with id
-    ``only``: settings a test needs that the shipped file does not have."""
+    ``only``: settings a test needs that the shipped file does not have. Blocks add up:
+    each changes what the blocks before it gave the spawner."""
     return f"""
 import dataclasses, os
 from hub_config import load_communities
-_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
+_loaded = (
+    c.EC2Spawner.communities
+    if "communities" in c.EC2Spawner
+    else load_communities(os.environ["SNH_COMMUNITIES_FILE"])
+)
 c.EC2Spawner.communities = dataclasses.replace(
     _loaded,
     communities=tuple(

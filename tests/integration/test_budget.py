@@ -6,16 +6,26 @@ here is tiny, so that a few seconds of a t3.large (and its volumes) reach it."""
 
 from __future__ import annotations
 
+import html
+import json
 import subprocess
 import sys
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.harness import communities_changed, hub_env, own_hub, sign_in, wait_until
+from tests.integration.harness import (
+    communities_changed,
+    hub_env,
+    own_hub,
+    sign_in,
+    wait_until,
+)
 from tests.integration.spawn_harness import (
     instances_of,
+    server_model,
     spawn_error,
     start_server,
     stop_server,
@@ -30,9 +40,38 @@ TINY_BUDGET = communities_changed(
 )
 
 
+#: NF Open Science asks for running servers to be stopped over budget, one minute after
+#: the warning (the hub's idle timeout is 5 minutes here, so the warning may be that short)
+STOPPING_BUDGET = communities_changed(
+    "nf-osc",
+    budget_usd_per_month=0.0001,
+    stop_over_budget=True,
+    idle_warning_minutes=1,
+    managers=("nf-managers@example.org",),
+)
+
+
 @pytest.fixture(scope="module")
-def hub(cloud, tmp_path_factory):
-    with own_hub(cloud, tmp_path_factory.mktemp("hub-budget"), HUB_ID, extra=TINY_BUDGET) as hub:
+def inbox():
+    with smtp_inbox() as (inbox, port):
+        inbox.port = port
+        yield inbox
+
+
+@pytest.fixture(scope="module")
+def hub(cloud, tmp_path_factory, inbox):
+    state = tmp_path_factory.mktemp("hub-budget")
+    with own_hub(
+        cloud,
+        state,
+        HUB_ID,
+        extra=TINY_BUDGET + STOPPING_BUDGET,
+        IDLE_TIMEOUT_SECONDS="300",
+        SNH_SMTP_HOST="127.0.0.1",
+        SNH_SMTP_PORT=str(inbox.port),
+        SNH_SMTP_TLS="none",
+        SNH_SMTP_FROM="hub@example.org",
+    ) as hub:
         yield hub
 
 
@@ -53,6 +92,19 @@ def test_a_start_over_the_budget_is_refused_with_who_to_ask(hub, cloud):
     message = spawn_error(hub, "alice", {"community": "ad-portal"})
     assert "monthly budget of AD Knowledge Portal (demo), $0.0001, is spent" in message
     assert "manager@example.org" in message and "Running servers keep running" in message
+
+    # the same start through the HTML form: the form comes back with the refusal
+    spawn_page = session.get(f"{hub.url}/hub/spawn/alice", timeout=30).text
+    assert 'id="spawn_form"' in spawn_page, spawn_page[-2000:]
+    posted = session.post(  # as the browser: the form's fields, the XSRF cookie's token
+        f"{hub.url}/hub/spawn/alice",
+        data={"community": "ad-portal"},
+        headers={"X-XSRFToken": session.cookies.get("_xsrf", path="/hub/")},
+        timeout=60,
+    )
+    page = html.unescape(posted.text)
+    assert "monthly budget of AD Knowledge Portal (demo), $0.0001, is spent" in page, page[-3000:]
+    assert "manager@example.org" in page
     # refused before any AWS call: the instance was not started again, none was launched
     assert [i["InstanceId"] for i in instances_of(cloud, "alice", hub_id=HUB_ID)] == [
         instance["InstanceId"]
@@ -116,3 +168,51 @@ def test_the_report_page_and_the_managers_email(hub, cloud, tmp_path):
         assert envelope.rcpt_tos == ["manager@example.org"]
         body = envelope.content.decode("utf-8", "replace")
         assert "AD Knowledge Portal (demo)" in body and "alice" in body
+
+
+def audit_lines(hub, action: str) -> list[dict]:
+    path = hub.log_path.parent / "audit.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, lines) if r["action"] == action]
+
+
+def test_a_community_that_asks_for_it_stops_servers_over_budget_after_a_warning(hub, cloud, inbox):
+    """``stop_over_budget``: bob's running server in NF Open Science passes the community's
+    tiny budget within seconds; the hub warns him on the home page (no Keep running: a
+    budget is not idleness) and by e-mail, then stops the server when the warning's minute
+    is up. Stopped, not removed: the instance and its disk stay."""
+    session, _ = sign_in(hub, "bob")
+    start_server(hub, "bob", {"community": "nf-osc"})
+
+    def budget_notice() -> str | None:
+        page = session.get(f"{hub.url}/hub/home", timeout=30).text
+        marker = 'data-kind="budget"'
+        return html.unescape(page[page.index(marker) :]) if marker in page else None
+
+    notice = wait_until(budget_notice, 120, "the home page's budget notice", interval=1)
+    notice = notice[: notice.index("</div>")]
+    assert "of the monthly budget of NF Open Science" in notice
+    assert "nf-managers@example.org" in notice and "will be stopped at" in notice
+    assert "Keep running" not in notice
+
+    def warning_mail() -> list:
+        return [e for e in inbox.envelopes if e.rcpt_tos == ["bob@example.org"]]
+
+    [mail] = wait_until(warning_mail, 60, "the warning e-mail")
+    message = message_from_bytes(mail.content, policy=policy.default)
+    assert message["Subject"].startswith("Your server will be stopped at")
+    assert message["Subject"].endswith("(budget)")
+    assert "nf-managers@example.org" in message.get_content()
+
+    def stopped() -> bool:
+        model = server_model(hub, "bob") or {}
+        return not model.get("ready") and not model.get("pending")
+
+    wait_until(stopped, 180, "the budget stop", interval=1)
+    [warned] = audit_lines(hub, "stop_warning")
+    assert (warned["user"], warned["kind"], warned["emailed"]) == ("bob", "budget", True)
+    [stop] = audit_lines(hub, "budget_stop")
+    assert stop["user"] == "bob" and "NF Open Science" in stop["reason"]
+    assert stop["time"] >= warned["stop_at"]
+    [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
+    assert instance["State"]["Name"] in ("stopping", "stopped")
