@@ -26,6 +26,7 @@ What is checked, and the behaviour each check stands for:
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import re
 import shlex
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from jupyterlab_server.config import get_federated_extensions
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -510,3 +512,63 @@ def test_both_images_install_sshd_and_its_start_hook(kind: str) -> None:
         f"{kind}: installs openssh-server without deleting the package's shared host keys"
     )
     assert (SSH_DIR / "60-notebook-sshd.sh").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# The warning before a stop, in JupyterLab (images/shared/notebook_stop_notice.py)
+# --------------------------------------------------------------------------------------------
+
+STOP_NOTICE_EXTENSION = SSH_DIR / "jupyter" / "labextensions" / "snh-stop-notice"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_images_install_the_stop_notice_and_its_jupyterlab_extension(kind: str) -> None:
+    """The server extension as the busy-activity one (site-packages, enabled by its
+    jupyter_server_config.d file, checked at build), and the prebuilt JupyterLab extension
+    where JupyterLab finds prebuilt extensions; the build checks both are enabled."""
+    config = json.loads((SSH_DIR / "notebook_stop_notice.json").read_text(encoding="utf-8"))
+    assert config["ServerApp"]["jpserver_extensions"] == {"notebook_stop_notice": True}
+    instructions = parse_dockerfile(DOCKERFILES[kind])
+    copies = {tuple(i.args.split()[-2:]) for i in instructions if i.keyword == "COPY"}
+    assert ("notebook_stop_notice.py", "/tmp/") in copies
+    assert (
+        "notebook_stop_notice.json",
+        "${CONDA_DIR}/etc/jupyter/jupyter_server_config.d/notebook_stop_notice.json",
+    ) in copies
+    assert (
+        "jupyter/labextensions/snh-stop-notice",
+        "${CONDA_DIR}/share/jupyter/labextensions/snh-stop-notice",
+    ) in copies
+    runs_ = [i.args for i in instructions if i.keyword == "RUN"]
+    assert any("mv /tmp/notebook_stop_notice.py" in r and "purelib" in r for r in runs_)
+    assert any("notebook_stop_notice.*enabled" in r for r in runs_)
+    assert any("snh-stop-notice.*enabled" in r for r in runs_)
+
+
+def test_jupyterlab_finds_the_prebuilt_stop_notice_extension(tmp_path: Path) -> None:
+    """jupyterlab_server's own discovery (what fills the page's ``federated_extensions``)
+    accepts the hand-written package: its name, and the container file it names exists."""
+    found = get_federated_extensions([str(STOP_NOTICE_EXTENSION.parent)])
+    build = found["snh-stop-notice"]["jupyterlab"]["_build"]
+    assert build == {"load": "static/remoteEntry.js", "extension": "./extension"}
+    entry = (STOP_NOTICE_EXTENSION / build["load"]).read_text(encoding="utf-8")
+    assert "window._JUPYTERLAB[NAME] = {" in entry and '"snh-stop-notice"' in entry
+    assert "apputils:notify" in entry and "snh/stop-notice" in entry
+
+
+def test_the_stop_notice_asks_the_hub_for_this_server_only() -> None:
+    """The hub URL the notebook server asks, as JupyterHub's singleuser variables give it
+    (named servers and names that need quoting included)."""
+    spec = importlib.util.spec_from_file_location(
+        "notebook_stop_notice", SSH_DIR / "notebook_stop_notice.py"
+    )
+    assert spec is not None and spec.loader is not None
+    notice = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(notice)
+    env = {"JUPYTERHUB_API_URL": "http://hub:8081/hub/api/", "JUPYTERHUB_USER": "a b"}
+    assert notice.hub_url("stop-notice", env) == "http://hub:8081/hub/api/users/a%20b/stop-notice"
+    env["JUPYTERHUB_SERVER_NAME"] = "gpu/1"
+    assert (
+        notice.hub_url("keep-running", env)
+        == "http://hub:8081/hub/api/users/a%20b/servers/gpu%2F1/keep-running"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.spawn_harness import server_model, start_server
+from tests.smtp_inbox import smtp_inbox
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +34,14 @@ LIMIT_HOURS = 0.02  # 72 s
 
 
 @pytest.fixture(scope="module")
-def hub(cloud, tmp_path_factory):
+def inbox():
+    with smtp_inbox() as (inbox, port):
+        inbox.port = port
+        yield inbox
+
+
+@pytest.fixture(scope="module")
+def hub(cloud, tmp_path_factory, inbox):
     state = tmp_path_factory.mktemp("hub-keep-running")
     communities = yaml.safe_load(Path(cloud.endpoints["aws"]["communities_file"]).read_text())
     for entry in communities["communities"]:
@@ -48,6 +57,9 @@ def hub(cloud, tmp_path_factory):
         SNH_EXTRA_CONFIG=str(hub_test_config(state, extra=extra)),
         IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT),
         CULL_EVERY_SECONDS="2",
+        SNH_SMTP_HOST="127.0.0.1",
+        SNH_SMTP_PORT=str(inbox.port),
+        SNH_SMTP_TLS="none",
     )
     hub = start_hub(env, state / "hub.log")
     yield hub
@@ -73,25 +85,57 @@ def notice_form(session, hub) -> dict[str, str] | None:
     return form.fields
 
 
-def keep_lines(hub) -> list[dict]:
+def audit_lines(hub) -> list[dict]:
     path = hub.log_path.parent / "audit.log"
     lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, lines) if r["action"] == "keep_running"]
+    return list(map(json.loads, lines))
 
 
-def test_the_warning_and_keep_running_within_its_bound(hub):
+def keep_lines(hub) -> list[dict]:
+    return [r for r in audit_lines(hub) if r["action"] == "keep_running"]
+
+
+def lab_notice(session, hub) -> dict | None:
+    """What JupyterLab's extension asks: the notebook server's ``snh/stop-notice``."""
+    answer = session.get(f"{hub.url}/user/alice/snh/stop-notice", timeout=30)
+    assert answer.status_code == 200, answer.text[:300]
+    body = answer.json()
+    assert body["poll_seconds"] == 3  # the simulated images ask every 3 s
+    return body["notice"]
+
+
+def test_the_warning_and_keep_running_within_its_bound(hub, inbox):
+    """The warning on the home page, through the notebook server (what JupyterLab shows)
+    and by e-mail; Keep running from the home page; past the bound, refused on both ways
+    (JupyterLab's through the notebook server, with the hub's reason), all audited."""
     session, _ = sign_in(hub, "alice")
     start_server(hub, "alice", {"community": "ad-portal", "image": "jupyter"})
     idle_since = last_activity(hub)
+    # the notebook's own sign-in (OAuth with the hub), as opening JupyterLab does
+    assert session.get(f"{hub.url}/user/alice/lab", timeout=60).status_code == 200
     # the warning comes in the last half of the idle timeout, not before
-    assert notice_form(session, hub) is None or time.time() - idle_since >= IDLE_TIMEOUT / 2
+    early = time.time() - idle_since < IDLE_TIMEOUT / 2
+    assert not early or (notice_form(session, hub) is None and lab_notice(session, hub) is None)
     fields = wait_until(lambda: notice_form(session, hub), IDLE_TIMEOUT, "the home page's notice")
+    notice = lab_notice(session, hub)
+    assert notice["kind"] == "idle" and notice["can_keep_running"]
+    assert "unless you keep it running" in notice["short"] and len(notice["short"]) <= 140
+    [mail] = wait_until(lambda: inbox.envelopes, 60, "the warning e-mail")
+    assert mail.rcpt_tos == ["alice@example.org"]
+    message = message_from_bytes(mail.content, policy=policy.default)
+    assert message["Subject"].endswith("(idle)") and "Keep running" in message.get_content()
     pressed = session.post(f"{hub.url}/hub/keep-running", data=fields, timeout=30)
     assert pressed.status_code == 200 and pressed.url.endswith("/hub/home"), pressed.text[:300]
     granted = last_activity(hub)
     assert granted > idle_since
     [line] = keep_lines(hub)
-    assert (line["user"], line["server"], line.get("outcome")) == ("alice", "", None)
+    assert (line["user"], line["server"], line.get("outcome"), line["via"]) == (
+        "alice",
+        "",
+        None,
+        "home",
+    )
+    assert lab_notice(session, hub) is None  # kept: no notice until the next idle period
 
     # past the bound (72 s after the last use) the button is refused, with the reason; the
     # server still runs (it was kept until at least idle_since + 30 + 60)
@@ -99,6 +143,18 @@ def test_the_warning_and_keep_running_within_its_bound(hub):
     refused = session.post(f"{hub.url}/hub/keep-running", data=fields, timeout=30)
     assert refused.status_code == 409 and "can be kept running" in refused.text
     assert keep_lines(hub)[-1]["outcome"] == "refused"
+    # JupyterLab's button: the notebook server asks the hub with its own token
+    xsrf = session.cookies.get("_xsrf", path="/user/alice/")
+    from_lab = session.post(
+        f"{hub.url}/user/alice/snh/keep-running", headers={"X-XSRFToken": xsrf}, timeout=30
+    )
+    assert from_lab.status_code == 409 and "can be kept running" in from_lab.json()["message"]
+    assert (keep_lines(hub)[-1]["outcome"], keep_lines(hub)[-1]["via"]) == (
+        "refused",
+        "jupyterlab",
+    )
+    warned = [r for r in audit_lines(hub) if r["action"] == "stop_warning"]
+    assert warned and all(r["kind"] == "idle" and r["emailed"] for r in warned)
     # and the culler stops it as usual
     wait_until(
         lambda: not (server_model(hub, "alice") or {}).get("ready"),
