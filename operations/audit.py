@@ -86,6 +86,7 @@ ACTIONS = frozenset(
         "terminate",  # TerminateInstances
         "snapshot",  # CreateSnapshot of the home volume
         "delete_volume",  # DeleteVolume of a home volume kept until its snapshot completed
+        "delete_snapshot",  # DeleteSnapshot of a zone move's snapshot, once it was used
         "keep_volume",  # a home volume deliberately left behind (says why)
         "skip",  # the reaper left an instance alone (says why)
         "access_ended",  # a user lost every allowed team: servers, tokens, admin taken away

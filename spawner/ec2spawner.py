@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import html
 import random
 import re
@@ -26,6 +27,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import (
+    Bool,
     Callable,
     Dict,
     Enum,
@@ -41,6 +43,7 @@ from traitlets import (
 from hub_config import CommunitiesConfig, Community, culling, load_communities
 from operations import audit, metrics
 
+from . import zone_move
 from .aws import Aws, AwsError, ErrorKind
 from .bootstrap import BootstrapConfig, render_user_data
 from .launch import ServerIdentity, client_token, run_instances_request, subnet_order
@@ -110,6 +113,10 @@ class StartFailed(web.HTTPError):
 
     def __str__(self) -> str:
         return self.jupyterhub_message
+
+
+class NoCapacity(StartFailed):
+    """No capacity for the type where it was asked (the message offers the equivalents)."""
 
 
 class EC2Spawner(Spawner):
@@ -320,6 +327,18 @@ class EC2Spawner(Spawner):
         that costs money) with the message; ``warn`` lets it start and the spawn form shows
         the message. ``jupyterhub_config.py`` sets it to ``operations.budget.BudgetGuard``'s
         ``check``. None: no budgets.
+        """,
+    )
+
+    zone_move = Bool(
+        True,
+        config=True,
+        help="""
+        Whether a stopped server whose zone has no capacity for its type is moved to another
+        zone of its community: its home volume snapshotted, a new instance launched in a
+        subnet of another zone with the home volume made from the snapshot, then the old
+        instance and volume removed (`spawner.zone_move`; nothing is lost if a step fails).
+        Off: the user is only offered the community's other types.
         """,
     )
 
@@ -808,7 +827,13 @@ class EC2Spawner(Spawner):
         self.instance_id = view.instance_id
         self.volume_id = view.volumes.get(HOME_DEVICE, self.volume_id)
         self._save_state()
-        await self.start_object(view, options, aws, poller)
+        try:
+            await self.start_object(view, options, aws, poller)
+        except NoCapacity:
+            elsewhere = await self._subnets_elsewhere(community, identity, view)
+            if not self.zone_move or not elsewhere or HOME_DEVICE not in view.volumes:
+                raise
+            await self.move_object(view, community, identity, options, aws, poller, elsewhere)
         poller.kick()
         return False
 
@@ -907,11 +932,109 @@ class EC2Spawner(Spawner):
         mine.sort(key=lambda v: v.launch_time or 0, reverse=True)
         return mine[0] if mine else None
 
-    async def create_object(
-        self, community: Community, identity: ServerIdentity, options: SpawnOptions, aws: Aws
+    async def _subnets_elsewhere(
+        self, community: Community, identity: ServerIdentity, view: InstanceView
+    ) -> list[str]:
+        """The community's subnets outside the stopped instance's zone, in launch order."""
+        region = self.regions[community.region]
+        return [
+            subnet
+            for subnet in subnet_order(community, identity)
+            if subnet != view.subnet_id and await region.zone_of(subnet) != view.availability_zone
+        ]
+
+    async def move_object(
+        self,
+        view: InstanceView,
+        community: Community,
+        identity: ServerIdentity,
+        options: SpawnOptions,
+        aws: Aws,
+        poller: InstancePoller,
+        subnets: list[str],
     ) -> None:
-        """Launch a new instance: ``RunInstances`` in the community's subnets in turn until
-        one has capacity, with a client token that makes a retried call idempotent."""
+        """Start the stopped server in another zone (`spawner.zone_move`): snapshot its home
+        volume, launch in ``subnets`` with the home volume made from it, then remove the old
+        instance and volume. Raises `NoCapacity` or `StartFailed` with the server unchanged
+        when the snapshot or the launch fails."""
+        old_id, old_volume = view.instance_id, view.volumes[HOME_DEVICE]
+        where = view.availability_zone or "its zone"
+        self._emit(
+            22,
+            f"No {options.instance_type} capacity in {where}: copying your home volume to "
+            "another zone (your files stay on it until the copy runs there)…",
+        )
+        try:
+            snapshot, snapshot_gb = await zone_move.snapshot_home(
+                aws, view, old_volume, progress=lambda text: self._emit(24, text)
+            )
+        except zone_move.MoveFailed as e:
+            self.log.error("%s: zone move of %s: %s", self._log_name, old_id, e)
+            raise StartFailed(
+                f"AWS has no {options.instance_type} capacity in {where} right now, and "
+                f"your server could not be moved to another zone ({e}). Your files are "
+                "unchanged on its volume: start again later, or choose another type.",
+                status=503,
+            ) from None
+        self._audit("snapshot", snapshot_id=snapshot, volume_id=old_volume, reason="zone move")
+        size = max(options.disk_gb, snapshot_gb)  # EC2 refuses a volume smaller than it
+        self.instance_id, self.launch_id = None, None
+        try:
+            await self.create_object(
+                community,
+                identity,
+                dataclasses.replace(options, disk_gb=size),
+                aws,
+                subnets=subnets,
+                home_snapshot=snapshot,
+                reason=f"zone move of {old_id} from {where}: home volume from {snapshot}",
+            )
+        except (StartFailed, AwsError) as e:
+            self.instance_id, self.volume_id = old_id, old_volume
+            self._save_state()
+            await zone_move.discard_snapshot(aws, snapshot)
+            if isinstance(e, NoCapacity):  # nowhere: the offer names every zone tried
+                zones = [await self.regions[community.region].zone_of(s) for s in subnets]
+                where_all = ", ".join(dict.fromkeys([where, *zones]))
+                raise self._no_capacity(community, options.instance_type, where_all) from None
+            raise
+        poller.kick()
+        self._emit(30, f"Moved to {self.instance_id}: waiting for it to run…")
+        async with asyncio.timeout(600):
+            new = await poller.wait_for(self.instance_id, {"running"})
+        if new.state != "running" or HOME_DEVICE not in new.volumes:
+            self._audit(
+                "keep_volume",
+                instance_id=old_id,
+                volume_id=old_volume,
+                reason=f"zone move: {self.instance_id} is {new.state} without its home volume "
+                "attached; the old instance and its volume are kept",
+            )
+            return
+        for action, what in await zone_move.retire_old(aws, old_id, old_volume, snapshot):
+            if action == "keep_volume":
+                self._audit(action, instance_id=old_id, volume_id=old_volume, reason=what)
+            elif action == "terminate":
+                self._audit(action, instance_id=old_id, reason="zone move: replaced")
+            elif action == "delete_volume":
+                self._audit(action, instance_id=old_id, volume_id=what, reason="zone move")
+            else:
+                self._audit(action, snapshot_id=what, reason="zone move: used")
+
+    async def create_object(
+        self,
+        community: Community,
+        identity: ServerIdentity,
+        options: SpawnOptions,
+        aws: Aws,
+        *,
+        subnets: list[str] | None = None,
+        home_snapshot: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Launch a new instance: ``RunInstances`` in the community's subnets (or
+        ``subnets``) in turn until one has capacity, with a client token that makes a
+        retried call idempotent; the home volume from ``home_snapshot`` when given."""
         if not self.launch_id:
             self.launch_id = uuid.uuid4().hex
             self._save_state()
@@ -926,7 +1049,7 @@ class EC2Spawner(Spawner):
         token = client_token(identity, self.launch_id)
         root_device = await self.regions[community.region].root_device(community.ami)
         tried: list[str] = []
-        for subnet in subnet_order(community, identity):
+        for subnet in subnets if subnets is not None else subnet_order(community, identity):
             zone = await self.regions[community.region].zone_of(subnet)
             self._emit(
                 20,
@@ -940,6 +1063,7 @@ class EC2Spawner(Spawner):
                 client_token=token,
                 user_data=user_data,
                 root_device=root_device,
+                home_snapshot=home_snapshot,
             )
             try:
                 answer = await self._run_instances(aws, request)
@@ -957,16 +1081,16 @@ class EC2Spawner(Spawner):
             self.launch_id = None
             self._save_state()
             self.log.info("%s: launched %s in %s", self._log_name, self.instance_id, subnet)
-            self._audit("launch", instance_id=self.instance_id, subnet=subnet)
+            self._audit("launch", instance_id=self.instance_id, subnet=subnet, reason=reason)
             return
         raise self._no_capacity(community, options.instance_type, ", ".join(tried))
 
-    def _no_capacity(self, community: Community, instance_type: str, where: str) -> StartFailed:
+    def _no_capacity(self, community: Community, instance_type: str, where: str) -> NoCapacity:
         """The refusal that offers the community's equivalent types (`capacity_advice`),
         kept for the spawn form until the next start."""
         self.capacity_note = capacity_advice(community, instance_type, where)
         self._save_state()
-        return StartFailed(self.capacity_note, status=503)
+        return NoCapacity(self.capacity_note, status=503)
 
     def _backstop_seconds(self, community: Community) -> int:
         """The instance's own idle limit: a second, larger timeout than the hub's culler

@@ -152,8 +152,13 @@ def run_instances_request(
     client_token: str,
     user_data: str,
     root_device: str = ROOT_DEVICE,
+    home_snapshot: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``ec2.run_instances`` for one server.
+
+    ``home_snapshot``: the home volume is created from this snapshot (in the subnet's zone,
+    by EC2, attached at launch): a stopped server moved to another zone
+    (`spawner.zone_move`). ``options.disk_gb`` must then be at least the snapshot's size.
 
     ``root_device`` is the AMI's ``RootDeviceName`` (``/dev/xvda`` on Amazon Linux,
     ``/dev/sda1`` on Ubuntu): the root mapping must name it to size the root volume instead of
@@ -201,6 +206,7 @@ def run_instances_request(
                 HOME_DEVICE,
                 options.disk_gb,
                 delete_on_termination=community.volume_policy.delete_on_termination,
+                snapshot_id=home_snapshot,
             ),
         ],
         "MetadataOptions": {
@@ -221,13 +227,15 @@ def run_instances_request(
     }
 
 
-def _volume(device: str, size_gb: int, *, delete_on_termination: bool) -> dict[str, Any]:
-    return {
-        "DeviceName": device,
-        "Ebs": {
-            "VolumeSize": size_gb,
-            "VolumeType": "gp3",
-            "Encrypted": True,
-            "DeleteOnTermination": delete_on_termination,
-        },
+def _volume(
+    device: str, size_gb: int, *, delete_on_termination: bool, snapshot_id: str | None = None
+) -> dict[str, Any]:
+    ebs: dict[str, Any] = {
+        "VolumeSize": size_gb,
+        "VolumeType": "gp3",
+        "Encrypted": True,
+        "DeleteOnTermination": delete_on_termination,
     }
+    if snapshot_id:
+        ebs["SnapshotId"] = snapshot_id
+    return {"DeviceName": device, "Ebs": ebs}

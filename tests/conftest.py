@@ -38,7 +38,10 @@ def hub(cloud, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _no_faults_left(request):
-    """Faults injected into the Synapse stand-in end with the test that injected them."""
+    """Faults injected into the Synapse stand-in and the AWS front end with the test that
+    injected them (a rule with fires left must not answer the next test's calls)."""
     yield
     if "cloud" in request.fixturenames:
-        request.getfixturevalue("cloud").clear_faults()
+        cloud = request.getfixturevalue("cloud")
+        cloud.clear_faults()
+        cloud.clear_aws_faults()

@@ -66,6 +66,9 @@ class CallRecord:
     replayed: bool = False
     #: which backend answered: "moto", "ssm", "front"
     backend: str = ""
+    #: the answer's body, while the listeners run, for the buffered actions only (the
+    #: simulator reads CreateSnapshot's snapshot id); not kept in the log
+    answer: bytes = field(default=b"", repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -59,7 +59,7 @@ SESSION_ACTIONS = frozenset(
     }
 )
 #: answers read whole before they are sent, so they can be corrected or recorded
-BUFFERED_ACTIONS = frozenset({("ec2", "RunInstances")})
+BUFFERED_ACTIONS = frozenset({("ec2", "RunInstances"), ("ec2", "CreateSnapshot")})
 _HOP_HEADERS = frozenset(
     {
         "connection",
@@ -256,7 +256,11 @@ class ForwardHandler(tornado.web.RequestHandler):
             return None
         headers = list(response.headers.get_all())
         self._send(response.code, headers, body)
-        self.front.calls.finish(record, response.code)
+        record.answer = body
+        try:
+            self.front.calls.finish(record, response.code)
+        finally:
+            record.answer = b""
         return Recorded(dict(request.params), response.code, headers, body)
 
     async def _forward_streaming(self, request: AwsRequest, record: CallRecord) -> None:

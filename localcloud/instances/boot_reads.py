@@ -120,6 +120,14 @@ class MotoReader:
             raise
         return bool(volumes)
 
+    def volume_snapshot(self, volume_id: str) -> str:
+        """The snapshot the volume was created from ('' for an empty new volume)."""
+        try:
+            volumes = self.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+        except botocore.exceptions.ClientError:
+            return ""
+        return str(volumes[0].get("SnapshotId") or "") if volumes else ""
+
     def guest_shutdown(self, instance_id: str) -> str:
         """What EC2 does when the guest shuts itself down and the instance's
         InstanceInitiatedShutdownBehavior is ``stop``: the instance stops, volumes attached.

@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -218,6 +219,7 @@ class InstanceSimulator:
         self.light_instances = light_instances
         self.light = LightResponder()
         self.volumes_dir = state_dir / "volumes"
+        self.snapshots_dir = state_dir / "snapshots"
         self.runtime_root = state_dir / "runtime"
         self.consoles_dir = state_dir / "consoles"
         self.activity = ActivityLog(state_dir / "instances.log")
@@ -320,6 +322,9 @@ class InstanceSimulator:
 
     def on_aws_call(self, record: CallRecord) -> None:
         """Listener for the AWS front: react to the hub's instance calls without waiting."""
+        if record.service == "ec2" and record.action == "CreateSnapshot" and record.status == 200:
+            self._snapshot_blocks(record)
+            return
         if record.service != "ec2" or record.action not in WATCHED_ACTIONS:
             return
         if record.status != 200 or self._closed:
@@ -472,7 +477,7 @@ class InstanceSimulator:
             f"parameters read: config (image {image or '?'}, kind {kind}) and jupyterhub-env "
             f"({len(params.env)} variables)",
         )
-        home = self._home_volume(sim, conf["HOME_DEVICE"])
+        home = await self._home_volume(sim, conf["HOME_DEVICE"])
         if self.synapse_base_url and write_synapse_config(home, self.synapse_base_url):
             self.activity.write(iid, "wrote ~/.synapseConfig (endpoints of the Synapse stand-in)")
         runtime_dir = self.runtime_root / iid
@@ -533,18 +538,42 @@ class InstanceSimulator:
             await asyncio.sleep(wait)
             wait = min(wait * 2, longest)
 
-    def _home_volume(self, sim: SimulatedInstance, device: str) -> Path:
+    def _snapshot_blocks(self, record: CallRecord) -> None:
+        """An EBS snapshot holds the volume's blocks as they were when it was requested:
+        the volume's directory is copied as the front answers (before the hub can make
+        another call), to ``<state>/snapshots/<snapshot id>/``."""
+        found = re.search(rb"<snapshotId>(snap-[0-9a-f]+)</snapshotId>", record.answer)
+        volume = record.params.get("VolumeId", "")
+        source = self.volumes_dir / volume
+        if found is None or not volume or not source.is_dir():
+            return
+        snapshot = found.group(1).decode()
+        shutil.copytree(source, self.snapshots_dir / snapshot, symlinks=True, dirs_exist_ok=True)
+        self.activity.write(volume, f"snapshot {snapshot}: the volume's blocks copied")
+
+    async def _home_volume(self, sim: SimulatedInstance, device: str) -> Path:
+        """The home volume's directory; a volume created from a snapshot (EC2 creates it
+        from the snapshot's blocks) starts as that snapshot's copy."""
         volume = sim.devices.get(device) or sim.devices.get(_alias(device))
         if volume is None:
             raise BootError(f"no volume attached at {device}: cannot mount the home directory")
         sim.home_volume = volume
         sim.volume_dir = self.volumes_dir / volume
         fresh = not sim.volume_dir.exists()
+        restored = ""
+        if fresh:
+            snapshot = await self._in_thread(self.reader.volume_snapshot, volume)
+            if snapshot and (self.snapshots_dir / snapshot).is_dir():
+                await self._in_thread(
+                    shutil.copytree, self.snapshots_dir / snapshot, sim.volume_dir, True
+                )
+                restored = f"created from snapshot {snapshot}: "
         sim.volume_dir.mkdir(parents=True, exist_ok=True)
         self.activity.write(
             sim.instance_id,
-            f"home volume {volume} at {device}: "
-            f"{'formatted (first use)' if fresh else 'mounted'} {sim.volume_dir}",
+            f"home volume {volume} at {device}: {restored}"
+            f"{'formatted (first use)' if fresh and not restored else 'mounted'} "
+            f"{sim.volume_dir}",
         )
         return sim.volume_dir
 

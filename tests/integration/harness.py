@@ -137,7 +137,13 @@ class LocalCloud:
         self.control("POST", "/faults", fault)
 
     def clear_faults(self) -> None:
+        """The Synapse stand-in's faults."""
         self.control("DELETE", "/faults")
+
+    def clear_aws_faults(self) -> None:
+        """The AWS front's fault rules."""
+        url = f"{self.endpoints['aws']['control_url']}/faults"
+        requests.request("DELETE", url, timeout=10).raise_for_status()
 
 
 def start_localcloud(state_dir: Path, hub_url: str, *extra_args: str) -> LocalCloud:
