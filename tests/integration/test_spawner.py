@@ -46,12 +46,6 @@ def users(hub):
         sign_in(hub, name)
 
 
-@pytest.fixture(autouse=True)
-def _no_aws_faults_left(cloud):
-    yield
-    front_control(cloud, "DELETE", "/faults")
-
-
 def live(instances: list[dict]) -> list[dict]:
     return [i for i in instances if i["State"]["Name"] not in ("terminated", "shutting-down")]
 
