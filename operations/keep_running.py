@@ -213,7 +213,7 @@ class KeepRunningHandler(BaseHandler):
 class KeepRunningAPIHandler(APIHandler):
     """``POST /hub/api/users/<name>[/servers/<server>]/keep-running``: the owner's own token
     that may access the server (the notebook server's own token may: JupyterLab's button
-    asks through it). Answers the grant's audit reason as JSON."""
+    asks through it). Answers ``{"kept_running": true}``, or the refusal's reason."""
 
     def initialize(self, keep: KeepRunning) -> None:
         self.keep = keep

@@ -58,6 +58,11 @@ def _key(spawner: Any) -> Key:
     return (spawner.user.name, spawner.name)
 
 
+def _started(spawner: Any) -> Any:
+    """When this run of the server started (JupyterHub's record), to tell runs apart."""
+    return getattr(getattr(spawner, "orm_spawner", None), "started", None)
+
+
 def warning_message(
     notice: Notice, *, to: str, user: str, server: str, hub_url: str, sender: str
 ) -> EmailMessage:
@@ -97,8 +102,9 @@ class StopWatch:
     ) -> None:
         self.keep, self.guard, self.smtp, self.hub_url = keep, guard, smtp, hub_url
         self.clock = clock
-        #: servers over a budget: when it was first seen, and which budget
-        self._over: dict[Key, tuple[dt.datetime, str]] = {}
+        #: servers over a budget: when it was first seen, which budget, and the server's
+        #: start then (a later start of the same server is another run: a new warning)
+        self._over: dict[Key, tuple[dt.datetime, str, Any]] = {}
         #: the warning each server was last given (kind, stop time)
         self._warned: dict[Key, tuple[str, dt.datetime]] = {}
         self._checks: dict[Key, asyncio.Future[None]] = {}
@@ -117,8 +123,8 @@ class StopWatch:
         if community is None:
             return None
         over = self._over.get(_key(spawner))
-        if over is not None:
-            since, reason = over
+        if over is not None and over[2] == _started(spawner):
+            since, reason, _ = over
             wait = warning_seconds(rule, community.idle_warning_minutes)
             return Notice(since, since + dt.timedelta(seconds=wait), "budget", reason)
         return self.keep.notice_for(spawner)
@@ -160,8 +166,12 @@ class StopWatch:
         wait = warning_seconds(rule, community.idle_warning_minutes)
         spends = await self.guard.spends(min(self.guard.cache_seconds, max(5.0, wait / 4)))
         found = verdict(spawner.user.name, community, spends, self.guard.prices)
+        known = self._over.get(key)
+        if known is not None and known[2] != _started(spawner):  # from an earlier run
+            del self._over[key]
+            self._warned.pop(key, None)
         if found.level == "over":
-            self._over.setdefault(key, (self.clock(), found.reason))
+            self._over.setdefault(key, (self.clock(), found.reason, _started(spawner)))
         elif self._over.pop(key, None) is not None:
             log.info("stop watch: %s/%s: no longer over budget", *key)
 
@@ -215,14 +225,22 @@ class StopWatch:
             community=community.id if community else None,
             reason=found.reason,
         )
-        spawner._stop_pending = True  # as stop_single_user: before anything async
         proxy = user.settings.get("proxy")
-        try:
-            if proxy is not None:
-                await proxy.delete_user(user, spawner.name)
-            await user.stop(spawner.name)
-        finally:
-            spawner._stop_pending = False
+
+        async def stop() -> None:
+            try:
+                if proxy is not None:
+                    await proxy.delete_user(user, spawner.name)
+                await user.stop(spawner.name)
+            finally:
+                spawner._stop_future = None
+                spawner._stop_pending = False
+
+        # as stop_single_user: pending before anything async, and the stop findable by a
+        # delete that comes meanwhile (it waits for it instead of racing it)
+        spawner._stop_pending = True
+        spawner._stop_future = asyncio.ensure_future(stop())
+        await spawner._stop_future
         self._over.pop(key, None)
         self._warned.pop(key, None)
         if self.guard is not None:

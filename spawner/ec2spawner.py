@@ -71,7 +71,7 @@ from .parameters import ParameterStore
 from .poller import UNKNOWN, InstancePoller, InstanceView
 from .region import Regions
 from .removal import snapshot_then_terminate
-from .ssm.datachannel import DEFAULT_PACE, DEFAULT_RESUME_TIMEOUT, SessionError
+from .ssm.datachannel import DEFAULT_PACE, DEFAULT_RESUME_TIMEOUT, SessionError, keep_task
 from .ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
 
 STATE_VERSION = 1
@@ -413,6 +413,9 @@ class EC2Spawner(Spawner):
         self.stopped_at: str | None = None
         #: the last start's capacity refusal with its equivalent types, for the spawn form
         self.capacity_note: str | None = None
+        #: a zone move not yet cleaned up: the old instance, its home volume and the move's
+        #: snapshot (``spawner.zone_move``), removed once the moved server has answered
+        self.moved_from: dict[str, str] | None = None
         self.tunnel: Tunnel | None = None
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
@@ -437,6 +440,7 @@ class EC2Spawner(Spawner):
         self.last_options = SpawnOptions.from_saved(state.get("options"))
         self.stopped_at = state.get("stopped_at")
         self.capacity_note = state.get("capacity_note")
+        self.moved_from = state.get("moved_from")
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -453,6 +457,8 @@ class EC2Spawner(Spawner):
             )
         if self.capacity_note:
             state["capacity_note"] = self.capacity_note
+        if self.moved_from:
+            state["moved_from"] = self.moved_from
         return state
 
     def clear_state(self) -> None:
@@ -597,6 +603,10 @@ class EC2Spawner(Spawner):
             await self._wait_reachable(community.image(options.image_id), aws, poller)
         except BaseException as e:
             await self._failed_start(e, community, aws, launched_now)
+        if self.moved_from:
+            # the moved server answered with its home volume: the old copies may go now,
+            # without keeping the user waiting for them
+            keep_task(asyncio.ensure_future(self._retire_moved(aws)))
         return self.tunnel_url
 
     def _begin_start(self) -> None:
@@ -820,7 +830,23 @@ class EC2Spawner(Spawner):
         """This server's instance, started: resumed if it exists (restarted first if it
         still runs), else launched. True when this call launched a new one."""
         view = await self.get_object(aws, poller)
-        if view is None or view.state in ("terminated", "shutting-down"):
+        gone = view is None or view.state in ("terminated", "shutting-down")
+        if gone and self.moved_from:
+            # a moved server's new instance is gone before its move was cleaned up: the old
+            # instance still has the files; go back to it rather than launch an empty one
+            self.log.warning(
+                "%s: moved instance %s is gone; back to %s",
+                self._log_name,
+                self.instance_id,
+                self.moved_from["instance_id"],
+            )
+            self.instance_id = self.moved_from["instance_id"]
+            self.volume_id = self.moved_from["volume_id"]
+            self.moved_from = None
+            self._save_state()
+            view = await self.get_object(aws, poller)
+            gone = view is None or view.state in ("terminated", "shutting-down")
+        if gone:
             await self.create_object(community, identity, options, aws)
             poller.kick()
             return True
@@ -830,8 +856,10 @@ class EC2Spawner(Spawner):
         try:
             await self.start_object(view, options, aws, poller)
         except NoCapacity:
+            if not self.zone_move or HOME_DEVICE not in view.volumes:
+                raise
             elsewhere = await self._subnets_elsewhere(community, identity, view)
-            if not self.zone_move or not elsewhere or HOME_DEVICE not in view.volumes:
+            if not elsewhere:
                 raise
             await self.move_object(view, community, identity, options, aws, poller, elsewhere)
         poller.kick()
@@ -936,6 +964,8 @@ class EC2Spawner(Spawner):
         self, community: Community, identity: ServerIdentity, view: InstanceView
     ) -> list[str]:
         """The community's subnets outside the stopped instance's zone, in launch order."""
+        if not view.availability_zone:  # cannot tell other zones from its own
+            return []
         region = self.regions[community.region]
         return [
             subnet
@@ -954,29 +984,14 @@ class EC2Spawner(Spawner):
         subnets: list[str],
     ) -> None:
         """Start the stopped server in another zone (`spawner.zone_move`): snapshot its home
-        volume, launch in ``subnets`` with the home volume made from it, then remove the old
-        instance and volume. Raises `NoCapacity` or `StartFailed` with the server unchanged
-        when the snapshot or the launch fails."""
+        volume, launch in ``subnets`` with the home volume made from it, and wait for it to
+        run with that volume attached. Any failure, or the start being cancelled (JupyterHub's
+        ``start_timeout``), undoes what was done (`_undo_move`): the server is its old
+        instance again. The old copies are removed only after the moved server answered
+        (`_retire_moved`)."""
         old_id, old_volume = view.instance_id, view.volumes[HOME_DEVICE]
-        where = view.availability_zone or "its zone"
-        self._emit(
-            22,
-            f"No {options.instance_type} capacity in {where}: copying your home volume to "
-            "another zone (your files stay on it until the copy runs there)…",
-        )
-        try:
-            snapshot, snapshot_gb = await zone_move.snapshot_home(
-                aws, view, old_volume, progress=lambda text: self._emit(24, text)
-            )
-        except zone_move.MoveFailed as e:
-            self.log.error("%s: zone move of %s: %s", self._log_name, old_id, e)
-            raise StartFailed(
-                f"AWS has no {options.instance_type} capacity in {where} right now, and "
-                f"your server could not be moved to another zone ({e}). Your files are "
-                "unchanged on its volume: start again later, or choose another type.",
-                status=503,
-            ) from None
-        self._audit("snapshot", snapshot_id=snapshot, volume_id=old_volume, reason="zone move")
+        where = view.availability_zone
+        snapshot, snapshot_gb = await self._move_snapshot(view, old_volume, options, aws)
         size = max(options.disk_gb, snapshot_gb)  # EC2 refuses a volume smaller than it
         self.instance_id, self.launch_id = None, None
         try:
@@ -989,28 +1004,83 @@ class EC2Spawner(Spawner):
                 home_snapshot=snapshot,
                 reason=f"zone move of {old_id} from {where}: home volume from {snapshot}",
             )
-        except (StartFailed, AwsError) as e:
-            self.instance_id, self.volume_id = old_id, old_volume
-            self._save_state()
-            await zone_move.discard_snapshot(aws, snapshot)
+            poller.kick()
+            self._emit(30, f"Moved to {self.instance_id}: waiting for it to run…")
+            async with asyncio.timeout(600):
+                new = await poller.wait_for(str(self.instance_id), {"running"})
+            if new.state != "running" or HOME_DEVICE not in new.volumes:
+                raise StartFailed(
+                    f"Your server could not be moved to another zone: its new instance is "
+                    f"{new.state} without its home volume. Your files are unchanged in "
+                    f"{where}: start again later.",
+                    status=503,
+                )
+        except BaseException as e:
+            await asyncio.shield(self._undo_move(aws, old_id, old_volume, snapshot))
             if isinstance(e, NoCapacity):  # nowhere: the offer names every zone tried
                 zones = [await self.regions[community.region].zone_of(s) for s in subnets]
                 where_all = ", ".join(dict.fromkeys([where, *zones]))
                 raise self._no_capacity(community, options.instance_type, where_all) from None
             raise
-        poller.kick()
-        self._emit(30, f"Moved to {self.instance_id}: waiting for it to run…")
-        async with asyncio.timeout(600):
-            new = await poller.wait_for(self.instance_id, {"running"})
-        if new.state != "running" or HOME_DEVICE not in new.volumes:
-            self._audit(
-                "keep_volume",
-                instance_id=old_id,
-                volume_id=old_volume,
-                reason=f"zone move: {self.instance_id} is {new.state} without its home volume "
-                "attached; the old instance and its volume are kept",
+        self.moved_from = {"instance_id": old_id, "volume_id": old_volume, "snapshot_id": snapshot}
+        self.capacity_note = None
+        self._save_state()
+
+    async def _move_snapshot(
+        self, view: InstanceView, volume: str, options: SpawnOptions, aws: Aws
+    ) -> tuple[str, int]:
+        """The move's first step: the home volume's snapshot, completed; `StartFailed` with
+        the server unchanged when it cannot be had."""
+        where = view.availability_zone
+        self._emit(
+            22,
+            f"No {options.instance_type} capacity in {where}: copying your home volume to "
+            "another zone (your files stay on it until the copy runs there)…",
+        )
+        try:
+            snapshot, size = await zone_move.snapshot_home(
+                aws,
+                view,
+                volume,
+                progress=lambda text: self._emit(24, text),
+                timeout=max(60.0, self.start_timeout / 2),
             )
+        except zone_move.MoveFailed as e:
+            self.log.error("%s: zone move of %s: %s", self._log_name, view.instance_id, e)
+            raise StartFailed(
+                f"AWS has no {options.instance_type} capacity in {where} right now, and "
+                f"your server could not be moved to another zone ({e}). Your files are "
+                "unchanged on its volume: start again later, or choose another type.",
+                status=503,
+            ) from None
+        self._audit("snapshot", snapshot_id=snapshot, volume_id=volume, reason="zone move")
+        return snapshot, size
+
+    async def _undo_move(self, aws: Aws, old_id: str, old_volume: str, snapshot: str) -> None:
+        """Back to the old instance: a new one launched by the move is terminated (the old
+        volume still has the files), the state points at the old one, the snapshot goes."""
+        new_id = self.instance_id
+        if new_id and new_id != old_id:
+            try:
+                await aws.call("ec2", "terminate_instances", InstanceIds=[new_id])
+                self._audit("terminate", instance_id=new_id, reason="zone move undone")
+            except AwsError as e:
+                self.log.error("%s: zone move undone, %s left: %s", self._log_name, new_id, e)
+        self.instance_id, self.volume_id, self.launch_id = old_id, old_volume, None
+        self._save_state()
+        await zone_move.discard_snapshot(aws, snapshot)
+
+    async def _retire_moved(self, aws: Aws) -> None:
+        """The old instance, its home volume and the move's snapshot, after the moved server
+        answered; each removal that failed is an audit line (``keep_volume``)."""
+        moved = self.moved_from
+        if not moved:
             return
+        old_id, old_volume, snapshot = (
+            moved["instance_id"],
+            moved["volume_id"],
+            moved["snapshot_id"],
+        )
         for action, what in await zone_move.retire_old(aws, old_id, old_volume, snapshot):
             if action == "keep_volume":
                 self._audit(action, instance_id=old_id, volume_id=old_volume, reason=what)
@@ -1020,6 +1090,9 @@ class EC2Spawner(Spawner):
                 self._audit(action, instance_id=old_id, volume_id=what, reason="zone move")
             else:
                 self._audit(action, snapshot_id=what, reason="zone move: used")
+        if self.moved_from is moved:
+            self.moved_from = None
+            self._save_state()
 
     async def create_object(
         self,
@@ -1038,14 +1111,7 @@ class EC2Spawner(Spawner):
         if not self.launch_id:
             self.launch_id = uuid.uuid4().hex
             self._save_state()
-        user_data = render_user_data(
-            BootstrapConfig(
-                parameter_path=self._parameters().path,
-                region=community.region,
-                port=self.notebook_port,
-                backstop_idle_seconds=self._backstop_seconds(community),
-            )
-        )
+        user_data = self._user_data(community)
         token = client_token(identity, self.launch_id)
         root_device = await self.regions[community.region].root_device(community.ami)
         tried: list[str] = []
@@ -1084,6 +1150,16 @@ class EC2Spawner(Spawner):
             self._audit("launch", instance_id=self.instance_id, subnet=subnet, reason=reason)
             return
         raise self._no_capacity(community, options.instance_type, ", ".join(tried))
+
+    def _user_data(self, community: Community) -> str:
+        return render_user_data(
+            BootstrapConfig(
+                parameter_path=self._parameters().path,
+                region=community.region,
+                port=self.notebook_port,
+                backstop_idle_seconds=self._backstop_seconds(community),
+            )
+        )
 
     def _no_capacity(self, community: Community, instance_type: str, where: str) -> NoCapacity:
         """The refusal that offers the community's equivalent types (`capacity_advice`),

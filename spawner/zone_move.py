@@ -44,6 +44,9 @@ TAG_ZONE_MOVE = "jupyterhub:zone-move"
 
 Sleep = Callable[[float], Awaitable[Any]]
 
+#: How long a new snapshot may be unknown to DescribeSnapshots (EC2's eventual consistency).
+VISIBILITY_SECONDS = 60.0
+
 
 class MoveFailed(Exception):
     """A step of the move failed; the message says which, and that the files are safe."""
@@ -68,7 +71,7 @@ async def snapshot_home(
 ) -> tuple[str, int]:
     """Step 1: the snapshot's id and size (GiB) once ``completed``. Raises `MoveFailed`
     (after deleting a snapshot that was made) when EC2 refuses, the snapshot fails or takes
-    longer than ``timeout``."""
+    longer than ``timeout``; cancelled, it deletes the snapshot too."""
     try:
         answer = await aws.call(
             "ec2",
@@ -82,11 +85,12 @@ async def snapshot_home(
     snapshot_id = str(answer["SnapshotId"])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    unseen_until = loop.time() + VISIBILITY_SECONDS
     try:
         while True:
-            found = await aws.call("ec2", "describe_snapshots", SnapshotIds=[snapshot_id])
-            snapshot = next(iter(found.get("Snapshots", [])), {})
-            state = snapshot.get("State", "missing")
+            state, snapshot = await _snapshot_state(aws, snapshot_id)
+            if state == "missing" and loop.time() < unseen_until:
+                state = "pending"  # EC2 is eventually consistent: a new id may not show yet
             if state == "completed":
                 return snapshot_id, int(snapshot.get("VolumeSize") or 0)
             if state not in ("pending",):
@@ -101,6 +105,20 @@ async def snapshot_home(
     except MoveFailed:
         await discard_snapshot(aws, snapshot_id)
         raise
+    except asyncio.CancelledError:  # the start gave up (start_timeout): leave nothing
+        await asyncio.shield(discard_snapshot(aws, snapshot_id))
+        raise
+
+
+async def _snapshot_state(aws: Aws, snapshot_id: str) -> tuple[str, dict[str, Any]]:
+    try:
+        found = await aws.call("ec2", "describe_snapshots", SnapshotIds=[snapshot_id])
+    except AwsError as e:
+        if e.code == "InvalidSnapshot.NotFound":
+            return "missing", {}
+        raise
+    snapshot = next(iter(found.get("Snapshots", [])), {})
+    return str(snapshot.get("State", "missing")), snapshot
 
 
 async def discard_snapshot(aws: Aws, snapshot_id: str) -> bool:

@@ -13,7 +13,9 @@ token (``JUPYTERHUB_API_TOKEN``, which may access this server and nothing else):
   the hub with ``via: jupyterlab``; its refusal's message is passed on).
 
 Neither request is activity (``_track_activity = False``): asking whether the server will be
-stopped must not keep it running; Keep running is, because the hub records it as such.
+stopped must not keep it running; Keep running is, because the hub records it as such. Only
+the server's owner may ask (a user the server is shared with, or an admin let in, would
+otherwise act as the owner with the server's token).
 
 The JupyterLab side is ``jupyter/labextensions/snh-stop-notice`` beside this file: a
 prebuilt extension that shows the notice with JupyterLab's own notifications.
@@ -29,7 +31,7 @@ from urllib.parse import quote
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 DEFAULT_POLL_SECONDS = 60.0
 
@@ -57,6 +59,11 @@ class HubRelayHandler(APIHandler):
         self.action, self.method, self.poll_seconds = action, method, poll_seconds
 
     async def _ask(self) -> None:
+        # Anyone the server lets in (a user it is shared with, an admin with admin_access)
+        # would act with its token as the owner: only the owner may.
+        owner = os.environ.get("JUPYTERHUB_USER", "")
+        if getattr(self.current_user, "username", None) != owner:
+            raise web.HTTPError(403, "Only the server's owner may do this.")
         request = HTTPRequest(
             hub_url(self.action),
             method=self.method,
@@ -66,13 +73,15 @@ class HubRelayHandler(APIHandler):
         )
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except OSError as e:
+        except (OSError, HTTPClientError) as e:  # refused, or timed out
             raise web.HTTPError(502, f"The hub did not answer: {e}") from None
         try:
             body = json.loads(response.body or b"{}")
         except ValueError:
-            body = {"message": f"The hub answered {response.code} without JSON."}
-        if response.code == 200 and isinstance(body, dict):
+            body = None
+        if not isinstance(body, dict):
+            body = {"message": f"The hub answered {response.code} without a JSON object."}
+        if response.code == 200:
             body["poll_seconds"] = self.poll_seconds
         self.set_status(response.code if response.code != 599 else 502)
         self.finish(body)

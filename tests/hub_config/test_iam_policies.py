@@ -247,6 +247,20 @@ def test_hub_snapshots_and_deletes_only_its_own_volumes() -> None:
     assert hub("ec2:DeleteVolume", volume(), **tagged(None)) is Decision.IMPLICIT_DENY
 
 
+def test_hub_launches_from_and_deletes_only_its_own_zone_move_snapshots() -> None:
+    """A zone move (spawner/zone_move.py) launches from the hub's own snapshot and deletes
+    it afterwards; a backup snapshot taken before a removal (no zone-move tag) may be the only
+    copy of someone's files, and another hub's snapshots are not the hub's: both refused."""
+    snapshot = f"arn:aws:ec2:{REGION}::snapshot/snap-0123456789abcdef0"
+    move = {**tagged(HUB), "aws:ResourceTag/jupyterhub:zone-move": "us-east-1a"}
+    assert hub("ec2:RunInstances", snapshot, **tagged(HUB)) is Decision.ALLOW
+    assert hub("ec2:RunInstances", snapshot, **tagged("another-hub")) is Decision.IMPLICIT_DENY
+    assert hub("ec2:DeleteSnapshot", snapshot, **move) is Decision.ALLOW
+    assert hub("ec2:DeleteSnapshot", snapshot, **tagged(HUB)) is Decision.IMPLICIT_DENY
+    other = {**tagged("another-hub"), "aws:ResourceTag/jupyterhub:zone-move": "us-east-1a"}
+    assert hub("ec2:DeleteSnapshot", snapshot, **other) is Decision.IMPLICIT_DENY
+
+
 def test_hub_launches_into_the_notebook_vpc_only() -> None:
     """Subnets, security groups and interfaces carry ec2:Vpc (Service Authorization
     Reference, Amazon EC2, RunInstances)."""

@@ -66,7 +66,9 @@ def spawner(user: User, last_activity: dt.datetime, name: str = "") -> Any:
         ready=True,
         pending=None,
         last_options=SimpleNamespace(community_id=COMMUNITY),
-        orm_spawner=SimpleNamespace(last_activity=last_activity.replace(tzinfo=None)),
+        orm_spawner=SimpleNamespace(
+            last_activity=last_activity.replace(tzinfo=None), started=T0.replace(tzinfo=None)
+        ),
     )
 
 
@@ -223,3 +225,49 @@ def test_the_home_page_variable_survives_a_broken_look() -> None:
     watch = watch_for([T0], communities())
     broken = SimpleNamespace(ready=True)  # no user, no options
     assert stop_watch.NoticeVar(watch)(None)(broken) is None
+
+
+def test_a_later_run_over_budget_gets_a_warning_of_its_own(lines) -> None:
+    """The watch's memory of a run that ended (stopped by its owner before the budget stop)
+    does not stop the server's next run at once: that run is warned and given its time."""
+    clock = [at(1)]
+    user = User()
+    server = spawner(user, at(1))
+    config = communities(budget_usd_per_month=5.0, stop_over_budget=True)
+    watch = watch_for(clock, config, guard=Guard(usd=6.0))
+
+    async def scenario() -> None:
+        await look(watch, server)  # warned: stop at 1 + 10 minutes
+        server.ready = False  # its owner stops it; nothing looks at a stopped server
+        clock[0] = at(60)
+        server.ready = True  # started again an hour later, still over budget
+        server.orm_spawner.started = at(59).replace(tzinfo=None)
+        await look(watch, server)
+        assert watch.notice_for(server).stop_at == at(70)
+        assert user.stopped == []
+
+    asyncio.run(scenario())
+    assert [f["stop_at"] for a, f in lines if a == "stop_warning"] == [
+        "2026-12-07T12:11:00.000Z",
+        "2026-12-07T13:10:00.000Z",
+    ]
+
+
+def test_a_budget_stop_is_findable_by_a_delete_while_it_runs(lines) -> None:
+    """As JupyterHub's own stop: ``_stop_pending`` and ``_stop_future`` are set while the
+    stop runs (a DELETE meanwhile waits for it), and cleared after."""
+    clock = [at(1)]
+    seen: list[Any] = []
+
+    class Watched(User):
+        async def stop(self, name: str) -> None:
+            seen.append((server._stop_pending, server._stop_future is not None))
+            await super().stop(name)
+
+    user = Watched()
+    server = spawner(user, at(1))
+    config = communities(budget_usd_per_month=5.0, stop_over_budget=True, idle_warning_minutes=0)
+    watch = watch_for(clock, config, guard=Guard(usd=6.0))
+    asyncio.run(look(watch, server))
+    assert seen == [(True, True)] and user.stopped == [""]
+    assert server._stop_future is None and server._stop_pending is False

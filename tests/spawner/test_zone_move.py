@@ -78,6 +78,20 @@ def test_a_completed_snapshot_gives_its_id_and_size() -> None:
     assert "delete_snapshot" not in ec2.operations()
 
 
+def test_a_snapshot_not_yet_visible_is_waited_for() -> None:
+    """EC2 is eventually consistent: DescribeSnapshots may not know a snapshot just made."""
+    ec2 = ScriptedEc2(
+        create_snapshot=[{"SnapshotId": "snap-1"}],
+        describe_snapshots=[
+            error("DescribeSnapshots", "InvalidSnapshot.NotFound", ErrorKind.NOT_FOUND),
+            {"Snapshots": []},
+            {"Snapshots": [{"State": "completed", "VolumeSize": 20}]},
+        ],
+    )
+    found = asyncio.run(snapshot_home(ec2, VIEW, "vol-1", progress=lambda _: None, sleep=no_sleep))
+    assert found == ("snap-1", 20)
+
+
 @pytest.mark.parametrize(
     ("describe", "says"),
     [

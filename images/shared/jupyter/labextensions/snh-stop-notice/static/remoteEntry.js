@@ -27,8 +27,10 @@
 
   function activate(app) {
     var settings = app.serviceManager.serverSettings;
-    var shown = null; // {key, id}: the notification on screen
+    var shown = null; // {key, id}: the notification on screen (id once JupyterLab gave it)
     var timer = null;
+    var asking = false; // one question at a time
+    var wanted = 0; // questions asked for: an answer to an older one is not shown
     var pollMs = 60000;
 
     function request(method, path) {
@@ -62,10 +64,14 @@
     }
 
     function dismiss() {
-      if (shown !== null) {
-        app.commands.execute("apputils:dismiss-notification", { id: shown.id });
-        shown = null;
+      if (shown === null) {
+        return;
       }
+      var leaving = shown;
+      shown = null;
+      leaving.ready.then(function (id) {
+        app.commands.execute("apputils:dismiss-notification", { id: id });
+      });
     }
 
     function show(notice) {
@@ -80,20 +86,23 @@
       var actions = notice.can_keep_running
         ? [{ label: "Keep running", commandId: KEEP, args: {}, caption: notice.text }]
         : [];
-      shown = { key: key, id: null };
-      var mine = shown;
-      notify(notice.short, "warning", { autoClose: false, actions: actions }).then(
-        function (id) {
-          mine.id = id;
-        }
-      );
+      shown = {
+        key: key,
+        ready: notify(notice.short, "warning", { autoClose: false, actions: actions })
+      };
     }
 
     function look() {
+      wanted += 1;
+      if (asking) {
+        return; // the answer in flight is stale now: it asks again when it comes
+      }
+      asking = true;
       clearTimeout(timer);
+      var mine = wanted;
       request("GET", "snh/stop-notice")
         .then(function (answer) {
-          if (answer.ok) {
+          if (answer.ok && mine === wanted) {
             pollMs = Math.max(1, answer.body.poll_seconds || 60) * 1000;
             show(answer.body.notice);
           }
@@ -102,7 +111,12 @@
           /* the server is on its way down, or the network is: ask again later */
         })
         .then(function () {
-          timer = setTimeout(look, pollMs);
+          asking = false;
+          if (mine !== wanted) {
+            look();
+          } else {
+            timer = setTimeout(look, pollMs);
+          }
         });
     }
 
