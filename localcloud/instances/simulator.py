@@ -22,6 +22,12 @@ stopping / stopped / shutting-down / terminated
     volume (``DeleteOnTermination``), kept otherwise.
 reboot
     both of the above.
+snapshots
+    an EBS snapshot holds the volume's blocks as they were when it was requested: when the
+    AWS front answers ``CreateSnapshot``, the volume's directory is copied to
+    ``<state>/snapshots/<snapshot id>/`` (before the hub can make another call); a volume
+    created from a snapshot (``RunInstances`` with a snapshot in its block device mapping, as
+    a zone move does) starts as that copy at its first mount; ``DeleteSnapshot`` removes it.
 light instances (``light_instances``, ``serve --light-instances``; for benchmarks at scale)
     the boot is the same up to the notebook: user data, role credentials, parameters, home
     volume; then, instead of a process of its own, the instance's 8888 resolves to the one
@@ -324,6 +330,11 @@ class InstanceSimulator:
         """Listener for the AWS front: react to the hub's instance calls without waiting."""
         if record.service == "ec2" and record.action == "CreateSnapshot" and record.status == 200:
             self._snapshot_blocks(record)
+            return
+        if record.service == "ec2" and record.action == "DeleteSnapshot" and record.status == 200:
+            snapshot = record.params.get("SnapshotId", "")
+            if snapshot.startswith("snap-"):
+                shutil.rmtree(self.snapshots_dir / snapshot, ignore_errors=True)
             return
         if record.service != "ec2" or record.action not in WATCHED_ACTIONS:
             return
