@@ -66,6 +66,7 @@ $(OLDEST_DIR)/.installed: $(VENV)/.installed
 test-oldest-jupyterhub: deps $(OLDEST_DIR)/.installed
 	PYTHONPATH="$(CURDIR)/$(OLDEST_DIR)" SNH_EXPECT_JUPYTERHUB=$(OLDEST_JUPYTERHUB) \
 	  PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider \
+	  -n $(PYTEST_WORKERS) --dist loadfile \
 	  tests/security tests/authenticator tests/spawner tests/operations --ignore=tests/spawner/ssm
 
 # Benchmarks print figures and the ratios between them, and check their limits (exit 1).

@@ -13,6 +13,15 @@ from tests.integration.harness import (
     stop_group,
 )
 
+#: Modules that start hubs, clouds and instances: collected first, so that with two workers
+#: taking whole modules (``make test``) the long ones start early and the quick unit modules
+#: fill the end, instead of one long module running alone at the end.
+HEAVY_FIRST = ("tests/integration/", "tests/browser/", "tests/security/", "tests/localcloud/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: 0 if item.nodeid.startswith(HEAVY_FIRST) else 1)  # stable
+
 
 @pytest.fixture(scope="session")
 def hub_url() -> str:
