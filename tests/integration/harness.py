@@ -195,6 +195,24 @@ class Hub:
             if "configurable-http-proxy" in " ".join(proxy.cmdline()):
                 proxy.kill()
 
+    def crash(self) -> None:
+        """SIGKILL the hub as a crash would, and the services it started with it (under
+        systemd they share its cgroup; a restarted hub starts its own and never finds these
+        again, so they would run on for the rest of the session). Its proxy stays: a
+        restarted hub takes it over, which is what restart tests test."""
+        services: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "configurable-http-proxy" not in " ".join(child.cmdline()):
+                        services.append(child)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for service in services:
+            with contextlib.suppress(psutil.Error):
+                service.kill()
+
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"token {SERVICE_TOKEN}", **kwargs.pop("headers", {})}
         return requests.request(
@@ -298,7 +316,11 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
                 return requests.get(f"{url}/hub/health", timeout=2).status_code == 200
             return False
 
-        wait_until(up, 60, "the hub to answer through the proxy", interval=0.2)
+        try:
+            wait_until(up, 60, "the hub to answer through the proxy", interval=0.2)
+        except BaseException:
+            hub.stop()  # nothing of a hub that never answered may outlive the test
+            raise
     return hub
 
 
