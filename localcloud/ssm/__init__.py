@@ -19,8 +19,8 @@ The resolver maps the remote port a session asks for (``portNumber``) to the add
 dials; raising ``LookupError`` means nothing listens there (ConnectToPortError for the client).
 
 Modules: ``service`` (state and operations), ``api`` (JSON 1.1 endpoint), ``websocket``
-(data channel endpoint) and ``wsreader`` (its frame reader), ``agent`` (the agent role of the
-channel), ``ports`` (smux and basic port sessions), ``documents``, ``registry``, ``sessions``,
+(data channel endpoint, reading with ``spawner.ssm.wsreader``), ``agent`` (the agent role of
+the channel), ``ports`` (smux and basic port sessions), ``documents``, ``registry``, ``sessions``,
 ``pagination``, ``faults``, ``control``, ``app``, and ``sigv4`` (the signature check of every
 data-channel upgrade; ``serve(credentials=...)`` names the principals, ``require_signature=False``
 accepts unsigned upgrades as well).

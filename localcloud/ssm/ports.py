@@ -107,6 +107,9 @@ class TargetConnection(asyncio.Protocol):
         self._on_blocked = on_blocked
         self._blocked = False
         self.transport: asyncio.Transport | None = None
+        #: what the agent wrote since the last flush: sent in one write per loop iteration
+        #: (a batch of 1 KiB messages is one send, not one per smux frame)
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -137,12 +140,21 @@ class TargetConnection(asyncio.Protocol):
         self._on_blocked(False)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def close(self) -> None:
         """Close after what was written has been sent (Go's ``conn.Close`` on a socket)."""
         if self.transport is not None:
+            self._flush()
             self.transport.close()
 
     def abort(self) -> None:

@@ -31,7 +31,8 @@ from tornado.escape import json_encode
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
-from . import wsreader
+from spawner.ssm import wsreader
+
 from .faults import FaultyPipe
 from .sigv4 import SignatureError
 

@@ -39,7 +39,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
+from tornado import httpclient, httputil
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, WebSocketProtocol13
+
 from . import channel as _channel
+from . import wsreader
 from .channel import CLIENT_BUFFER_CAPACITY, ChannelConnection, Role
 from .messages import Flag, ProtocolError, token_frame
 from .metrics import TunnelMetrics
@@ -192,6 +197,34 @@ class WebSocket(Protocol):
 WebSocketConnector = Callable[[str, Mapping[str, str]], Awaitable[WebSocket]]
 
 
+class BatchClientConnection(WebSocketClientConnection):
+    """Tornado's client connection, reading frames in batches (`spawner.ssm.wsreader`): at
+    thousands of 1 KiB messages a second, tornado's frame-by-frame reader was most of the
+    hub's CPU time in a busy tunnel. Messages still reach ``on_message`` one by one and in
+    order; an awaitable it returns (the data channel's read gate) stops the reading until
+    it is done, as with tornado's own reader."""
+
+    def get_websocket_protocol(self) -> WebSocketProtocol13:
+        protocol = super().get_websocket_protocol()
+        if type(protocol) is WebSocketProtocol13 and wsreader.supported():
+            protocol.__class__ = wsreader.BatchReadingProtocol  # same state, faster reader
+        return protocol
+
+    def on_binary_messages(self, messages: list[bytes]) -> Awaitable[None] | None:
+        for i, message in enumerate(messages):
+            result = self.on_message(message)
+            if result is not None:
+                return self._after(result, messages[i + 1 :])
+        return None
+
+    async def _after(self, result: Awaitable[None], rest: list[bytes]) -> None:
+        await result
+        if rest:
+            more = self.on_binary_messages(rest)
+            if more is not None:
+                await more
+
+
 class TornadoWebSocket:
     """`WebSocket` over tornado's client connection.
 
@@ -305,17 +338,17 @@ def tornado_connector(
         ping_timeout = 10.0 * 365 * 24 * 3600
 
     async def connect(url: str, headers: Mapping[str, str]) -> WebSocket:
-        from tornado.httpclient import HTTPRequest
-        from tornado.websocket import websocket_connect
-
-        conn = await websocket_connect(
-            HTTPRequest(url, headers=dict(headers), connect_timeout=connect_timeout),
+        # tornado's websocket_connect, with the batch frame reader (`BatchClientConnection`)
+        headers = httputil.HTTPHeaders(dict(headers))
+        request = HTTPRequest(url, headers=headers, connect_timeout=connect_timeout)
+        conn = BatchClientConnection(
+            httpclient._RequestProxy(request, httpclient.HTTPRequest._DEFAULTS),
             compression_options=None,
             ping_interval=ping_interval or None,
             ping_timeout=ping_timeout,
             max_message_size=max_message_size,
         )
-        return TornadoWebSocket(conn)
+        return TornadoWebSocket(await conn.connect_future)
 
     return connect
 

@@ -1,14 +1,15 @@
-"""Reading websocket frames in batches, for tornado's server-side websocket protocol.
+"""Reading websocket frames in batches, for tornado's websocket protocol (either side).
 
 Tornado reads every frame with four awaited ``read_bytes`` calls (header, length, mask,
 payload) and calls ``on_message`` once per frame; at thousands of 1 KiB SSM messages per second
-that is most of the stand-in's CPU time. This protocol reads whatever the socket has (up to
+that is most of the CPU time of whoever reads them: the Session Manager stand-in (server side)
+and the hub's data channels (client side). This protocol reads whatever the socket has (up to
 256 KiB), parses every complete frame in it, and hands consecutive binary messages to the
 handler as one list (``on_binary_messages``). Everything else (text, ping, pong, close,
 fragmented messages, size limit, protocol errors) ends up where tornado would put it: text and
-control frames go through tornado's own ``_handle_message``. While the handler's
-``read_gate`` (an ``asyncio.Event``) is clear nothing is read, so backpressure reaches the
-client through TCP.
+control frames go through tornado's own ``_handle_message``. Backpressure: nothing is read
+while the handler's ``read_gate`` (an ``asyncio.Event``) is clear, or until the awaitable that
+``on_binary_messages`` returned is done; either way it reaches the peer through TCP.
 
 It relies on a few tornado internals (``WebSocketProtocol13`` attributes); ``supported()``
 says whether they are there, and the handler falls back to tornado's reader otherwise.
@@ -33,6 +34,12 @@ class _ProtocolViolation(Exception):
     """The peer broke RFC 6455: the connection is aborted, as tornado does."""
 
 
+async def _handed(result: Any) -> None:
+    """Wait for what the handler returned, if anything: it reads no more until then."""
+    if result is not None:
+        await result
+
+
 def supported() -> bool:
     """Whether this tornado has the internals the batch reader builds on."""
     return all(
@@ -42,7 +49,8 @@ def supported() -> bool:
 
 
 class BatchReadingProtocol(WebSocketProtocol13):
-    """``WebSocketProtocol13`` with a batch frame reader (server side: frames arrive masked)."""
+    """``WebSocketProtocol13`` with a batch frame reader (masked frames, from a client, and
+    unmasked ones, from a server)."""
 
     async def _receive_frame_loop(self) -> None:
         buffer = bytearray()
@@ -113,17 +121,17 @@ class BatchReadingProtocol(WebSocketProtocol13):
                             fragments, fragments_opcode = bytearray(payload), opcode
                             continue
                     if batch:
-                        handler.on_binary_messages(batch)
+                        await _handed(handler.on_binary_messages(batch))
                         batch = []
                     if opcode == 0x2:
-                        handler.on_binary_messages([payload])
+                        await _handed(handler.on_binary_messages([payload]))
                     else:
                         self._handle_message(opcode, payload)
                     if self.client_terminated:
                         break
-                if batch:
-                    handler.on_binary_messages(batch)
                 del buffer[:pos]
+                if batch:
+                    await _handed(handler.on_binary_messages(batch))
                 await asyncio.sleep(0)  # let the flush run and other connections be served
         except StreamClosedError:
             self._abort()
