@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import resource
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from localcloud.instances.notebook_like import LAB_STATIC
-from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings
+from spawner.ssm.tunnel import DEFAULT_MAX_SESSIONS, Tunnel, TunnelSettings, default_ssm_client
 from tests.integration.ssm_harness import (
     ACCESS_KEY_ID,
     INSTANCE_ID,
@@ -77,6 +79,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@functools.cache
+def ssm_client(ssm_url: str) -> Any:
+    """One client per endpoint, shared by every tunnel, as the hub shares its region's
+    (`spawner.region.Region`): a boto3 client is about 11 MB, which a tunnel of its own
+    would count as the tunnel's."""
+    return default_ssm_client("us-east-1", ssm_url)
+
+
 def tunnel(ssm_url: str, sessions: int) -> Tunnel:
     return Tunnel(
         INSTANCE_ID,
@@ -84,6 +94,7 @@ def tunnel(ssm_url: str, sessions: int) -> Tunnel:
         TunnelSettings(max_sessions=sessions),
         endpoint_url=ssm_url,
         region="us-east-1",
+        ssm_client=ssm_client(ssm_url),
     )
 
 
