@@ -77,6 +77,7 @@ ACTORS = frozenset(
 ACTIONS = frozenset(
     {
         "start",  # a start of the server was asked for (before any AWS call)
+        "start_refused",  # a start refused before any AWS call (a budget, a server limit)
         "launch",  # RunInstances: a new instance
         "resume",  # StartInstances: the server's stopped instance
         "adopt",  # the server's instance was found running and taken over

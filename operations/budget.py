@@ -383,12 +383,13 @@ class BudgetGuard:
     async def _stored(self, region: str) -> list[Stored]:
         aws = self.regions[region].aws
         hub = [{"Name": f"tag:{TAG_HUB}", "Values": [self.hub_id]}]
-        volumes = await aws.call("ec2", "describe_volumes", Filters=hub)
-        snapshots = await aws.call("ec2", "describe_snapshots", OwnerIds=["self"], Filters=hub)
+        # every page: a hub with more than a page of volumes or snapshots must not undercount
+        volumes = await aws.paginate("ec2", "describe_volumes", Filters=hub)
+        snapshots = await aws.paginate("ec2", "describe_snapshots", OwnerIds=["self"], Filters=hub)
         items = []
         for raw, snapshot, when in [
-            *((v, False, "CreateTime") for v in volumes.get("Volumes", [])),
-            *((s, True, "StartTime") for s in snapshots.get("Snapshots", [])),
+            *((v, False, "CreateTime") for page in volumes for v in page.get("Volumes", [])),
+            *((s, True, "StartTime") for page in snapshots for s in page.get("Snapshots", [])),
         ]:
             tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
             if not tags.get(TAG_USER) or not tags.get(TAG_COMMUNITY) or not raw.get(when):

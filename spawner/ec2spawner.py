@@ -769,6 +769,7 @@ class EC2Spawner(Spawner):
             return
         if verdict.level == "over":
             self.log.info("%s: start refused, over budget: %s", self._log_name, verdict.message)
+            self._audit("start_refused", reason=verdict.message)
             raise StartFailed(verdict.message, status=403)
 
     async def _budget_notes(self, communities: list[Community]) -> list[str]:
@@ -812,11 +813,13 @@ class EC2Spawner(Spawner):
             if spawner is not self and getattr(spawner, "claimed_community", None) == community.id
         }
         if len(servers) >= community.max_servers_per_user:
-            raise StartFailed(
+            refusal = StartFailed(
                 f"You already have {len(servers)} running server(s) in {community.name}, the "
                 f"most this community allows. Stop one before starting another.",
                 status=403,
             )
+            self._audit("start_refused", reason=str(refusal))
+            raise refusal
         self.claimed_community = community.id
 
     async def _ensure_instance(

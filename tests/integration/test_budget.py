@@ -102,6 +102,8 @@ def test_a_start_over_the_budget_is_refused_with_who_to_ask(hub, cloud):
         headers={"X-XSRFToken": session.cookies.get("_xsrf", path="/hub/")},
         timeout=60,
     )
+    refused = [r for r in audit_lines(hub, "start_refused") if r["user"] == "alice"]
+    assert len(refused) >= 2 and "$0.0001, is spent" in refused[-1]["reason"]  # REST, form
     page = html.unescape(posted.text)
     assert "monthly budget of AD Knowledge Portal (demo), $0.0001, is spent" in page, page[-3000:]
     assert "manager@example.org" in page
