@@ -138,7 +138,11 @@ class StopWatch:
         running = self._checks.get(key)
         if running is not None and not running.done():
             return
-        self._checks[key] = asyncio.ensure_future(self._check(spawner))
+        task = self._checks[key] = asyncio.ensure_future(self._check(spawner))
+        # a finished look is not kept (nor the spawner it holds): users and servers go
+        task.add_done_callback(
+            lambda done: self._checks.pop(key) if self._checks.get(key) is done else None
+        )
 
     async def _check(self, spawner: Any) -> None:
         key = _key(spawner)

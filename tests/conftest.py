@@ -12,6 +12,7 @@ from tests.integration.harness import (
     start_localcloud,
     stop_group,
 )
+from tests.smtp_inbox import smtp_inbox
 
 #: Modules that start hubs, clouds and instances: collected first, so that with two workers
 #: taking whole modules (``make test``) the long ones start early and the quick unit modules
@@ -43,6 +44,14 @@ def hub(cloud, tmp_path_factory):
     hub = start_hub(env, state / "hub.log")
     yield hub
     hub.stop()
+
+
+@pytest.fixture(scope="module")
+def inbox():
+    """A real SMTP server on loopback for the module's hub (``SNH_SMTP_PORT=inbox.port``)."""
+    with smtp_inbox() as (inbox, port):
+        inbox.port = port
+        yield inbox
 
 
 @pytest.fixture(autouse=True)

@@ -55,19 +55,19 @@ class HubRelayHandler(APIHandler):
 
     _track_activity = False
 
-    def initialize(self, action: str, method: str, poll_seconds: float) -> None:
-        self.action, self.method, self.poll_seconds = action, method, poll_seconds
+    def initialize(self, poll_seconds: float) -> None:
+        self.poll_seconds = poll_seconds
 
-    async def _ask(self) -> None:
+    async def _ask(self, method: str, action: str) -> None:
         # Anyone the server lets in (a user it is shared with, an admin with admin_access)
         # would act with its token as the owner: only the owner may.
         owner = os.environ.get("JUPYTERHUB_USER", "")
         if getattr(self.current_user, "username", None) != owner:
             raise web.HTTPError(403, "Only the server's owner may do this.")
         request = HTTPRequest(
-            hub_url(self.action),
-            method=self.method,
-            body=b"" if self.method == "POST" else None,
+            hub_url(action),
+            method=method,
+            body=b"" if method == "POST" else None,
             headers={"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"},
             request_timeout=20,
         )
@@ -86,17 +86,17 @@ class HubRelayHandler(APIHandler):
         self.set_status(response.code if response.code != 599 else 502)
         self.finish(body)
 
+
+class StopNoticeHandler(HubRelayHandler):
     @web.authenticated
     async def get(self) -> None:
-        if self.method != "GET":
-            raise web.HTTPError(405)
-        await self._ask()
+        await self._ask("GET", "stop-notice")
 
+
+class KeepRunningHandler(HubRelayHandler):
     @web.authenticated
     async def post(self) -> None:
-        if self.method != "POST":
-            raise web.HTTPError(405)
-        await self._ask()
+        await self._ask("POST", "keep-running")
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
@@ -109,16 +109,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     serverapp.web_app.add_handlers(
         ".*$",
         [
-            (
-                f"{base}snh/stop-notice",
-                HubRelayHandler,
-                {"action": "stop-notice", "method": "GET", "poll_seconds": poll},
-            ),
-            (
-                f"{base}snh/keep-running",
-                HubRelayHandler,
-                {"action": "keep-running", "method": "POST", "poll_seconds": poll},
-            ),
+            (f"{base}snh/stop-notice", StopNoticeHandler, {"poll_seconds": poll}),
+            (f"{base}snh/keep-running", KeepRunningHandler, {"poll_seconds": poll}),
         ],
     )
     serverapp.log.info("notebook_stop_notice: JupyterLab shows the hub's stop warnings")

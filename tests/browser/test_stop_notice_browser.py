@@ -13,8 +13,6 @@ while the extension keeps asking."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.integration.harness import hub_env, hub_test_config, start_hub, wait_until
@@ -52,12 +50,6 @@ def hub(cloud, tmp_path_factory):
     hub.stop()
 
 
-def keep_lines(hub) -> list[dict]:
-    path = hub.log_path.parent / "audit.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, lines) if r["action"] == "keep_running"]
-
-
 def test_jupyterlab_warns_before_the_cull_and_keep_running_keeps_the_server(page, hub):
     sign_in_with_browser(page, hub, "alice")
     page.wait_for_url(f"{hub.url}/hub/home")
@@ -76,7 +68,7 @@ def test_jupyterlab_warns_before_the_cull_and_keep_running_keeps_the_server(page
 
     toast.get_by_role("button", name="Keep running").click()
     page.locator(".Toastify__toast", has_text="Kept running").wait_for(timeout=30_000)
-    [line] = wait_until(lambda: keep_lines(hub), 30, "the audit line")
+    [line] = wait_until(lambda: hub.audit_lines("keep_running"), 30, "the audit line")
     assert (line["user"], line["via"], line.get("outcome")) == ("alice", "jupyterlab", None)
     after = server_model(hub, "alice")
     assert after["ready"] and after["last_activity"] > before

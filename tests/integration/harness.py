@@ -231,6 +231,14 @@ class Hub:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def audit_lines(self, action: str | None = None) -> list[dict[str, Any]]:
+        """The hub's audit log (its state directory's ``audit.log``), of ``action`` only
+        when given; [] before the first line."""
+        path = self.log_path.parent / "audit.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        records = [json.loads(line) for line in lines]
+        return [r for r in records if action is None or r["action"] == action]
+
 
 def hub_env(cloud: LocalCloud, state_dir: Path, **overrides: str) -> dict[str, str]:
     from localcloud.launcher import hub_environment

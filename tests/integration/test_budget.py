@@ -7,7 +7,6 @@ here is tiny, so that a few seconds of a t3.large (and its volumes) reach it."""
 from __future__ import annotations
 
 import html
-import json
 import subprocess
 import sys
 from email import message_from_bytes, policy
@@ -49,13 +48,6 @@ STOPPING_BUDGET = communities_changed(
     idle_warning_minutes=1,
     managers=("nf-managers@example.org",),
 )
-
-
-@pytest.fixture(scope="module")
-def inbox():
-    with smtp_inbox() as (inbox, port):
-        inbox.port = port
-        yield inbox
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +94,7 @@ def test_a_start_over_the_budget_is_refused_with_who_to_ask(hub, cloud):
         headers={"X-XSRFToken": session.cookies.get("_xsrf", path="/hub/")},
         timeout=60,
     )
-    refused = [r for r in audit_lines(hub, "start_refused") if r["user"] == "alice"]
+    refused = [r for r in hub.audit_lines("start_refused") if r["user"] == "alice"]
     assert len(refused) >= 2 and "$0.0001, is spent" in refused[-1]["reason"]  # REST, form
     page = html.unescape(posted.text)
     assert "monthly budget of AD Knowledge Portal (demo), $0.0001, is spent" in page, page[-3000:]
@@ -172,12 +164,6 @@ def test_the_report_page_and_the_managers_email(hub, cloud, tmp_path):
         assert "AD Knowledge Portal (demo)" in body and "alice" in body
 
 
-def audit_lines(hub, action: str) -> list[dict]:
-    path = hub.log_path.parent / "audit.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, lines) if r["action"] == action]
-
-
 def test_a_community_that_asks_for_it_stops_servers_over_budget_after_a_warning(hub, cloud, inbox):
     """``stop_over_budget``: bob's running server in NF Open Science passes the community's
     tiny budget within seconds; the hub warns him on the home page (no Keep running: a
@@ -211,9 +197,9 @@ def test_a_community_that_asks_for_it_stops_servers_over_budget_after_a_warning(
         return not model.get("ready") and not model.get("pending")
 
     wait_until(stopped, 180, "the budget stop", interval=1)
-    [warned] = [r for r in audit_lines(hub, "stop_warning") if r["user"] == "bob"]
+    [warned] = [r for r in hub.audit_lines("stop_warning") if r["user"] == "bob"]
     assert (warned["user"], warned["kind"], warned["emailed"]) == ("bob", "budget", True)
-    [stop] = [r for r in audit_lines(hub, "budget_stop") if r["user"] == "bob"]
+    [stop] = [r for r in hub.audit_lines("budget_stop") if r["user"] == "bob"]
     assert stop["user"] == "bob" and "NF Open Science" in stop["reason"]
     assert stop["time"] >= warned["stop_at"]
     [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)

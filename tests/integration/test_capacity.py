@@ -8,8 +8,6 @@ step of the move loses nothing."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from botocore.exceptions import ClientError
 
@@ -136,11 +134,6 @@ def move_snapshots(cloud) -> list[dict]:
     )["Snapshots"]
 
 
-def audit_lines(hub, since: int = 0) -> list[dict]:
-    path = hub.log_path.parent / "audit.log"
-    return [json.loads(line) for line in path.read_text().splitlines()[since:]]
-
-
 def stopped_instance(cloud) -> dict:
     [instance] = [
         i
@@ -201,7 +194,7 @@ def test_a_stopped_server_with_no_capacity_in_its_zone_moves_there_with_its_file
     in another zone with a home volume made from it, the files are there; the old instance,
     its volume and the snapshot are removed, each step audited."""
     old = ensure_stopped_with_file(hub, cloud)
-    lines_before = len(audit_lines(hub))
+    lines_before = len(hub.audit_lines())
     refuse(cloud, "StartInstances", None, count=1)
     start_server(hub, "alice", AD)
     [new] = [
@@ -214,7 +207,7 @@ def test_a_stopped_server_with_no_capacity_in_its_zone_moves_there_with_its_file
     assert file_kept(hub)
     assert not volume_exists(cloud, home_volume(old))
     assert move_snapshots(cloud) == []
-    actions = [(r["action"], r.get("reason", "")) for r in audit_lines(hub, lines_before)]
+    actions = [(r["action"], r.get("reason", "")) for r in hub.audit_lines()[lines_before:]]
     moved = [a for a, reason in actions if "zone move" in reason]
     assert moved == ["snapshot", "launch", "terminate", "delete_volume", "delete_snapshot"]
     stop_server(hub, "alice")
@@ -224,7 +217,7 @@ def test_a_zone_move_whose_cleanup_fails_keeps_both_copies(hub, cloud):
     """Step 3 fails (TerminateInstances refused): the server runs moved, with its files; the
     old instance stays stopped with its volume, and the audit log says so."""
     old = ensure_stopped_with_file(hub, cloud)
-    lines_before = len(audit_lines(hub))
+    lines_before = len(hub.audit_lines())
     refuse(cloud, "StartInstances", None, count=1)
     fault(cloud, "TerminateInstances", "UnauthorizedOperation", count=1)
     start_server(hub, "alice", AD)
@@ -233,6 +226,6 @@ def test_a_zone_move_whose_cleanup_fails_keeps_both_copies(hub, cloud):
         i["InstanceId"]: i["State"]["Name"] for i in instances_of(cloud, "alice", hub_id=HUB_ID)
     }
     assert states[old["InstanceId"]] == "stopped" and volume_exists(cloud, home_volume(old))
-    kept = [r for r in audit_lines(hub, lines_before) if r["action"] == "keep_volume"]
+    kept = [r for r in hub.audit_lines()[lines_before:] if r["action"] == "keep_volume"]
     assert kept and "TerminateInstances" in kept[0]["reason"]
     stop_server(hub, "alice")

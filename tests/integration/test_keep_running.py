@@ -7,7 +7,6 @@ the server as usual."""
 
 from __future__ import annotations
 
-import json
 import time
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -24,7 +23,6 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.spawn_harness import server_model, start_server
-from tests.smtp_inbox import smtp_inbox
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +31,6 @@ IDLE_TIMEOUT = 60
 #: 54 s after the last use: a grant fits between the warning (30 s) and the bound, and the
 #: refusals between the bound and the cull (at least 90 s), each with 20 s to spare or more
 LIMIT_HOURS = 0.015
-
-
-@pytest.fixture(scope="module")
-def inbox():
-    with smtp_inbox() as (inbox, port):
-        inbox.port = port
-        yield inbox
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +78,8 @@ def notice_form(session, hub) -> dict[str, str] | None:
     return form.fields
 
 
-def audit_lines(hub) -> list[dict]:
-    path = hub.log_path.parent / "audit.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return list(map(json.loads, lines))
-
-
 def keep_lines(hub) -> list[dict]:
-    return [r for r in audit_lines(hub) if r["action"] == "keep_running"]
+    return hub.audit_lines("keep_running")
 
 
 def lab_notice(session, hub) -> dict | None:
@@ -158,7 +143,7 @@ def test_the_warning_and_keep_running_within_its_bound(hub, inbox):
         "refused",
         "jupyterlab",
     )
-    warned = [r for r in audit_lines(hub) if r["action"] == "stop_warning"]
+    warned = hub.audit_lines("stop_warning")
     assert warned and all(r["kind"] == "idle" and r["emailed"] for r in warned)
     # and the culler stops it as usual
     wait_until(
