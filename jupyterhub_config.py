@@ -158,6 +158,7 @@ from operations import audit as snh_audit  # noqa: E402 - this block's own impor
 from operations import metrics as _snh_metrics  # noqa: E402, F401 - registers the snh_* metrics
 from operations.admin_page import TEMPLATE_PATH as SPAWNER_TEMPLATES  # noqa: E402
 from operations.admin_page import overview_handler  # noqa: E402
+from operations.audit_page import audit_page_handler  # noqa: E402
 
 snh_audit.configure(settings.state_dir / "audit.log")
 c.JupyterHub.template_paths = [TEMPLATE_PATH, SPAWNER_TEMPLATES]
@@ -167,7 +168,9 @@ c.JupyterHub.extra_handlers = [
         hub_id=settings.hub_id,
         communities=communities,
         audit_log=str(settings.state_dir / "audit.log"),
-    )
+    ),
+    # /hub/audit: the log's newest lines for admins and operators, filtered
+    audit_page_handler(settings.state_dir / "audit.log"),
 ]
 
 # -- the relay: the owner's own computer to a port of their running server ---------------

@@ -420,6 +420,10 @@ class EC2Spawner(Spawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._token_written: str | None = None
+        #: the poll's check of the Synapse token and the owner's teams, in flight
+        self._auth_check: asyncio.Future[None] | None = None
+        #: when this hub process last checked the owner's teams from a poll (monotonic)
+        self._membership_checked: float | None = None
         #: tunnels to other ports of the instance, for the owner's relay (operations.relay);
         #: made one at a time, so that two connections at once share one started tunnel
         self._relay_tunnels: dict[int, Tunnel] = {}
@@ -1408,7 +1412,7 @@ class EC2Spawner(Spawner):
                     await self._open_tunnel(lazy=True)
                 except OSError as e:
                     self.log.warning("%s: cannot reopen the tunnel: %s", self._log_name, e)
-            await self._refresh_token_if_needed()
+            self._check_auth_in_background()
             if self.ready:
                 for check in self.running_checks:
                     try:
@@ -1444,20 +1448,66 @@ class EC2Spawner(Spawner):
         states = [i["State"]["Name"] for r in answer["Reservations"] for i in r["Instances"]]
         return None if states and states[0] in ("pending", "running") else 0
 
+    def _check_auth_in_background(self) -> None:
+        """Start the token and membership check unless one is in flight.
+
+        Not awaited by `poll`: it may call Synapse (slow during an outage), and a user found
+        in no team has all their servers stopped by `authenticator.access.end_access`, this
+        one included, which must not run inside this server's own poll (JupyterHub's
+        start-up check and its poll loop await the poll)."""
+        if self._auth_check is None or self._auth_check.done():
+            self._auth_check = keep_task(asyncio.ensure_future(self._refresh_auth_logged()))
+
+    async def _refresh_auth_logged(self) -> None:
+        try:
+            await self._refresh_token_if_needed()
+        except Exception:
+            self.log.exception("%s: checking the Synapse token failed", self._log_name)
+
+    def _membership_due(self) -> bool:
+        """Whether the owner's teams were last checked more than ``auth_refresh_age`` ago.
+
+        JupyterHub re-checks on the user's requests only; a removed member who makes none (a
+        job running, an open SSH session) would keep the server and the community's data
+        role until the token nears expiry. The poll closes that gap within
+        ``auth_refresh_age`` plus one ``poll_interval``. A restarted hub knows no check: its
+        first ones are spread over one ``auth_refresh_age``, so that thousands of servers do
+        not ask Synapse at once."""
+        age = getattr(self.authenticator, "auth_refresh_age", 0)
+        if not age:
+            return False
+        now = time.monotonic()
+        stamps = [getattr(self.user, "_auth_refreshed", None), self._membership_checked]
+        known = [stamp for stamp in stamps if stamp is not None]
+        if not known:
+            self._membership_checked = now - random.uniform(0, age)
+            return False
+        return now - max(known) >= age
+
     async def _refresh_token_if_needed(self) -> None:
-        """Keep the token parameter of a running server current (Synapse tokens live 24 h)."""
+        """Keep the token parameter of a running server current (Synapse tokens live 24 h),
+        and the owner's membership checked within ``auth_refresh_age`` (`_membership_due`)."""
         state = await self.user.get_auth_state() or {}
         expires = state.get("expires_at")
         refresh = getattr(self.authenticator, "refresh_tokens", None)
-        if refresh is not None and expires and expires - time.time() < self.token_refresh_margin:
-            model = await refresh(self.user, force=True)
+        near_expiry = bool(expires) and expires - time.time() < self.token_refresh_margin
+        if refresh is not None and (near_expiry or self._membership_due()):
+            self._membership_checked = time.monotonic()
+            model = await refresh(self.user, force=near_expiry)
+            if model is False:
+                # Signed out, or in no team any more (then access has ended and this server
+                # is stopping): nothing is written for a server that must lose its token.
+                self.log.warning("%s: the owner must sign in again", self._log_name)
+                return
+            if model:  # as JupyterHub's own refresh does: the next request need not ask
+                self.user._auth_refreshed = time.monotonic()
             if isinstance(model, dict):
                 state = model["auth_state"]
-            else:
+            elif near_expiry:
                 self.log.warning("%s: could not refresh the Synapse token", self._log_name)
         token = state.get("access_token")
-        if not token or token == self._token_written:
-            return
+        if not token or token == self._token_written or self._stop_pending:
+            return  # a stopping server's parameters are being deleted: none written again
         if _expired(state):
             # A notebook is never handed a token past its life: it keeps the one it has
             # until a refresh succeeds (the hub's view of expiry; Synapse's 401 on a token

@@ -10,12 +10,17 @@ break-glass names, so JupyterHub sets the role and the ``admin`` flag to match a
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
-from tests.integration.harness import hub_env, hub_test_config, sign_in, start_hub
+from tests.integration.harness import hub_env, hub_test_config, sign_in, start_hub, wait_until
 
 pytestmark = pytest.mark.integration
+
+BOB = "3400002"
+AD_TEAM, NF_TEAM = "3500001", "3500002"
 
 
 def _own_token(hub, user: str) -> dict[str, str]:
@@ -75,4 +80,51 @@ def test_a_name_taken_off_the_break_glass_list_is_no_admin_after_a_restart(cloud
         assert hub.user("bob")["admin"] is False
         assert "Removing admin=True from <User(bob" in hub.log()
     finally:
+        hub.stop()
+
+
+def test_a_removed_member_made_admin_at_run_time_is_admin_no_more(cloud, tmp_path):
+    """alice, a break-glass admin, makes bob a JupyterHub admin while the hub runs
+    (``PATCH admin``: every right on every user, until the next restart). bob is then
+    removed from the teams. At the next request with his token the lockout takes the admin
+    flag and role away with everything else (finding 1: an admin removed from the teams
+    kept admin rights on tokens), and says so in the audit line."""
+    config = hub_test_config(tmp_path)
+    env = hub_env(
+        cloud,
+        tmp_path,
+        SNH_HUB_ID="trust-made-admin",
+        SNH_EXTRA_CONFIG=str(config),
+        SNH_BREAK_GLASS_ADMINS="alice",
+    )
+    hub = start_hub(env, tmp_path / "hub.log")
+    try:
+        as_alice = _own_token(hub, "alice")
+        as_bob = _own_token(hub, "bob")
+        made = requests.patch(
+            f"{hub.url}/hub/api/users/bob", headers=as_alice, json={"admin": True}, timeout=30
+        )
+        assert made.status_code == 200, made.text
+        me = requests.get(f"{hub.url}/hub/api/user", headers=as_bob, timeout=30).json()
+        assert me["admin"] is True and "admin:auth_state" in me["scopes"]
+
+        cloud.remove_member(AD_TEAM, BOB)
+        cloud.remove_member(NF_TEAM, BOB)
+        time.sleep(1.2)  # past auth_refresh_age: his next request refreshes
+        listed = requests.get(f"{hub.url}/hub/api/users", headers=as_bob, timeout=30)
+        assert listed.status_code == 403, listed.text
+        bob = hub.user("bob")
+        assert bob["admin"] is False and "admin" not in bob["roles"]
+        assert hub.api("GET", "/users/bob/tokens").json()["api_tokens"] == []
+        wait_until(
+            lambda: any(
+                r.get("user") == "bob" and "admin removed" in r.get("reason", "")
+                for r in hub.audit_lines("access_ended")
+            ),
+            30,
+            "the audit line naming the admin flag",
+        )
+    finally:
+        cloud.add_member(AD_TEAM, BOB)
+        cloud.add_member(NF_TEAM, BOB)
         hub.stop()

@@ -10,8 +10,10 @@ Synapse).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import time
 
 import jupyterhub
@@ -19,7 +21,12 @@ import pytest
 import requests
 
 from tests.integration.harness import own_hub, sign_in, wait_until
-from tests.integration.spawn_harness import instances_of, server_model, start_server
+from tests.integration.spawn_harness import (
+    front_control,
+    instances_of,
+    server_model,
+    start_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +42,7 @@ def hub(cloud, tmp_path_factory):
 
 
 def audited(hub, action: str, user: str) -> bool:
-    path = hub.log_path.parent / "audit.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    records = [json.loads(line) for line in lines if line.strip()]
-    return any(r.get("action") == action and r.get("user") == user for r in records)
+    return any(r.get("user") == user for r in hub.audit_lines(action))
 
 
 def refresh_token_id(hub, user: str) -> str:
@@ -129,6 +133,49 @@ def test_a_removed_member_loses_token_cookie_and_server_within_the_refresh_age(h
         assert "Access of bob ended (no longer in any allowed team)" in hub.log()
         wait_until(lambda: audited(hub, "access_ended", "bob"), 30, "the audit line")
     finally:
+        cloud.add_member(AD_TEAM, BOB)
+        cloud.add_member(NF_TEAM, BOB)
+
+
+def test_a_removed_member_who_sends_no_request_loses_the_running_server(hub, cloud):
+    """Bob's job runs in his server and he silences what in it talks to the hub (its
+    activity reports, which are requests as bob: he controls the container). His manager
+    removes him from the teams. JupyterHub re-checks membership only on requests as him, so
+    before, his server and its data-access role ran on until his token neared expiry (up to
+    a day). The hub's own poll checks the owner's teams within ``auth_refresh_age`` (1 s
+    here) plus one poll (2 s): the server is stopped with its disk kept, his Synapse tokens
+    are revoked, and the event is audited, with no request as bob at all."""
+    sign_in(hub, "bob")
+    assert start_server(hub, "bob")["ready"]
+    token_id = refresh_token_id(hub, "bob")
+    ended_before = len([r for r in hub.audit_lines("access_ended") if r.get("user") == "bob"])
+    [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
+    [simulated] = [
+        i
+        for i in front_control(cloud, "GET", "/instances")["instances"]
+        if i["instanceId"] == instance["InstanceId"]
+    ]
+    notebook = simulated["pid"]  # its process group: the notebook and what it started
+    os.killpg(notebook, signal.SIGSTOP)
+
+    cloud.remove_member(AD_TEAM, BOB)
+    cloud.remove_member(NF_TEAM, BOB)
+    try:
+        # no request as bob from here on: only the hub's poll can notice
+        wait_until(
+            lambda: instances_of(cloud, "bob", hub_id=HUB_ID)[0]["State"]["Name"] == "stopped",
+            180,
+            "the poll to stop bob's instance",
+        )
+        [instance] = instances_of(cloud, "bob", hub_id=HUB_ID)
+        assert instance["BlockDeviceMappings"]  # stopped, not terminated: the disk is kept
+        wait_until(lambda: not hub.auth_state("bob"), 60, "the hub to forget his tokens")
+        assert not refresh_token_active(cloud, token_id)
+        ended = [r for r in hub.audit_lines("access_ended") if r.get("user") == "bob"]
+        assert len(ended) == ended_before + 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(notebook, signal.SIGCONT)
         cloud.add_member(AD_TEAM, BOB)
         cloud.add_member(NF_TEAM, BOB)
 

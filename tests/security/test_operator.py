@@ -8,6 +8,7 @@ server. Each test is an attempt alice could make with her own browser session.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -84,6 +85,33 @@ def test_an_operator_can_stop_another_users_server(hub, bobs_server):
     answer = alice.delete(f"{hub.url}/hub/api/users/bob/server", timeout=60)
     assert answer.status_code in (202, 204), answer.text
     wait_until(lambda: not (server_model(hub, "bob") or {}).get("ready"), 120, "bob's stop")
+
+
+def test_an_operator_reads_the_audit_log_and_an_analyst_cannot(hub, bobs_server):
+    """Operators answer "who did what to bob's server?" from the hub (``/hub/audit``,
+    filtered; ``format=jsonl`` for tools) without a shell on the hub host. The page shows no
+    token (the log holds none by construction), and bob, an analyst, is refused it: it names
+    other people and their servers."""
+    alice = as_alice(hub)
+    page = alice.get(f"{hub.url}/hub/audit", params={"user": "bob"}, timeout=30)
+    assert page.status_code == 200, page.text
+    assert "snh-audit-table" in page.text and "launch" in page.text
+    lines = alice.get(
+        f"{hub.url}/hub/audit",
+        params={"user": "bob", "action": "start", "format": "jsonl"},
+        timeout=30,
+    )
+    records = [json.loads(line) for line in lines.text.splitlines()]
+    assert records and all(r["user"] == "bob" and r["action"] == "start" for r in records)
+    token = hub.auth_state("bob")["access_token"]
+    assert token not in page.text and token not in lines.text
+    wrong = alice.get(f"{hub.url}/hub/audit", params={"action": "launched"}, timeout=30)
+    assert wrong.status_code == 400 and "Unknown action" in wrong.text
+
+    bob, _ = sign_in(hub, "bob")
+    refused = bob.get(f"{hub.url}/hub/audit", timeout=30)
+    assert refused.status_code == 403
+    assert "launch" not in refused.text
 
 
 def test_a_removed_operator_loses_the_operator_role(hub, cloud):
