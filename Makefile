@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oldest-jupyterhub lint bench deps chromium openssh clean
+.PHONY: demo test test-oldest-jupyterhub lint bench deps chromium openssh postgresql clean
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -39,6 +39,15 @@ openssh:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server openssh-client; }
 
+# Debian's PostgreSQL: the integration tests and the benchmarks run their hubs on it, as
+# production does (each test session starts its own server on loopback with its own data
+# directory: tests/integration/postgres.py); the package's own cluster is never used.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the integration tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -48,22 +57,25 @@ lint: deps
 # streams fit on the two cores CI has. Tests are written to be right under such load.
 PYTEST_WORKERS ?= 2
 
-test: deps chromium openssh lint
+# The oldest JupyterHub the project supports (see test-oldest-jupyterhub); the database
+# tests also create its schema and upgrade it to the newest's.
+OLDEST_JUPYTERHUB := 5.2.1
+OLDEST_DIR := $(VENV)/jupyterhub-$(OLDEST_JUPYTERHUB)
+
+test: deps chromium openssh postgresql $(OLDEST_DIR)/.installed lint
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-oldest-jupyterhub
 
 # The oldest JupyterHub the project supports, as an overlay on the virtualenv (its
 # dependencies are a subset of the newest's): the trust suite, the authenticator and the
 # spawner's unit tests run again on it, the hub process included (PYTHONPATH is inherited).
-OLDEST_JUPYTERHUB := 5.2.1
-OLDEST_DIR := $(VENV)/jupyterhub-$(OLDEST_JUPYTERHUB)
 
 $(OLDEST_DIR)/.installed: $(VENV)/.installed
 	rm -rf $(OLDEST_DIR)
 	$(PY) -m pip install --quiet --no-deps --target $(OLDEST_DIR) jupyterhub==$(OLDEST_JUPYTERHUB)
 	touch $@
 
-test-oldest-jupyterhub: deps $(OLDEST_DIR)/.installed
+test-oldest-jupyterhub: deps postgresql $(OLDEST_DIR)/.installed
 	PYTHONPATH="$(CURDIR)/$(OLDEST_DIR)" SNH_EXPECT_JUPYTERHUB=$(OLDEST_JUPYTERHUB) \
 	  PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider \
 	  -n $(PYTEST_WORKERS) --dist loadfile \
@@ -71,7 +83,7 @@ test-oldest-jupyterhub: deps $(OLDEST_DIR)/.installed
 
 # Benchmarks print figures and the ratios between them, and check their limits (exit 1).
 # benchmarks.scale (500 servers) takes about 10 minutes.
-bench: deps openssh
+bench: deps openssh postgresql
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m benchmarks.tunnel; a=$$?; \
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m benchmarks.spawn; b=$$?; \
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m benchmarks.scale; c=$$?; \

@@ -79,7 +79,18 @@ class IdentityStore:
         return Binding(row.userid, row.hub_username, row.synapse_user_name) if row else None
 
     def resolve(self, userid: str, wanted_name: str, synapse_user_name: str) -> Binding:
-        """Apply the binding rule; returns the binding to use or raises :class:`NameTaken`."""
+        """Apply the binding rule; returns the binding to use or raises :class:`NameTaken`.
+
+        Two sign-ins of one name at the same moment (two accounts whose names differ only in
+        case, or one account in two tabs) both find it free and both insert; the database's
+        unique constraint lets one win. The other looks again and gets the rule's answer for
+        what is now there (`NameTaken`, or its own binding), never the unique violation."""
+        try:
+            return self._resolve(userid, wanted_name, synapse_user_name)
+        except sa.exc.IntegrityError:
+            return self._resolve(userid, wanted_name, synapse_user_name)
+
+    def _resolve(self, userid: str, wanted_name: str, synapse_user_name: str) -> Binding:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         with self.engine.begin() as conn:
             row = conn.execute(

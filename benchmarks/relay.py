@@ -40,7 +40,6 @@ from tests.integration.harness import (
     sign_in,
     start_hub,
     start_localcloud,
-    stop_group,
     token_for,
 )
 from tests.integration.laptop import Laptop, add_key
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         finally:
             hub.stop()
     finally:
-        stop_group(cloud.proc)
+        cloud.stop()
 
 
 def measure(args: argparse.Namespace, tmp: Path, cloud, hub) -> dict[str, dict[str, float]]:

@@ -60,7 +60,6 @@ from tests.integration.harness import (
     sign_in,
     start_hub,
     start_localcloud,
-    stop_group,
 )
 from tests.integration.spawn_harness import front_control
 
@@ -319,7 +318,7 @@ def run(args: argparse.Namespace, figures: Figures) -> None:
     finally:
         if hub is not None:
             hub.stop()
-        stop_group(cloud.proc)
+        cloud.stop()
 
 
 def create_user(cloud: LocalCloud, index: int, name: str) -> None:

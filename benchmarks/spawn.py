@@ -35,7 +35,6 @@ from tests.integration.harness import (
     sign_in,
     start_hub,
     start_localcloud,
-    stop_group,
 )
 from tests.integration.spawn_harness import stop_server
 
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             finally:
                 hub.stop()
     finally:
-        stop_group(cloud.proc)
+        cloud.stop()
     return results
 
 

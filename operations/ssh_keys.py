@@ -199,17 +199,21 @@ class SshKeyStore:
                 "Ed25519 key (much shorter than RSA)."
             )
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        with self.engine.begin() as conn:
-            conn.execute(
-                ssh_public_keys.insert().values(
-                    hub_username=user,
-                    fingerprint=key.fingerprint,
-                    key_type=key.key_type,
-                    key_data=key.data,
-                    comment=key.comment,
-                    added=now,
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    ssh_public_keys.insert().values(
+                        hub_username=user,
+                        fingerprint=key.fingerprint,
+                        key_type=key.key_type,
+                        key_data=key.data,
+                        comment=key.comment,
+                        added=now,
+                    )
                 )
-            )
+        except sa.exc.IntegrityError:
+            # the same key submitted twice at once (two tabs): the other one was kept
+            raise KeyRejected(f"This key ({key.fingerprint}) is already on your list.") from None
         return PublicKey(key.key_type, key.data, key.comment, now)
 
     def remove(self, user: str, fingerprint: str) -> bool:

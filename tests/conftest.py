@@ -10,7 +10,6 @@ from tests.integration.harness import (
     hub_test_config,
     start_hub,
     start_localcloud,
-    stop_group,
 )
 from tests.smtp_inbox import smtp_inbox
 
@@ -33,7 +32,7 @@ def hub_url() -> str:
 def cloud(tmp_path_factory, hub_url):
     cloud = start_localcloud(tmp_path_factory.mktemp("localcloud"), hub_url)
     yield cloud
-    stop_group(cloud.proc)
+    cloud.stop()
 
 
 @pytest.fixture(scope="module")

@@ -287,7 +287,7 @@ install_software() {
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$CHECKOUT"
   if [[ -n ${SETTING[DB_URL_SECRET_ARN]} ]]; then
     # SQLAlchemy's postgresql+psycopg driver, for the database URL in that secret.
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade 'psycopg[binary]>=3.1'
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade 'psycopg[binary]>=3.3'
   fi
   log "installing configurable-http-proxy (package-lock.json) in $CHECKOUT"
   npm ci --prefix "$CHECKOUT" --omit=dev --no-audit --no-fund --loglevel=error

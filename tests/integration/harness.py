@@ -26,6 +26,8 @@ from urllib.parse import urljoin, urlparse
 import psutil
 import requests
 
+from tests.integration.postgres import PostgresServer
+
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "integration-tests-token-0123456789abcdef"
 
@@ -114,6 +116,13 @@ class LocalCloud:
     state_dir: Path
     proc: subprocess.Popen
     endpoints: dict[str, Any]
+    #: the PostgreSQL server the session's hubs keep their databases in (None: SQLite)
+    postgres: PostgresServer | None = None
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+        if self.postgres is not None:
+            self.postgres.stop()
 
     @property
     def synapse(self) -> dict[str, str]:
@@ -146,7 +155,30 @@ class LocalCloud:
         requests.request("DELETE", url, timeout=10).raise_for_status()
 
 
+def test_database() -> str:
+    """Where the hubs of the tests and benchmarks keep their database: ``postgresql`` (the
+    default, as production) or ``sqlite`` (the demo's), from ``SNH_TEST_DATABASE``."""
+    kind = os.environ.get("SNH_TEST_DATABASE", "postgresql")
+    if kind not in ("postgresql", "sqlite"):
+        raise ValueError(f"SNH_TEST_DATABASE={kind!r}: postgresql or sqlite")
+    return kind
+
+
 def start_localcloud(state_dir: Path, hub_url: str, *extra_args: str) -> LocalCloud:
+    """The local cloud, and (unless ``SNH_TEST_DATABASE=sqlite``) a PostgreSQL server for
+    the hubs that use it (`hub_env`); `LocalCloud.stop` ends both."""
+    postgres = PostgresServer.start() if test_database() == "postgresql" else None
+    try:
+        return _start_localcloud(state_dir, hub_url, postgres, *extra_args)
+    except BaseException:
+        if postgres is not None:
+            postgres.stop()
+        raise
+
+
+def _start_localcloud(
+    state_dir: Path, hub_url: str, postgres: PostgresServer | None, *extra_args: str
+) -> LocalCloud:
     state_dir.mkdir(parents=True, exist_ok=True)
     endpoints_file = state_dir / "endpoints.json"
     endpoints_file.unlink(missing_ok=True)
@@ -171,7 +203,7 @@ def start_localcloud(state_dir: Path, hub_url: str, *extra_args: str) -> LocalCl
     wait_until(lambda: endpoints_file.exists() or proc.poll() is not None, 30, "the local cloud")
     if proc.poll() is not None:
         raise RuntimeError(f"python -m localcloud serve exited with {proc.returncode}")
-    return LocalCloud(state_dir, proc, json.loads(endpoints_file.read_text()))
+    return LocalCloud(state_dir, proc, json.loads(endpoints_file.read_text()), postgres)
 
 
 @dataclass
@@ -245,6 +277,8 @@ def hub_env(cloud: LocalCloud, state_dir: Path, **overrides: str) -> dict[str, s
 
     env = hub_environment(cloud.endpoints, cloud.state_dir)
     env["SNH_STATE_DIR"] = str(state_dir)
+    if cloud.postgres is not None:  # a database per state directory, as RDS in production
+        env["SNH_DB_URL"] = cloud.postgres.database_for(state_dir)
     env.update(overrides)
     return env
 

@@ -14,7 +14,7 @@ import jupyterhub
 import pytest
 import requests
 
-from .harness import sign_in, start_localcloud, stop_group, wait_until
+from .harness import sign_in, start_localcloud, wait_until
 from .spawn_harness import front_control, instances_of, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def cloud(tmp_path_factory, hub_url):
         tmp_path_factory.mktemp("localcloud"), hub_url, "--boot-delay", "0", "--light-instances"
     )
     yield cloud
-    stop_group(cloud.proc)
+    cloud.stop()
 
 
 def simulated(cloud, instance_id: str) -> dict:
