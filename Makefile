@@ -79,7 +79,8 @@ test-oldest-jupyterhub: deps postgresql $(OLDEST_DIR)/.installed
 	PYTHONPATH="$(CURDIR)/$(OLDEST_DIR)" SNH_EXPECT_JUPYTERHUB=$(OLDEST_JUPYTERHUB) \
 	  PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider \
 	  -n $(PYTEST_WORKERS) --dist loadfile \
-	  tests/security tests/authenticator tests/spawner tests/operations --ignore=tests/spawner/ssm
+	  tests/security tests/authenticator tests/spawner tests/operations --ignore=tests/spawner/ssm \
+	  tests/integration/test_server_api.py
 
 # Benchmarks print figures and the ratios between them, and check their limits (exit 1).
 # benchmarks.scale (500 servers) takes about 10 minutes.

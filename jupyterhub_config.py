@@ -11,6 +11,7 @@ from pathlib import Path
 from authenticator import TEMPLATE_PATH
 from hub_config import CommunitiesError, load_communities
 from hub_config.settings import HubSettings, SettingsError
+from spawner import server_api
 from spawner.region import Regions
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -109,6 +110,11 @@ c.EC2Spawner.aws_endpoint_url = settings.aws_endpoint_url
 c.EC2Spawner.parameter_prefix = settings.parameter_prefix
 c.EC2Spawner.parameter_kms_key_id = settings.parameter_kms_key_id
 c.JupyterHub.allow_named_servers = True
+# JupyterHub's server API with the hub's rules in front (user_options validated at PUT and
+# PATCH, JupyterHub 6's server names on 5.2 too), and its named-server limit from the
+# communities' max_servers_per_user: spawner/server_api.py.
+c.SynapseOAuthenticator.first_handlers = server_api.server_api_handlers(communities)
+c.JupyterHub.named_server_limit_per_user = server_api.named_server_limit(communities)
 # Instances call the hub's API (activity, OAuth) over the VPC, never through the proxy.
 c.JupyterHub.hub_bind_url = settings.hub_bind_url
 c.JupyterHub.hub_connect_url = settings.hub_connect_url

@@ -207,6 +207,17 @@ class SynapseOAuthenticator(OAuthenticator):
         """,
     )
 
+    first_handlers = List(
+        config=True,
+        help="""
+        ``(pattern, handler, kwargs)`` routes JupyterHub must try before its own. JupyterHub
+        puts an authenticator's handlers at the head of its table (``init_handlers``), and
+        ``extra_handlers`` after its own, so this is the only way to put the hub's rules in
+        front of one of JupyterHub's handlers (``spawner.server_api``: ``user_options``
+        validated at ``PUT`` and ``PATCH``, JupyterHub 6's server names on 5.2 too).
+        """,
+    )
+
     break_glass_admins = Set(
         Unicode(),
         config=True,
@@ -563,6 +574,9 @@ class SynapseOAuthenticator(OAuthenticator):
             return
         if state and await self.revoke_tokens(state, name):
             self.log.info("Synapse tokens of deleted user %s revoked", name)
+
+    def get_handlers(self, app: Any) -> list[Any]:
+        return [*super().get_handlers(app), *self.first_handlers]
 
     # -- refresh --------------------------------------------------------------------------
 

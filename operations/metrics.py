@@ -84,11 +84,14 @@ def observe_spawn(community: str | None, outcome: str, seconds: float) -> None:
 def spawn_outcome(error: BaseException | None) -> str:
     """The `OUTCOMES` value for a ``start()`` that raised ``error`` (None: success).
 
-    4xx HTTP errors (invalid options, the server limit) are ``refused``; cancellation is
-    ``cancelled``; anything else is ``failure``.
+    A refusal (``spawner.ec2spawner.StartRefused``: bad options, a limit, a budget, no
+    capacity) and any other 4xx HTTP error are ``refused``; cancellation is ``cancelled``;
+    anything else is ``failure``.
     """
     if error is None:
         return "success"
+    if getattr(error, "refused", False):
+        return "refused"
     import asyncio
 
     if isinstance(error, asyncio.CancelledError):

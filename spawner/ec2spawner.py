@@ -52,12 +52,14 @@ from .naming import (
     DEFAULT_PARAMETER_PREFIX,
     DEFAULT_SERVER_TAG,
     HOME_DEVICE,
+    SERVER_NAME_MAX,
     TAG_COMMUNITY,
     TAG_IMAGE,
     TAG_SERVER,
     TAG_USER,
     ServerParameters,
     instance_port,
+    is_valid_server_name,
 )
 from .options import (
     OptionsError,
@@ -115,8 +117,38 @@ class StartFailed(web.HTTPError):
         return self.jupyterhub_message
 
 
-class NoCapacity(StartFailed):
+try:  # JupyterHub 6: a refusal is a spawn *failure* with a reason, not an *error*
+    from jupyterhub.spawner import SpawnException as _RefusalBase
+except ImportError:  # JupyterHub 5.2
+    _RefusalBase = web.HTTPError
+
+
+class StartRefused(StartFailed, _RefusalBase):
+    """A start the rules refuse: bad options or server name, a limit or budget reached, a
+    sign-in to renew, access ended, no capacity. Not the hub's fault, so not an error:
+    JupyterHub 6 records it as a spawn ``failure`` labelled with ``reason`` (its
+    `SpawnException`), logs no traceback and does not count it towards
+    ``consecutive_failure_limit``; on 5.2 it is a 4xx (503 for capacity) HTTPError. The
+    API answers with ``status`` and the message says what the user can do; the audit line
+    is ``start_refused``, the hub's metric outcome ``refused``."""
+
+    refused = True
+
+    def __init__(self, message: str, status: int = 400, *, reason: str) -> None:
+        # HTTPError's own __init__: StartFailed's and SpawnException's take other arguments.
+        # ``reason`` is JupyterHub 6's metrics label (and, as for SpawnException, the
+        # response's reason phrase).
+        web.HTTPError.__init__(self, status, message, reason=reason)
+        self.jupyterhub_message = message
+        self.message = message
+        self.message_html = ""
+
+
+class NoCapacity(StartRefused):
     """No capacity for the type where it was asked (the message offers the equivalents)."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message, status, reason="capacity")
 
 
 class EC2Spawner(Spawner):
@@ -589,6 +621,7 @@ class EC2Spawner(Spawner):
     async def _start(self) -> str:
         """The request path of ``docs/spawner.md``, one step per line."""
         self._begin_start()
+        self._check_server_name()
         earlier = self.last_options.as_user_options() if self.last_options else {}
         community, options = await self._chosen(self.user_options or earlier)
         auth_state = await self._signed_in_state()
@@ -619,12 +652,26 @@ class EC2Spawner(Spawner):
         self.capacity_note = None
         self._emit(0, "Preparing your server…")
 
+    def _check_server_name(self) -> None:
+        """A new server's name follows JupyterHub 6's rule on every JupyterHub (see
+        `spawner.naming.is_valid_server_name`); a server that already has an instance keeps
+        its name, as JupyterHub 6 lets servers made before it start."""
+        if self.instance_id or is_valid_server_name(self.name):
+            return
+        raise StartRefused(
+            f"The server name {self.name!r} is not allowed: use 1-{SERVER_NAME_MAX} lowercase "
+            "letters, digits and single hyphens, starting with a letter (the display name can "
+            "be anything).",
+            400,
+            reason="server-name",
+        )
+
     async def _chosen(self, requested: dict[str, Any]) -> tuple[Community, SpawnOptions]:
         """The request's options, validated against the user's communities (400 if not)."""
         try:
             options = validate_options(requested, await self._user_communities())
         except OptionsError as e:
-            raise StartFailed(str(e), status=400) from None
+            raise StartRefused(str(e), 400, reason="options") from None
         community = self.communities_config.by_id(options.community_id)
         assert community is not None  # validate_options only returns known communities
         return community, options
@@ -638,7 +685,11 @@ class EC2Spawner(Spawner):
             or not auth_state.get("userid")
             or _expired(auth_state)
         ):
-            raise StartFailed("Your Synapse sign-in has expired: sign out and sign in again.")
+            raise StartRefused(
+                "Your Synapse sign-in has expired: sign out and sign in again.",
+                403,
+                reason="sign-in",
+            )
         return auth_state
 
     def _identity(self, auth_state: dict[str, Any]) -> ServerIdentity:
@@ -713,14 +764,17 @@ class EC2Spawner(Spawner):
         if not (await self.user.get_auth_state() or {}).get("access_token"):
             # The user's access ended while the instance booted (they left their teams, or
             # signed out everywhere): the start fails and cleans up after itself.
-            raise StartFailed("Your access to this hub has ended; sign in again.", 403)
+            raise StartRefused(
+                "Your access to this hub has ended; sign in again.", 403, reason="access-ended"
+            )
 
     async def _failed_start(
         self, e: BaseException, community: Community, aws: Aws, launched_now: bool
     ) -> NoReturn:
         """Audit and clean up a start that failed after its parameters were written, then
         raise what the user should see (the admin's details go to the log)."""
-        self._audit("start_failed", error=str(e)[:300])
+        refused = isinstance(e, StartRefused)  # the rules said no (e.g. capacity): no fault
+        self._audit("start_failed", error=str(e)[:300], outcome="refused" if refused else "failed")
         await self._cleanup_failed_start(aws, launched_now, e)
         if isinstance(e, AwsError):
             raise self._aws_failure(e, community, e.operation) from None
@@ -774,7 +828,7 @@ class EC2Spawner(Spawner):
         if verdict.level == "over":
             self.log.info("%s: start refused, over budget: %s", self._log_name, verdict.message)
             self._audit("start_refused", reason=verdict.message)
-            raise StartFailed(verdict.message, status=403)
+            raise StartRefused(verdict.message, 403, reason="budget")
 
     async def _budget_notes(self, communities: list[Community]) -> list[str]:
         """The spawn form's budget warnings (and refusals), one per community that has one."""
@@ -817,10 +871,11 @@ class EC2Spawner(Spawner):
             if spawner is not self and getattr(spawner, "claimed_community", None) == community.id
         }
         if len(servers) >= community.max_servers_per_user:
-            refusal = StartFailed(
+            refusal = StartRefused(
                 f"You already have {len(servers)} running server(s) in {community.name}, the "
                 f"most this community allows. Stop one before starting another.",
-                status=403,
+                403,
+                reason="server-limit",
             )
             self._audit("start_refused", reason=str(refusal))
             raise refusal
@@ -1173,7 +1228,7 @@ class EC2Spawner(Spawner):
         kept for the spawn form until the next start."""
         self.capacity_note = capacity_advice(community, instance_type, where)
         self._save_state()
-        return NoCapacity(self.capacity_note, status=503)
+        return NoCapacity(self.capacity_note)
 
     def _backstop_seconds(self, community: Community) -> int:
         """The instance's own idle limit: a second, larger timeout than the hub's culler

@@ -74,6 +74,20 @@ _RESERVED_PREFIX = "aws:"
 _REPLACEMENT = "_"
 
 
+#: JupyterHub 6's rule for new server names (``jupyterhub.slugs.is_valid_safe_slug``: 1-30
+#: characters, lowercase ASCII letters, digits and single hyphens, a letter first and a letter
+#: or digit last). The hub applies it on JupyterHub 5.2 too, so that a server made there can
+#: still be started after an upgrade to 6 (which refuses new servers with other names); what
+#: people read is the server's display name.
+SERVER_NAME_MAX = 30
+_SERVER_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+
+
+def is_valid_server_name(name: str) -> bool:
+    """Whether ``name`` may name a new server (see `SERVER_NAME_MAX`); "" is the default."""
+    return name == "" or (len(name) <= SERVER_NAME_MAX and _SERVER_NAME.fullmatch(name) is not None)
+
+
 def hub_filter(hub_id: str) -> dict[str, object]:
     """The ``DescribeInstances`` filter for the instances of one hub."""
     return {"Name": f"tag:{TAG_HUB}", "Values": [hub_id]}

@@ -472,7 +472,7 @@ def test_install_with_a_database_adds_psycopg_and_the_secret_arn(host) -> None:
         "--quiet",
         "--disable-pip-version-check",
         "--upgrade",
-        "psycopg[binary]>=3.1",
+        "psycopg[binary]>=3.3",
     ]
     assert f"DB_URL_SECRET_ARN={DB_ARN}" in run.etc("secrets.conf").splitlines()
     assert f"DB_URL_SECRET_ARN={DB_ARN}" in run.etc("install.conf").splitlines()

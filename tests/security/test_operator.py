@@ -87,6 +87,19 @@ def test_an_operator_can_stop_another_users_server(hub, bobs_server):
     wait_until(lambda: not (server_model(hub, "bob") or {}).get("ready"), 120, "bob's stop")
 
 
+def test_an_operator_can_start_another_users_server(hub, bobs_server):
+    """The operator role's ``servers`` holds JupyterHub 6's ``start:servers`` (and is what
+    5.2's start asks for): alice starts bob's stopped server again with his last choices,
+    and it runs as bob's."""
+    alice = as_alice(hub)
+    if (server_model(hub, "bob") or {}).get("ready"):
+        stop_server(hub, "bob")
+    answer = alice.post(f"{hub.url}/hub/api/users/bob/server", json={}, timeout=60)
+    assert answer.status_code in (201, 202), answer.text
+    wait_until(lambda: (server_model(hub, "bob") or {}).get("ready"), 180, "bob's start")
+    stop_server(hub, "bob")
+
+
 def test_an_operator_reads_the_audit_log_and_an_analyst_cannot(hub, bobs_server):
     """Operators answer "who did what to bob's server?" from the hub (``/hub/audit``,
     filtered; ``format=jsonl`` for tools) without a shell on the hub host. The page shows no
