@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oldest-jupyterhub lint bench deps chromium openssh postgresql clean
+.PHONY: demo test test-oldest-jupyterhub lint bench chaos deps chromium openssh postgresql clean
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -81,6 +81,12 @@ test-oldest-jupyterhub: deps postgresql $(OLDEST_DIR)/.installed
 	  -n $(PYTEST_WORKERS) --dist loadfile \
 	  tests/security tests/authenticator tests/spawner tests/operations --ignore=tests/spawner/ssm \
 	  tests/integration/test_server_api.py
+
+# The chaos run: 30 analysts work for 10 minutes through a seeded schedule of faults; it
+# prints what was lost (nothing may be) and exits 1 otherwise. SEED=<n> replays a run;
+# tests/integration/test_chaos.py is its two-minute version inside make test.
+chaos: deps openssh postgresql
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m chaos $(if $(SEED),--seed $(SEED))
 
 # Benchmarks print figures and the ratios between them, and check their limits (exit 1).
 # benchmarks.scale (500 servers) takes about 10 minutes.

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("spawner", "operations", "authenticator", "hub_config", "localcloud", "benchmarks")
+PACKAGES = (
+    "spawner",
+    "operations",
+    "authenticator",
+    "hub_config",
+    "localcloud",
+    "benchmarks",
+    "chaos",
+)
 MAX_FUNCTION_LINES = 60
 
 #: What each package may import of the others (besides itself). ``spawner`` records into the
@@ -28,6 +36,7 @@ ALLOWED = {
     "hub_config": {"spawner.naming"},
     "localcloud": {"spawner", "hub_config"},
     "benchmarks": {"spawner", "operations", "hub_config", "localcloud", "tests"},
+    "chaos": {"spawner", "operations", "hub_config", "localcloud", "tests"},
 }
 #: Modules that import nothing of the project but `spawner.naming` (which imports nothing),
 #: so that anything may import them.
@@ -215,7 +224,7 @@ def test_no_process_wide_registry() -> None:
     (`spawner.region.Regions`)."""
     found = []
     for module, tree in TREES.items():
-        if _package(module) in ("localcloud", "benchmarks"):
+        if _package(module) in ("localcloud", "benchmarks", "chaos"):
             continue  # processes of their own, not the hub
         globals_, attributes = _mutated_names(tree)
         scopes = [(tree.body, globals_)] + [
@@ -255,7 +264,10 @@ def test_only_the_settings_read_the_environment() -> None:
     looks at ``os.environ`` (the stand-ins and benchmarks are processes of their own)."""
     readers = []
     for module, tree in TREES.items():
-        if _package(module) in ("localcloud", "benchmarks") or module == "hub_config.settings":
+        if (
+            _package(module) in ("localcloud", "benchmarks", "chaos")
+            or module == "hub_config.settings"
+        ):
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
