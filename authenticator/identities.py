@@ -82,9 +82,11 @@ class IdentityStore:
         """Apply the binding rule; returns the binding to use or raises :class:`NameTaken`.
 
         Two sign-ins of one name at the same moment (two accounts whose names differ only in
-        case, or one account in two tabs) both find it free and both insert; the database's
-        unique constraint lets one win. The other looks again and gets the rule's answer for
-        what is now there (`NameTaken`, or its own binding), never the unique violation."""
+        case, or one account in two tabs) reaching two processes on one database (the hub and
+        an operator's command, or hubs sharing one database) both find it free and both
+        insert; the database's unique constraint lets one win. The other looks again and gets
+        the rule's answer for what is now there (`NameTaken`, or its own binding), never the
+        unique violation."""
         try:
             return self._resolve(userid, wanted_name, synapse_user_name)
         except sa.exc.IntegrityError:

@@ -576,6 +576,7 @@ class SynapseOAuthenticator(OAuthenticator):
             self.log.info("Synapse tokens of deleted user %s revoked", name)
 
     def get_handlers(self, app: Any) -> list[Any]:
+        """oauthenticator's sign-in routes, then `first_handlers` (see its help)."""
         return [*super().get_handlers(app), *self.first_handlers]
 
     # -- refresh --------------------------------------------------------------------------

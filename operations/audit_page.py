@@ -117,6 +117,8 @@ def details(record: dict[str, Any]) -> str:
 
 
 class AuditPageHandler(BaseHandler):
+    """The page and its JSON lines; ``admin-ui`` as the servers overview."""
+
     def initialize(self, path: str) -> None:
         self.path = path
 

@@ -212,7 +212,8 @@ class SshKeyStore:
                     )
                 )
         except sa.exc.IntegrityError:
-            # the same key submitted twice at once (two tabs): the other one was kept
+            # the same key stored by another writer between our look and our insert (another
+            # process on the database, or two threads): the other one was kept
             raise KeyRejected(f"This key ({key.fingerprint}) is already on your list.") from None
         return PublicKey(key.key_type, key.data, key.comment, now)
 

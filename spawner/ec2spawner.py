@@ -128,9 +128,12 @@ class StartRefused(StartFailed, _RefusalBase):
     sign-in to renew, access ended, no capacity. Not the hub's fault, so not an error:
     JupyterHub 6 records it as a spawn ``failure`` labelled with ``reason`` (its
     `SpawnException`), logs no traceback and does not count it towards
-    ``consecutive_failure_limit``; on 5.2 it is a 4xx (503 for capacity) HTTPError. The
-    API answers with ``status`` and the message says what the user can do; the audit line
-    is ``start_refused``, the hub's metric outcome ``refused``."""
+    ``consecutive_failure_limit``; on 5.2 it is a 4xx (503 for capacity) HTTPError, which
+    JupyterHub itself counts like any failure. The API answers with ``status`` and the
+    message says what the user can do; the hub's metric outcome is ``refused``, and a
+    refusal after AWS calls (capacity, access ended) is audited as ``start_failed`` with
+    ``outcome=refused`` (budget and server-limit refusals, before any AWS call, as
+    ``start_refused``)."""
 
     refused = True
 
@@ -456,6 +459,11 @@ class EC2Spawner(Spawner):
         self._auth_check: asyncio.Future[None] | None = None
         #: when this hub process last checked the owner's teams from a poll (monotonic)
         self._membership_checked: float | None = None
+        #: taken by the token rewrite and by every deletion of the parameters, so that a
+        #: rewrite in flight across a stop cannot put the token back after the delete
+        self._secrets_lock = asyncio.Lock()
+        #: the parameters were deleted (a stop); none is written again before the next start
+        self._secrets_deleted = False
         #: tunnels to other ports of the instance, for the owner's relay (operations.relay);
         #: made one at a time, so that two connections at once share one started tunnel
         self._relay_tunnels: dict[int, Tunnel] = {}
@@ -654,9 +662,9 @@ class EC2Spawner(Spawner):
 
     def _check_server_name(self) -> None:
         """A new server's name follows JupyterHub 6's rule on every JupyterHub (see
-        `spawner.naming.is_valid_server_name`); a server that already has an instance keeps
-        its name, as JupyterHub 6 lets servers made before it start."""
-        if self.instance_id or is_valid_server_name(self.name):
+        `spawner.naming.is_valid_server_name`); a server that started before keeps its name,
+        as JupyterHub 6 lets servers made before it start (``allow-start``)."""
+        if self.instance_id or self.last_options or is_valid_server_name(self.name):
             return
         raise StartRefused(
             f"The server name {self.name!r} is not allowed: use 1-{SERVER_NAME_MAX} lowercase "
@@ -728,6 +736,7 @@ class EC2Spawner(Spawner):
         image = community.image(options.image_id)
         assert image is not None
         self._emit(10, "Writing your server's settings…")
+        self._secrets_deleted = False
         try:
             await store.write(
                 self._parameters(),
@@ -1384,7 +1393,7 @@ class EC2Spawner(Spawner):
         self.log.warning("%s: start failed (%r); cleaning up", self._log_name, error)
         await self._close_tunnel()
         with contextlib.suppress(AwsError):
-            await ParameterStore(aws).delete(self._parameters())
+            await self._delete_parameters(aws)
         if not self.instance_id:
             return
         action = self.failed_start_action
@@ -1487,7 +1496,7 @@ class EC2Spawner(Spawner):
         # JupyterHub calls no stop() for a server that poll() finds stopped (its backstop shut
         # it down, or someone stopped it in the console): its secrets go now.
         try:
-            await ParameterStore(self.aws_for(self.region)).delete(self._parameters())
+            await self._delete_parameters(self.aws_for(self.region))
         except AwsError as e:
             self.log.warning("%s: could not delete the parameters: %s", self._log_name, e)
         return 0
@@ -1554,15 +1563,23 @@ class EC2Spawner(Spawner):
                 # is stopping): nothing is written for a server that must lose its token.
                 self.log.warning("%s: the owner must sign in again", self._log_name)
                 return
-            if model:  # as JupyterHub's own refresh does: the next request need not ask
-                self.user._auth_refreshed = time.monotonic()
+            # JupyterHub's own stamp (user._auth_refreshed) is left alone: its refresh also
+            # applies the model (admin flag, groups), which this one does not.
             if isinstance(model, dict):
                 state = model["auth_state"]
             elif near_expiry:
                 self.log.warning("%s: could not refresh the Synapse token", self._log_name)
+        async with self._secrets_lock:
+            await self._rewrite_token(state)
+
+    async def _rewrite_token(self, state: dict[str, Any]) -> None:
+        """Under `_secrets_lock`: a stopped or stopping server's parameters are deleted and
+        stay so."""
         token = state.get("access_token")
         if not token or token == self._token_written or self._stop_pending:
-            return  # a stopping server's parameters are being deleted: none written again
+            return
+        if self._secrets_deleted:
+            return
         if _expired(state):
             # A notebook is never handed a token past its life: it keeps the one it has
             # until a refresh succeeds (the hub's view of expiry; Synapse's 401 on a token
@@ -1621,11 +1638,18 @@ class EC2Spawner(Spawner):
         if not self.region:
             return
         aws = self.aws_for(self.region)
-        await ParameterStore(aws).delete(self._parameters())
+        await self._delete_parameters(aws)
         if self.instance_id:
             await self.stop_object(aws)
             self.poller_for(self.region).kick()
         self.log.info("%s: stopped %s (volume kept)", self._log_name, self.instance_id)
+
+    async def _delete_parameters(self, aws: Aws) -> None:
+        """The server's secrets go (stop, delete, a failed start, a stop behind the hub's
+        back); no token is rewritten after this until the next start writes them again."""
+        async with self._secrets_lock:
+            self._secrets_deleted = True
+            await ParameterStore(aws).delete(self._parameters())
 
     async def stop_object(self, aws: Aws) -> None:
         """``StopInstances``: the disk stays; an instance already gone is forgotten."""
@@ -1645,7 +1669,7 @@ class EC2Spawner(Spawner):
             return
         aws = self.aws_for(self.region)
         with contextlib.suppress(AwsError):
-            await ParameterStore(aws).delete(self._parameters())
+            await self._delete_parameters(aws)
         await self.remove_object(aws)
         self.log.info("%s: terminated %s", self._log_name, self.instance_id)
         self.instance_id = self.volume_id = self.tunnel_port = None

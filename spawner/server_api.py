@@ -4,7 +4,8 @@ hub's rules where JupyterHub has no hook for them.
 JupyterHub 6 lets a server's ``user_options`` be set without a start: ``PUT`` (create a named
 server) and ``PATCH`` (edit a stopped one) write them to the database as given, and the next
 start would only then find them wrong. Here they go through the spawner's one validator
-(`spawner.options.validate_options`, against the caller's communities) first, so a bad
+(`spawner.options.validate_options`, against the server owner's communities, as at a
+start) first, so a bad
 value is refused with the same message as at a start and nothing is saved. A new server's
 name follows JupyterHub 6's rule on 5.2 too (`spawner.naming.is_valid_server_name`),
 checked before JupyterHub creates the server's record.
@@ -35,6 +36,8 @@ START_SCOPE = "start:servers" if "start:servers" in scope_definitions else "serv
 
 
 class ServerAPIHandler(UserServerAPIHandler):
+    """JupyterHub's handler, with the checks of the module docstring before each method."""
+
     def initialize(self, communities: CommunitiesConfig) -> None:
         self.communities = communities
 
@@ -90,15 +93,19 @@ class ServerAPIHandler(UserServerAPIHandler):
 
 
 def named_server_limit(communities: CommunitiesConfig) -> Callable[[Any], Awaitable[int]]:
-    """``JupyterHub.named_server_limit_per_user`` consistent with the communities file: the
-    sum of ``max_servers_per_user`` over the requesting user's communities (0, JupyterHub's
-    "no limit", for a service or a user with no signed-in state). JupyterHub counts the
-    named servers a user has made; the spawner's own check at each start
-    (``EC2Spawner._check_server_limit``) counts servers with an instance, per community, and
-    stays the exact rule: JupyterHub's never refuses what a community allows."""
+    """``JupyterHub.named_server_limit_per_user`` from the communities file: the sum of
+    ``max_servers_per_user`` over the communities of the user the request is about (the
+    path's user: an operator making bob's server gets bob's limit, not their own), 0 —
+    JupyterHub's "no limit" — when that user has no signed-in state. JupyterHub counts the
+    named servers a user keeps, running or stopped, as ``max_servers_per_user`` does per
+    community; the spawner's per-community count at each start
+    (``EC2Spawner._check_server_limit``) stays the exact rule."""
 
     async def limit(handler: Any) -> int:
-        user = getattr(handler, "current_user", None)
+        args = getattr(handler, "path_args", None) or []
+        user = handler.find_user(args[0]) if args else None
+        if user is None:
+            user = getattr(handler, "current_user", None)
         get_auth_state = getattr(user, "get_auth_state", None)
         if get_auth_state is None:
             return 0

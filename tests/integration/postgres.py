@@ -59,6 +59,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _postmaster(bin_dir: Path, data: Path, run_as: list[str], port: int) -> subprocess.Popen:
+    """Start the postmaster of ``data`` on ``port``; its output goes to ``postgres.log``
+    beside ``data`` (each attempt's replaces the last)."""
+    base = data.parent
+    log = base / "postgres.log"
+    with log.open("wb") as out:
+        if run_as:
+            os.chown(log, pwd.getpwnam("postgres").pw_uid, -1)
+        return subprocess.Popen(
+            [
+                *run_as,
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={base}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=base,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class PostgresServer:
     base: Path
@@ -102,50 +138,24 @@ class PostgresServer:
             capture_output=True,
             cwd=base,
         )
-        port = _free_port()
-        log = base / "postgres.log"
-        with log.open("wb") as out:
-            if run_as:
-                os.chown(log, pwd.getpwnam("postgres").pw_uid, -1)
-            proc = subprocess.Popen(
-                [
-                    *run_as,
-                    str(bin_dir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={base}",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=300",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=base,
-                start_new_session=True,
-            )
-        server = cls(base, port, password, proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with server.connect("postgres"):
-                    return server
-            except psycopg.OperationalError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError(
-                        f"PostgreSQL did not start: {log.read_text(errors='replace')[-2000:]}"
-                    ) from None
-                time.sleep(0.1)
+        # The port is free when chosen and bound a moment later: another worker or a hub
+        # may take it in between; the postmaster then exits, and another port is tried.
+        for _attempt in range(5):
+            port = _free_port()
+            server = cls(base, port, password, _postmaster(bin_dir, data, run_as, port))
+            deadline = time.monotonic() + timeout
+            while server.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with server.connect("postgres"):
+                        return server
+                except psycopg.OperationalError:
+                    time.sleep(0.1)
+            log = (base / "postgres.log").read_text(errors="replace")
+            server.stop(keep_files=True)
+            if "could not bind" not in log and "already in use" not in log:
+                break
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"PostgreSQL did not start: {log[-2000:]}")
 
     def connect(self, database: str) -> psycopg.Connection:
         return psycopg.connect(
@@ -179,7 +189,7 @@ class PostgresServer:
         digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
         return self.database(f"hub_{digest}")
 
-    def stop(self) -> None:
+    def stop(self, *, keep_files: bool = False) -> None:
         """Fast shutdown (SIGINT: sessions ended, no wait for clients), then the files."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -190,4 +200,5 @@ class PostgresServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        shutil.rmtree(self.base, ignore_errors=True)
+        if not keep_files:
+            shutil.rmtree(self.base, ignore_errors=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.run import report, run
+from chaos.run import NOT_APPLIED, report, run
 
 pytestmark = pytest.mark.integration
 
@@ -22,3 +22,5 @@ def test_nothing_is_lost_through_two_minutes_of_faults(tmp_path):
     assert report(outcome), "the chaos run broke a promise: see its report above"
     assert outcome.files_written > 0
     assert all(a.record.steps > 0 for a in outcome.analysts)
+    skipped = [line for line in outcome.fault_log if NOT_APPLIED in line]
+    assert not skipped and len(outcome.fault_log) == len(outcome.faults), outcome.fault_log

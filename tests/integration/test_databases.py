@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from jupyterhub import dbutil
 
 from authenticator.identities import IdentityStore, NameTaken
 from operations.ssh_keys import KeyRejected, SshKeyStore, parse_public_key
+from tests.integration import postgres as postgres_module
 from tests.integration.harness import REPO, sign_in
 from tests.integration.postgres import PostgresServer
 
@@ -51,6 +53,26 @@ def db_url(request, tmp_path, postgres) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'hub.sqlite'}"
     return postgres.database(f"t_{abs(hash(str(tmp_path))) % 10**12}")
+
+
+def test_a_port_taken_before_the_server_binds_it_is_tried_again(monkeypatch):
+    """The harness picks a free port and PostgreSQL binds it a moment later; another test
+    worker or a hub may take it in between. The server then starts on another port instead
+    of failing the whole session."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        given = iter([port])
+        free = postgres_module._free_port
+        monkeypatch.setattr(postgres_module, "_free_port", lambda: next(given, None) or free())
+        server = PostgresServer.start()
+        try:
+            assert server.port != port
+            with server.connect("postgres") as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            server.stop()
 
 
 def test_the_identity_binding_on_both_databases(db_url):

@@ -171,8 +171,14 @@ def test_a_removed_member_who_sends_no_request_loses_the_running_server(hub, clo
         assert instance["BlockDeviceMappings"]  # stopped, not terminated: the disk is kept
         wait_until(lambda: not hub.auth_state("bob"), 60, "the hub to forget his tokens")
         assert not refresh_token_active(cloud, token_id)
-        ended = [r for r in hub.audit_lines("access_ended") if r.get("user") == "bob"]
-        assert len(ended) == ended_before + 1
+        wait_until(
+            lambda: (
+                len([r for r in hub.audit_lines("access_ended") if r.get("user") == "bob"])
+                == ended_before + 1
+            ),
+            30,
+            "the audit line",
+        )
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(notebook, signal.SIGCONT)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -137,6 +138,9 @@ class RecordingParameters:
     async def write_synapse_token(self, names, token):
         self.written.append(token)
 
+    async def delete(self, names):
+        self.written.append("<deleted>")
+
 
 def token_spawner(auth_state, refreshed=None) -> EC2Spawner:
     async def get_auth_state():
@@ -166,6 +170,30 @@ async def test_an_expired_token_is_never_written_to_the_parameter(monkeypatch):
     fresh = {"access_token": "fresh", "expires_at": time.time() + 24 * 3600}
     await token_spawner(expired, refreshed={"auth_state": fresh})._refresh_token_if_needed()
     assert RecordingParameters.written == ["fresh"]
+
+
+async def test_a_token_rewrite_in_flight_across_a_stop_writes_nothing(monkeypatch):
+    """The poll's rewrite asks Synapse (slow in an outage); the server stops meanwhile and
+    its parameters are deleted. The rewrite must not put the token back: a stopped server's
+    token would stay in Parameter Store, readable by its instance's role, until the next
+    start."""
+    monkeypatch.setattr("spawner.ec2spawner.ParameterStore", RecordingParameters)
+    RecordingParameters.written = []
+    release = asyncio.Event()
+    fresh = {"access_token": "fresh", "expires_at": time.time() + 24 * 3600}
+
+    async def slow_refresh(user, force=False):
+        await release.wait()
+        return {"auth_state": fresh}
+
+    s = token_spawner({"access_token": "old", "expires_at": time.time() + 60})
+    s.authenticator = SimpleNamespace(refresh_tokens=slow_refresh)
+    rewrite = asyncio.ensure_future(s._refresh_token_if_needed())
+    await asyncio.sleep(0)  # the rewrite waits on Synapse
+    await s._delete_parameters(FakeAws())  # the stop
+    release.set()
+    await rewrite
+    assert RecordingParameters.written == ["<deleted>"]
 
 
 async def test_a_start_with_an_expired_token_asks_to_sign_in_again():
