@@ -9,7 +9,12 @@ hub's servers (REST API, with ``admin:server_state``):
   the server's (its id is in the server's state, or its tags name the server and the spawner
   finds it by them at the next start);
 - a running instance whose server is stopped, or whose user or server the hub does not know,
-  is **stopped** — never terminated: its disk may hold the only copy of someone's work.
+  is **stopped** — never terminated: its disk may hold the only copy of someone's work;
+- a server JupyterHub is still checking (``pending: "check"``) or renaming is **waited**
+  for: a restarted hub with many servers lets its services start after
+  ``init_spawners_timeout`` (10 s) while it goes on checking the rest in the background,
+  and shows each of those not ready meanwhile. Taken for stopped, a thousand-server hub's
+  restart stopped hundreds of running servers (``benchmarks/scale.py --servers 1000``).
 
 Every decision is logged (the ``snh.audit`` logger, in the hub's log: the service does not
 write the hub's audit file). Pure decision (`decide`) and I/O apart.
@@ -53,6 +58,8 @@ class HubServer:
     server: str  # "" for the default server
     running: bool  # ready or pending (starting/stopping)
     instance_id: str | None
+    #: JupyterHub has not decided yet (its start-up check of the server, or a rename)
+    undecided: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,14 @@ def hub_servers(users: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Hub
     for user in users:
         for name, server in (user.get("servers") or {}).items():
             state = server.get("state") or {}
-            running = bool(server.get("ready") or server.get("pending") in ("spawn", "stop"))
+            pending = server.get("pending")
+            running = bool(server.get("ready") or pending in ("spawn", "stop"))
             found[(user["name"], name)] = HubServer(
-                user["name"], name, running, state.get("instance_id")
+                user["name"],
+                name,
+                running,
+                state.get("instance_id"),
+                undecided=pending in ("check", "rename"),
             )
     return found
 
@@ -94,6 +106,8 @@ def decide(
 
         if server is None:
             action, reason = "stop", "no such server in the hub"
+        elif server.undecided:
+            action, reason = "wait", "the hub is still checking this server (a restart)"
         elif not server.running:
             if young and server.instance_id in (None, view.instance_id):
                 action, reason = "wait", "launched moments ago; a spawn may be recording it"

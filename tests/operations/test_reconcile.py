@@ -54,3 +54,20 @@ def test_decisions():
     ]
     got = {d.instance_id: d.action for d in decide(views, servers, NOW)}
     assert got == {"i-1": "adopt", "i-2": "stop", "i-3": "stop", "i-4": "stop", "i-5": "wait"}
+
+
+def test_a_server_the_restarted_hub_is_still_checking_is_left_running():
+    """A restarted hub with many servers starts its services after init_spawners_timeout
+    (10 s) and checks the rest in the background, showing them ``pending: "check"`` and not
+    ready. Before, reconciliation took them for stopped: a 1,000-server hub's restart
+    stopped hundreds of running servers (benchmarks/scale.py)."""
+    users = [
+        {
+            "name": "dana",
+            "servers": {"": {"ready": False, "pending": "check", "state": {"instance_id": "i-7"}}},
+        }
+    ]
+    servers = hub_servers(users)
+    assert servers[("dana", "")].undecided and not servers[("dana", "")].running
+    [decision] = decide([view("i-7", "dana")], servers, NOW)
+    assert decision.action == "wait"
