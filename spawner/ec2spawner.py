@@ -1523,6 +1523,8 @@ class EC2Spawner(Spawner):
             self._auth_check = keep_task(asyncio.ensure_future(self._refresh_auth_logged()))
 
     async def _refresh_auth_logged(self) -> None:
+        """A background task's failure would otherwise only reach asyncio's "never
+        retrieved" warning; the next poll tries again."""
         try:
             await self._refresh_token_if_needed()
         except Exception:
