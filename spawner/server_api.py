@@ -94,18 +94,15 @@ class ServerAPIHandler(UserServerAPIHandler):
 
 def named_server_limit(communities: CommunitiesConfig) -> Callable[[Any], Awaitable[int]]:
     """``JupyterHub.named_server_limit_per_user`` from the communities file: the sum of
-    ``max_servers_per_user`` over the communities of the user the request is about (the
-    path's user: an operator making bob's server gets bob's limit, not their own), 0 —
-    JupyterHub's "no limit" — when that user has no signed-in state. JupyterHub counts the
-    named servers a user keeps, running or stopped, as ``max_servers_per_user`` does per
-    community; the spawner's per-community count at each start
-    (``EC2Spawner._check_server_limit``) stays the exact rule."""
+    ``max_servers_per_user`` over the requesting user's communities. JupyterHub asks it of
+    the user making the request (``get_current_user_named_server_limit``), so a service or
+    an operator acting for someone gets 0, JupyterHub's "no limit"; and it counts server
+    records, including ones that never started. It is therefore only a first bound on what
+    a person makes for themselves. The exact rule, for everyone, is the spawner's count per
+    community at each start (``EC2Spawner._check_server_limit``)."""
 
     async def limit(handler: Any) -> int:
-        args = getattr(handler, "path_args", None) or []
-        user = handler.find_user(args[0]) if args else None
-        if user is None:
-            user = getattr(handler, "current_user", None)
+        user = getattr(handler, "current_user", None)
         get_auth_state = getattr(user, "get_auth_state", None)
         if get_auth_state is None:
             return 0

@@ -941,7 +941,9 @@ async def test_unsigned_and_wrongly_signed_upgrades_are_refused_with_403(aws: Aw
     )
     cases["other service"] = (dict(other_service.headers.items()), "SignatureDoesNotMatch")
     tampered = headers()
-    tampered["X-Amz-Date"] = tampered["X-Amz-Date"][:-3] + "00Z"  # not what was signed
+    signed_at = tampered["X-Amz-Date"]
+    # not what was signed: another second (a signature made at :00 would otherwise pass)
+    tampered["X-Amz-Date"] = signed_at[:-3] + ("01Z" if signed_at.endswith("00Z") else "00Z")
     cases["date changed after signing"] = (tampered, "SignatureDoesNotMatch")
     for name, (sent, code) in cases.items():
         status, body = await _upgrade(url, sent)
