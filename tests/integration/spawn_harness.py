@@ -14,6 +14,14 @@ from hub_config.settings import HubSettings
 
 from .harness import Hub, LocalCloud
 
+#: A Jupyter server in the ad-portal community, as the spawn form sends it.
+JUPYTER = {
+    "community": "ad-portal",
+    "image": "jupyter",
+    "instance_type": "t3.xlarge",
+    "disk_gb": 40,
+}
+
 #: The hub id of hubs started without SNH_HUB_ID (the shared `hub` fixture's).
 DEFAULT_HUB_ID = HubSettings.hub_id
 

@@ -14,18 +14,12 @@ import jupyterhub
 import pytest
 import requests
 
-from .harness import SERVICE_TOKEN, own_hub, sign_in
-from .spawn_harness import front_control, spawn_error, start_server, stop_server
+from .harness import SERVICE_TOKEN, own_hub, sign_in, token_for
+from .spawn_harness import JUPYTER, front_control, spawn_error, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
 SIX = jupyterhub.version_info >= (6,)
-JUPYTER = {
-    "community": "ad-portal",
-    "image": "jupyter",
-    "instance_type": "t3.xlarge",
-    "disk_gb": 40,
-}
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +128,7 @@ def test_user_options_set_without_a_start_are_validated(hub):
 def test_the_named_server_limit_follows_the_communities(hub):
     """bob is in ad-portal (2 servers) and nf-osc (1): JupyterHub lets him make 3 named
     servers, not a fourth (the spawner's own check still counts per community at a start)."""
-    session, _ = sign_in(hub, "bob")
-    session.get(f"{hub.url}/hub/token", timeout=30)
-    made = session.post(
-        f"{hub.url}/hub/api/users/bob/tokens",
-        json={"note": "limit"},
-        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
-        timeout=30,
-    )
-    as_bob = {"Authorization": f"token {made.json()['token']}"}
+    as_bob = {"Authorization": f"token {token_for(hub, 'bob', None)}"}
     names = [f"limit-{i}" for i in range(4)]
     answers = [
         requests.put(f"{hub.url}/hub/api/users/bob/servers/{n}", headers=as_bob, timeout=30)

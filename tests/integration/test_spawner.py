@@ -15,6 +15,7 @@ from spawner.launch import ServerIdentity, subnet_order
 
 from .harness import SERVICE_TOKEN, sign_in, wait_until
 from .spawn_harness import (
+    JUPYTER,
     front_control,
     instances_of,
     moto,
@@ -26,13 +27,6 @@ from .spawn_harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-JUPYTER = {
-    "community": "ad-portal",
-    "image": "jupyter",
-    "instance_type": "t3.xlarge",
-    "disk_gb": 40,
-}
 
 
 @pytest.fixture(scope="module")

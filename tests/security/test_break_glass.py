@@ -38,18 +38,23 @@ def _own_token(hub, user: str) -> dict[str, str]:
     return {"Authorization": f"token {made.json()['token']}"}
 
 
+def break_glass_env(cloud, tmp_path, hub_id: str, names: str) -> dict[str, str]:
+    """A hub of its own id whose break-glass admins are ``names``."""
+    config = hub_test_config(tmp_path)
+    return hub_env(
+        cloud,
+        tmp_path,
+        SNH_HUB_ID=hub_id,
+        SNH_EXTRA_CONFIG=str(config),
+        SNH_BREAK_GLASS_ADMINS=names,
+    )
+
+
 def test_a_name_taken_off_the_break_glass_list_is_no_admin_after_a_restart(cloud, tmp_path):
     """bob is a break-glass admin and keeps an API token. The operators take him off
     ``SNH_BREAK_GLASS_ADMINS`` and restart the hub. He never signs in again: his token alone
     must lose admin at once — no ``admin:auth_state``, no other user's tokens or servers."""
-    config = hub_test_config(tmp_path)
-    env = hub_env(
-        cloud,
-        tmp_path,
-        SNH_HUB_ID="trust-break-glass",
-        SNH_EXTRA_CONFIG=str(config),
-        SNH_BREAK_GLASS_ADMINS="bob",
-    )
+    env = break_glass_env(cloud, tmp_path, "trust-break-glass", "bob")
     hub = start_hub(env, tmp_path / "hub.log")
     try:
         as_bob = _own_token(hub, "bob")
@@ -89,14 +94,7 @@ def test_a_removed_member_made_admin_at_run_time_is_admin_no_more(cloud, tmp_pat
     removed from the teams. At the next request with his token the lockout takes the admin
     flag and role away with everything else (finding 1: an admin removed from the teams
     kept admin rights on tokens), and says so in the audit line."""
-    config = hub_test_config(tmp_path)
-    env = hub_env(
-        cloud,
-        tmp_path,
-        SNH_HUB_ID="trust-made-admin",
-        SNH_EXTRA_CONFIG=str(config),
-        SNH_BREAK_GLASS_ADMINS="alice",
-    )
+    env = break_glass_env(cloud, tmp_path, "trust-made-admin", "alice")
     hub = start_hub(env, tmp_path / "hub.log")
     try:
         as_alice = _own_token(hub, "alice")
