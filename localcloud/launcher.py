@@ -143,6 +143,8 @@ def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str
         "SNH_BIND_URL": f"{parsed.scheme}://{parsed.netloc}",
         "SNH_STATE_DIR": str(state_dir / "hub"),
         "JUPYTERHUB_CRYPT_KEY": crypt_key(state_dir),
+        # as hub_config/deploy/synapse-notebook-hub.service sets it (the unit says why)
+        "MALLOC_ARENA_MAX": "2",
         "PATH": f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     aws = endpoints.get("aws")

@@ -21,7 +21,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 
 from .aws.front import AwsFront, serve_front, shutdown_front
-from .aws.moto_server import MotoServer, index_moto_tags, start_moto
+from .aws.moto_server import MotoServer, index_moto_instances, index_moto_tags, start_moto
 from .aws.moto_setup import (
     DEFAULT_PARAMETER_PREFIX,
     LIGHT_SUBNETS,
@@ -115,9 +115,11 @@ async def start_aws(
     """Start everything on the running loop (moto in a thread) and provision the communities'
     resources; ``<state_dir>/communities.yaml`` is written before this returns.
     ``light_instances``: instances without a notebook process of their own, in larger
-    subnets, with moto's tag lookups indexed — for benchmarks with hundreds of servers."""
+    subnets, with moto's tag and instance lookups indexed — for benchmarks with thousands of
+    servers."""
     if light_instances:
         index_moto_tags()
+        index_moto_instances()
     moto = await asyncio.to_thread(start_moto)
     started: list[Any] = []
     try:

@@ -511,10 +511,13 @@ class EC2Spawner(Spawner):
         super().clear_state()
 
     def _save_state(self) -> None:
-        """Write the state to the hub database now (JupyterHub saves it only after start)."""
-        if self.orm_spawner is not None and self.db is not None:
+        """Write the state to the hub database now (JupyterHub saves it only after start).
+        Through the user's session: ``Spawner.db`` is deprecated, and warns (ten lines in the
+        log) once per spawner, 5,000 times in a restart of a 5,000-server hub."""
+        db = getattr(self.user, "db", None)
+        if self.orm_spawner is not None and db is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            db.commit()
 
     # -- configuration helpers --------------------------------------------------------------
 
@@ -919,7 +922,7 @@ class EC2Spawner(Spawner):
             gone = view is None or view.state in ("terminated", "shutting-down")
         if gone:
             await self.create_object(community, identity, options, aws)
-            poller.kick()
+            poller.kick(self.instance_id)
             return True
         self.instance_id = view.instance_id
         self.volume_id = view.volumes.get(HOME_DEVICE, self.volume_id)
@@ -933,7 +936,7 @@ class EC2Spawner(Spawner):
             if not elsewhere:
                 raise
             await self.move_object(view, community, identity, options, aws, poller, elsewhere)
-        poller.kick()
+        poller.kick(self.instance_id)
         return False
 
     # -- the instance's lifecycle: small steps a subclass may override (dockerspawner's
@@ -1008,22 +1011,24 @@ class EC2Spawner(Spawner):
             instance_id=instance_id,
             reason="found running at a start: restarted to take this start's settings",
         )
-        poller.kick()
+        poller.kick(instance_id)
 
     async def get_object(self, aws: Aws, poller: InstancePoller) -> InstanceView | None:
-        """This server's instance: by the id in the state, else by its tags."""
+        """This server's instance: by the id in the state, else by its tags (from describes
+        that begin now: an instance launched a moment ago, by this hub before a crash, must
+        be found)."""
         if self.instance_id:
             view = poller.get(self.instance_id)
-            if view is UNKNOWN or view is None:
+            if view is UNKNOWN:
                 await poller.refresh()
-                view = poller.get(self.instance_id)
+            elif view is None:
+                await poller.refresh_some([self.instance_id])
+            view = poller.get(self.instance_id)
             if view is not None and view is not UNKNOWN:
                 return view
-        else:
-            await poller.refresh()
         mine = [
             v
-            for v in poller.find(
+            for v in await poller.lookup(
                 **{TAG_USER: self.user.name, TAG_SERVER: self.name or DEFAULT_SERVER_TAG}
             )
             if v.state not in ("terminated", "shutting-down")
@@ -1075,7 +1080,7 @@ class EC2Spawner(Spawner):
                 home_snapshot=snapshot,
                 reason=f"zone move of {old_id} from {where}: home volume from {snapshot}",
             )
-            poller.kick()
+            poller.kick(self.instance_id)
             self._emit(30, f"Moved to {self.instance_id}: waiting for it to run…")
             async with asyncio.timeout(600):
                 new = await poller.wait_for(str(self.instance_id), {"running"})
@@ -1643,7 +1648,7 @@ class EC2Spawner(Spawner):
         await self._delete_parameters(aws)
         if self.instance_id:
             await self.stop_object(aws)
-            self.poller_for(self.region).kick()
+            self.poller_for(self.region).kick(self.instance_id)
         self.log.info("%s: stopped %s (volume kept)", self._log_name, self.instance_id)
 
     async def _delete_parameters(self, aws: Aws) -> None:

@@ -6,6 +6,11 @@ with the hub's id (paginated) and every spawner reads its own instance from the 
 role kubespawner's reflector plays for pods. While a spawn waits for a state the poller runs
 at a faster interval, still one call for everybody.
 
+While spawns wait and the last look at every instance is recent, the poller asks only for
+the instances they wait for (an ``instance-id`` filter, at most ``IDS_PER_CALL`` a call): with
+5,000 servers a look at all of them is five pages, and a start after another would otherwise
+make one every ``fast_interval``. The look at every instance still comes every ``interval``.
+
 The poller distinguishes *unknown* from *absent*: until a describe has succeeded recently, a
 spawner must not conclude that its instance is gone (an AWS error is not "stopped").
 """
@@ -13,6 +18,7 @@ spawner must not conclude that its instance is gone (an AWS error is not "stoppe
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 #: EC2's largest page of DescribeInstances (MaxResults 5-1000; each page is one call against
 #: the API's rate limit): 500 servers are one call per interval, not five of 100.
 PAGE_SIZE = 1000
+#: EC2 answers ``FilterLimitExceeded`` for more than 200 values in the filters of one call
+#: (all filters together): instance ids go 199 a call, beside the hub's tag.
+FILTER_VALUES = 200
+IDS_PER_CALL = FILTER_VALUES - 1
 
 # EC2 writes "GMT"; moto >= 5.1 writes "UTC"
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
@@ -111,10 +121,15 @@ class InstancePoller:
         self.last_success: float | None = None
         self.last_error: AwsError | None = None
         self.describes = 0
+        #: looks at some instances only (what waiting spawns wait for)
+        self.targeted_describes = 0
         self._task: asyncio.Task[None] | None = None
         self._updated = asyncio.Condition()
         self._wake = asyncio.Event()
         self._waiters = 0
+        self._watched: collections.Counter[str] = collections.Counter()  # what wait_for waits on
+        self._kicked: set[str] = set()  # instances a spawn just changed
+        self._full_kick = False  # a look at every instance is asked for
         self._refreshing: asyncio.Future[None] | None = None
         self._describing: asyncio.Future[None] | None = None  # the describe under way
         self._queued: asyncio.Future[None] | None = None  # the next one, shared
@@ -135,15 +150,32 @@ class InstancePoller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def kick(self) -> None:
-        """Describe now (a spawn just changed something)."""
+    def kick(self, instance_id: str | None = None) -> None:
+        """Describe now: ``instance_id`` (a spawn just changed it), or every instance."""
+        if instance_id:
+            self._kicked.add(instance_id)
+        else:
+            self._full_kick = True
         self._wake.set()
+
+    def _full_look_due(self) -> bool:
+        if self._full_kick or self.last_success is None:
+            return True
+        if not (self._watched or self._kicked):
+            return True
+        return asyncio.get_running_loop().time() - self.last_success >= self.interval
 
     async def _run(self) -> None:
         failures = 0
         while True:
             try:
-                await self.refresh()
+                if self._full_look_due():
+                    self._full_kick = False
+                    self._kicked.clear()
+                    await self.refresh()
+                else:
+                    ids, self._kicked = set(self._watched) | self._kicked, set()
+                    await self.refresh_some(ids)
                 failures = 0
                 delay = self.fast_interval if self._waiters else self.interval
             except AwsError as e:
@@ -180,6 +212,29 @@ class InstancePoller:
                 self._queued = _retrieved(asyncio.ensure_future(self._after(self._describing)))
             shared = self._queued
         await asyncio.shield(shared)
+
+    async def refresh_some(self, instance_ids: Iterable[str]) -> None:
+        """Look at these instances only (``IDS_PER_CALL`` a call); the view of the others
+        stays as the last look at every instance left it, and so does ``fresh``."""
+        ids = sorted(set(instance_ids))
+        found: dict[str, InstanceView] = {}
+        for first in range(0, len(ids), IDS_PER_CALL):
+            found |= await describe_hub_instances(
+                self.aws, self.hub_id, ids[first : first + IDS_PER_CALL]
+            )
+        self.targeted_describes += 1
+        self.instances = {**self.instances, **found}
+        async with self._updated:
+            self._updated.notify_all()
+
+    async def lookup(self, **tags: str) -> list[InstanceView]:
+        """The hub's instances with these tags, from a describe that begins now (tag names
+        with ``:``: pass a dict via ``**``). A start that knows no instance id yet asks this
+        way: one small call, not a look at every instance (five pages at 5,000 servers)."""
+        found = await describe_hub_instances(self.aws, self.hub_id, tags=tags)
+        self.targeted_describes += 1
+        self.instances = {**self.instances, **found}
+        return list(found.values())
 
     async def _after(self, previous: asyncio.Future[None]) -> None:
         with contextlib.suppress(Exception):  # its error is for its own callers
@@ -233,7 +288,8 @@ class InstancePoller:
         wanted = set(states)
         seen_moving = False
         self._waiters += 1
-        self.kick()
+        self._watched[instance_id] += 1
+        self.kick(instance_id)
         try:
             async with self._updated:
                 while True:
@@ -248,6 +304,9 @@ class InstancePoller:
                     await self._updated.wait()
         finally:
             self._waiters -= 1
+            self._watched[instance_id] -= 1
+            if self._watched[instance_id] <= 0:
+                del self._watched[instance_id]
 
 
 def _retrieved(future: asyncio.Future[None]) -> asyncio.Future[None]:
@@ -258,14 +317,20 @@ def _retrieved(future: asyncio.Future[None]) -> asyncio.Future[None]:
 
 
 async def describe_hub_instances(
-    aws: Aws, hub_id: str, instance_ids: Iterable[str] | None = None
+    aws: Aws,
+    hub_id: str,
+    instance_ids: Iterable[str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, InstanceView]:
-    """The hub's instances (only ``instance_ids`` of them, if given), by id: one paginated
-    ``DescribeInstances`` filtered by the hub's tag. The poller's describe; the pages that
-    need a view the poller has not got (not fresh, or just changed) ask the same way."""
+    """The hub's instances (only ``instance_ids`` of them, or those with ``tags``, if given),
+    by id: one paginated ``DescribeInstances`` filtered by the hub's tag. The poller's
+    describe; the pages that need a view the poller has not got (not fresh, or just changed)
+    ask the same way."""
     filters = [hub_filter(hub_id)]
     if instance_ids is not None:
         filters.append({"Name": "instance-id", "Values": sorted(instance_ids)})
+    for key, value in sorted((tags or {}).items()):
+        filters.append({"Name": f"tag:{key}", "Values": [value]})
     pages = await aws.paginate(
         "ec2", "describe_instances", Filters=filters, PaginationConfig={"PageSize": PAGE_SIZE}
     )

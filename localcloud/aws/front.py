@@ -11,8 +11,9 @@ IAM and STS, as a real deployment would use AWS's. Behind it:
 
 Before forwarding, the front applies its fault rules (``localcloud.aws.faults``), records the
 call (``localcloud.aws.calls``; ``GET /_control/calls``), implements RunInstances'
-``ClientToken`` idempotency (``localcloud.aws.idempotency``) and rewrites the few moto errors
-that differ from AWS's (``localcloud.aws.corrections``). Listeners on the call log (the
+``ClientToken`` idempotency (``localcloud.aws.idempotency``), refuses what AWS refuses and moto
+would answer, and rewrites the few moto errors that differ from AWS's
+(``localcloud.aws.corrections``). Listeners on the call log (the
 instance simulator) hear about every answered call.
 
 Typical use::
@@ -41,7 +42,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from .calls import CallLog, CallRecord
 from .control import control_routes
-from .corrections import correct
+from .corrections import correct, refusal
 from .faults import AwsFaultRule, AwsFaults
 from .idempotency import MISMATCH_CODE, MISMATCH_MESSAGE, ClientTokens, Recorded
 from .wire import AwsRequest, error_code_of, error_response, parse_request
@@ -170,6 +171,11 @@ class ForwardHandler(tornado.web.RequestHandler):
                     )
                     self._send_error(request, record, code, message, status)
                     return
+            refused = refusal(request)
+            if refused is not None:
+                record.backend = "front"
+                self._send_error(request, record, *refused)
+                return
             key = ClientTokens.key(request.service, request.action, request.params)
             if key is None:
                 if (request.service, request.action) in BUFFERED_ACTIONS:

@@ -62,6 +62,7 @@ Dispatch
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,71 @@ def index_moto_tags() -> None:
         ]
 
     TaggedEC2Resource.get_tags = get_tags  # type: ignore[method-assign]
+
+
+def index_moto_instances() -> None:
+    """Make moto find instances by id, and by ``instance-id`` and tag filters, without copying
+    and filtering every reservation.
+
+    moto 5's ``get_instance`` walks ``all_instances()``, which copies every reservation, and a
+    filtered DescribeInstances copies and filters them all: with thousands of instances each
+    is milliseconds of the local cloud's CPU, and every start makes several (RunInstances'
+    checks, the simulator's DescribeInstanceAttribute, the hub's describes of the instances
+    it waits for): O(N^2) over a 5,000-server run, where EC2 answers in constant time. The
+    answers are the same: the reservations are first narrowed to those holding an instance
+    that every such filter could match (exact values only; a value with a wildcard narrows
+    nothing), and moto's own filtering then runs on those.
+    """
+    from moto.ec2.exceptions import InvalidInstanceIdError
+    from moto.ec2.models.instances import InstanceBackend
+    from moto.ec2.utils import filter_reservations
+
+    if getattr(InstanceBackend, "_snh_indexed", False):
+        return
+    everything = InstanceBackend.all_reservations
+
+    def get_instance(self: Any, instance_id: str) -> Any:
+        # list(): moto serves requests in threads; a RunInstances may add a reservation now
+        for reservation in list(self.reservations.values()):
+            for instance in reservation.instances:
+                if instance.id == instance_id:
+                    return instance
+        raise InvalidInstanceIdError(instance_id)
+
+    def candidates(self: Any, filters: Any) -> set[str] | None:
+        found: set[str] | None = None
+        for name, values in (filters or {}).items():
+            values = [values] if isinstance(values, str) else list(values)
+            if any(c in v for v in values for c in "*?["):
+                continue
+            if name == "instance-id":
+                ids = set(values)
+            elif name.startswith("tag:"):
+                key = name[4:]
+                ids = {
+                    rid
+                    for rid, tags in list(self.tags.items())
+                    if rid.startswith("i-") and tags.get(key) in values
+                }
+            else:
+                continue
+            found = ids if found is None else found & ids
+        return found
+
+    def all_reservations(self: Any, filters: Any = None) -> list[Any]:
+        wanted = candidates(self, filters)
+        if wanted is None:
+            return everything(self, filters)
+        reservations = [
+            copy.copy(r)
+            for r in list(self.reservations.values())
+            if any(i.id in wanted for i in r.instances)
+        ]
+        return filter_reservations(reservations, filters)
+
+    InstanceBackend.get_instance = get_instance  # type: ignore[method-assign]
+    InstanceBackend.all_reservations = all_reservations  # type: ignore[method-assign]
+    InstanceBackend._snh_indexed = True  # type: ignore[attr-defined]
 
 
 def start_moto(port: int = 0, host: str = "127.0.0.1", *, validate: bool = True) -> MotoServer:

@@ -15,6 +15,8 @@ through the AWS front: they neither count in its call log nor meet its fault rul
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +52,22 @@ class MotoReader:
         self.moto_url = moto_url
         self.region = region
         session = boto3.session.Session(region_name=region, **TEST_CREDENTIALS)
+        # one session for every client: it keeps the service models it has loaded (a session
+        # per client read botocore's JSON models again, most of the local cloud's CPU while
+        # hundreds of instances booted at once)
+        self.session = session
+        self._session_lock = threading.Lock()  # boto3 sessions are not thread-safe; clients are
         self.ec2 = session.client("ec2", endpoint_url=moto_url, config=CONFIG)
         self.iam = session.client("iam", endpoint_url=moto_url, config=CONFIG)
         self.sts = session.client("sts", endpoint_url=moto_url, config=CONFIG)
 
-    def describe_instances(self) -> list[dict[str, Any]]:
+    def describe_instances(self, instance_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Every instance, or those of ``instance_ids`` (a filter: an id moto does not know
+        is left out, not an error)."""
+        ids = sorted(instance_ids)
+        kwargs = {"Filters": [{"Name": "instance-id", "Values": ids}]} if ids else {}
         instances = []
-        for page in self.ec2.get_paginator("describe_instances").paginate():
+        for page in self.ec2.get_paginator("describe_instances").paginate(**kwargs):
             for reservation in page.get("Reservations", []):
                 instances.extend(reservation.get("Instances", []))
         return instances
@@ -90,12 +101,15 @@ class MotoReader:
     ) -> ServerParameters | list[str]:
         """The server's parameters, or the names still missing (the hub writes them around
         the launch)."""
-        ssm = boto3.session.Session(
-            aws_access_key_id=credentials.access_key_id,
-            aws_secret_access_key=credentials.secret_access_key,
-            aws_session_token=credentials.session_token,
-            region_name=self.region,
-        ).client("ssm", endpoint_url=self.moto_url, config=CONFIG)
+        with self._session_lock:
+            ssm = self.session.client(
+                "ssm",
+                endpoint_url=self.moto_url,
+                config=CONFIG,
+                aws_access_key_id=credentials.access_key_id,
+                aws_secret_access_key=credentials.secret_access_key,
+                aws_session_token=credentials.session_token,
+            )
         names = [f"{path.rstrip('/')}/config", f"{path.rstrip('/')}/jupyterhub-env"]
         answer = ssm.get_parameters(Names=names, WithDecryption=True)
         found = {p["Name"]: p["Value"] for p in answer.get("Parameters", [])}

@@ -1,9 +1,9 @@
 """The instance simulator: does on this machine what the bootstrap does on a real instance.
 
 moto keeps instances as records; nothing runs on them. The simulator watches them
-(DescribeInstances on moto directly every ``poll_interval``, and at once when the AWS front
-answers a RunInstances, StartInstances, StopInstances, TerminateInstances or RebootInstances)
-and, for each instance:
+(DescribeInstances on moto directly every ``poll_interval``, and at once, for the instances
+they name, when the AWS front answers a RunInstances, StartInstances, StopInstances,
+TerminateInstances or RebootInstances) and, for each instance:
 
 running (launched or started)
     after ``boot_delay`` (default 2 s, 0 for benchmarks): reads the user data's
@@ -63,6 +63,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -110,6 +111,10 @@ WATCH_COST_FACTOR = 10.0
 HALTED = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
 #: How often the backstop looks (the instance's timer: every 5 minutes).
 BACKSTOP_CHECK_SECONDS = 60.0
+#: States a targeted look follows until they end (the periodic look catches the rest).
+TRANSITIONS = frozenset({"pending", "stopping", "shutting-down"})
+#: The instance ids in a RunInstances answer (EC2's XML).
+_LAUNCHED_ID = re.compile(r"<instanceId>(i-[0-9a-f]+)</instanceId>")
 WATCHED_ACTIONS = frozenset(
     {"RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "RebootInstances"}
 )
@@ -235,6 +240,9 @@ class InstanceSimulator:
         self._fail_ids: set[str] = set()
         self._fail_next = 0
         self._wake = asyncio.Event()
+        self._full_look = False  # a look at every instance is asked for
+        self._targets: set[str] = set()  # instances the hub's calls changed
+        self._waiting: set[str] = set()  # ... still in a transition at the last look
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
         self._poll_errors = 0
@@ -272,8 +280,14 @@ class InstanceSimulator:
         await self.light.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def poke(self) -> None:
-        """Look at moto now instead of at the next interval."""
+    def poke(self, instance_ids: Iterable[str] = ()) -> None:
+        """Look at moto now instead of at the next interval: at ``instance_ids`` only, when
+        given (what a hub's call changed), else at every instance."""
+        ids = set(instance_ids)
+        if ids:
+            self._targets |= ids
+        else:
+            self._full_look = True
         self._wake.set()
 
     def instances(self) -> list[dict[str, Any]]:
@@ -341,8 +355,11 @@ class InstanceSimulator:
         if record.status != 200 or self._closed:
             return
         self._generation += 1
-        for name, value in record.params.items():
-            sim = self._instances.get(value) if name.startswith("InstanceId.") else None
+        changed = {v for k, v in record.params.items() if k.startswith("InstanceId.")}
+        if record.action == "RunInstances":
+            changed = set(_LAUNCHED_ID.findall(record.answer.decode(errors="replace")))
+        for value in changed:
+            sim = self._instances.get(value)
             if sim is None:
                 continue
             if sim.guest_stopped and record.action == "StopInstances":
@@ -356,26 +373,46 @@ class InstanceSimulator:
                 if sim.task is not None:
                     what = record.action.removesuffix("Instances").lower()
                     self._start_halt(sim, f"{what} requested")
-        self.poke()
+        self.poke(changed)
 
     # -- watching ------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
+        """Looks at every instance every ``poll_interval`` (or ``WATCH_COST_FACTOR`` times
+        as long as the last such look took), and between them at the instances the hub's
+        calls changed: with thousands of instances a look at all of them takes seconds of
+        moto's time, and a spawn after another would otherwise make one each."""
         loop = asyncio.get_running_loop()
         took = 0.0
+        last_full = loop.time()
         while not self._closed:
-            wait = max(self.poll_interval, WATCH_COST_FACTOR * took)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            full_due = last_full + max(self.poll_interval, WATCH_COST_FACTOR * took)
+            wait = full_due - loop.time()
+            if self._waiting:  # instances in a transition: look at them again soon
+                wait = min(wait, self.poll_interval)
+            if wait > 0 and not self._wake.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
-            began = loop.time()
-            await self.poll_once()
-            took = loop.time() - began
+            if self._full_look or loop.time() >= full_due:
+                self._full_look = False
+                self._targets.clear()
+                self._waiting.clear()
+                began = loop.time()
+                await self.poll_once()
+                took = loop.time() - began
+                last_full = loop.time()
+            elif self._targets or self._waiting:
+                ids = self._targets | self._waiting
+                self._targets, self._waiting = set(), set()
+                await self.poll_once(ids)
 
-    async def poll_once(self) -> None:
-        """One look at moto, and what follows from it."""
+    async def poll_once(self, instance_ids: Iterable[str] = ()) -> None:
+        """One look at moto (at every instance, or at ``instance_ids``), and what follows
+        from it."""
         generation = self._generation
+        ids = set(instance_ids)
         try:
-            items = await self._in_thread(self.reader.describe_instances)
+            items = await self._in_thread(self.reader.describe_instances, ids)
         except Exception as exc:
             self._poll_errors += 1
             if self._poll_errors in (1, 10) or self._poll_errors % 120 == 0:
@@ -386,6 +423,8 @@ class InstanceSimulator:
         self._poll_errors = 0
         for item in items:
             self._reconcile(item, generation)
+            if ids and item.get("State", {}).get("Name") in TRANSITIONS:
+                self._waiting.add(item["InstanceId"])
 
     def _reconcile(self, item: dict[str, Any], generation: int) -> None:
         instance_id = item["InstanceId"]
@@ -522,7 +561,7 @@ class InstanceSimulator:
             profile = (sim.info.get("IamInstanceProfile") or {}).get("Arn")
             if profile or loop.time() >= deadline:
                 return str(profile) if profile else None
-            self.poke()
+            self.poke([sim.instance_id])
             await asyncio.sleep(0.2)
 
     async def _read_parameters(
@@ -750,7 +789,7 @@ class InstanceSimulator:
                 await task
         self._set_halted(sim)
         if not self._closed:
-            self.poke()  # it may have been started again meanwhile
+            self.poke([sim.instance_id])  # it may have been started again meanwhile
 
     def _set_halted(self, sim: SimulatedInstance) -> None:
         if sim.state == "terminated":

@@ -437,6 +437,24 @@ async def test_launch_errors_are_ec2s(aws: LocalAws) -> None:
     assert err["Code"] == "InvalidGroup.NotFound"
 
 
+async def test_more_than_200_filter_values_are_refused_as_ec2_refuses_them(aws: LocalAws) -> None:
+    """EC2's error codes: ``FilterLimitExceeded``, "The request uses too many filters or too
+    many filter values" (200 values in one call); moto answers any number."""
+    ec2 = aws.client("ec2", config=NO_RETRIES)
+    ids = [f"i-{n:017x}" for n in range(201)]
+    err, status = await error(
+        ec2, "describe_instances", Filters=[{"Name": "instance-id", "Values": ids}]
+    )
+    assert (err["Code"], status) == ("FilterLimitExceeded", 400)
+    split = [{"Name": "instance-id", "Values": ids[:150]}, {"Name": "tag:a", "Values": ids[150:]}]
+    err, _ = await error(ec2, "describe_instances", Filters=split)  # counted over all filters
+    assert err["Code"] == "FilterLimitExceeded"
+    answer = await call(
+        ec2, "describe_instances", Filters=[{"Name": "instance-id", "Values": ids[:200]}]
+    )
+    assert answer["Reservations"] == []
+
+
 # --- what the communities get ------------------------------------------------------------------
 
 

@@ -156,6 +156,20 @@ async def test_one_describe_per_interval_for_everybody(aws):
     await poller.stop()
 
 
+async def test_a_lookup_by_tags_is_one_small_call_and_joins_the_view(aws):
+    """A start that knows no instance id yet looks its instance up by its tags: one call
+    filtered by them (with 5,000 servers, not five pages of everybody's)."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    [alice] = run_tagged(ec2, "hub-a", "alice")
+    run_tagged(ec2, "hub-a", "bob", 3)
+    run_tagged(ec2, "hub-b", "alice")  # another hub's alice
+    poller = InstancePoller(aws, "hub-a", interval=30)
+    found = await poller.lookup(**{"jupyterhub:user": "alice"})
+    assert [v.instance_id for v in found] == [alice]
+    assert aws.calls[("ec2", "describe_instances")] == 1
+    assert list(poller.instances) == [alice] and not poller.fresh
+
+
 async def test_wait_for_follows_a_stop(aws):
     ec2 = boto3.client("ec2", region_name=REGION)
     [iid] = run_tagged(ec2, "hub-a", "alice")

@@ -23,22 +23,35 @@ class SlowEc2:
 
     def __init__(self) -> None:
         self.world: list[str] = []
+        self.states: dict[str, str] = {}  # instance -> state, "running" if not here
         self.describes = 0
         self.fail = False
         self.kwargs: dict[str, Any] = {}
+        self.asked: list[list[str] | None] = []  # per call: the instance-id filter's values
+        self.values: list[int] = []  # per call: the values of all its filters
 
     async def paginate(self, service: str, operation: str, **kwargs: Any) -> list[dict]:
         assert (service, operation) == ("ec2", "describe_instances")
         self.kwargs = kwargs
         self.describes += 1
-        seen = list(self.world)
+        ids = next((f["Values"] for f in kwargs["Filters"] if f["Name"] == "instance-id"), None)
+        self.asked.append(ids)
+        self.values.append(sum(len(f["Values"]) for f in kwargs["Filters"]))
+        seen = [i for i in self.world if ids is None or i in ids]
         await asyncio.sleep(0.05)
         if self.fail:
             raise AwsError(
                 "DescribeInstances", "RequestLimitExceeded", "slow down", ErrorKind.THROTTLED
             )
-        instances = [{"InstanceId": i, "State": {"Name": "running"}, "Tags": []} for i in seen]
+        instances = [
+            {"InstanceId": i, "State": {"Name": self.states.get(i, "running")}, "Tags": []}
+            for i in seen
+        ]
         return [{"Reservations": [{"Instances": instances}]}]
+
+    @property
+    def full_looks(self) -> int:
+        return sum(ids is None for ids in self.asked)
 
 
 async def test_fifty_concurrent_refreshes_make_two_describes():
@@ -81,3 +94,61 @@ async def test_one_page_is_as_large_as_ec2_allows():
     await InstancePoller(ec2, "hub").refresh()  # type: ignore[arg-type]
     assert ec2.kwargs["PaginationConfig"] == {"PageSize": 1000}
     assert ec2.kwargs["Filters"] == [{"Name": "tag:jupyterhub:hub", "Values": ["hub"]}]
+
+
+async def wait_until(condition: Any, within: float = 30.0) -> None:
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"not within {within} s")
+
+
+async def test_a_waiting_spawn_has_the_poller_ask_for_its_instance_only():
+    """5,000 servers are five pages a look: while spawns wait, and the last look at every
+    instance is recent, the poller asks for what they wait on."""
+    ec2 = SlowEc2()
+    ec2.world = [f"i-{n:017x}" for n in range(50)]
+    launched = "i-00000000000000abc"
+    ec2.world.append(launched)
+    ec2.states[launched] = "pending"
+    poller = InstancePoller(ec2, "hub", interval=3600, fast_interval=0.01)  # type: ignore[arg-type]
+    await poller.refresh()
+    poller.ensure_running()
+    waiting = asyncio.ensure_future(poller.wait_for(launched, {"running"}))
+    await wait_until(lambda: len(ec2.asked) >= 4)
+    ec2.states[launched] = "running"
+    async with asyncio.timeout(30):
+        view = await waiting
+    assert view.state == "running"
+    assert ec2.full_looks <= 2  # the first, and the loop's own start
+    assert all(ids == [launched] for ids in ec2.asked if ids is not None)
+    assert len(poller.instances) == 51  # the others are still known
+    await poller.stop()
+
+
+async def test_the_look_at_every_instance_still_comes_every_interval():
+    ec2 = SlowEc2()
+    ec2.world = ["i-0000000000000000a", "i-0000000000000000b"]
+    ec2.states["i-0000000000000000b"] = "pending"  # a spawn that waits for ever
+    poller = InstancePoller(ec2, "hub", interval=0.3, fast_interval=0.01)  # type: ignore[arg-type]
+    poller.ensure_running()
+    waiting = asyncio.ensure_future(poller.wait_for("i-0000000000000000b", {"running"}))
+    await wait_until(lambda: ec2.full_looks >= 3)
+    assert any(ids == ["i-0000000000000000b"] for ids in ec2.asked)
+    waiting.cancel()
+    await poller.stop()
+
+
+async def test_many_waited_instances_are_asked_for_199_a_call():
+    """EC2 refuses more than 200 filter values in one call (``FilterLimitExceeded``), all
+    filters together: 199 instance ids and the hub's tag."""
+    ec2 = SlowEc2()
+    ec2.world = [f"i-{n:017x}" for n in range(450)]
+    poller = InstancePoller(ec2, "hub")  # type: ignore[arg-type]
+    await poller.refresh_some(ec2.world)
+    asked = [ids for ids in ec2.asked if ids is not None]
+    assert [len(ids) for ids in asked] == [199, 199, 52]
+    assert max(ec2.values) == 200
+    assert sorted(i for ids in asked for i in ids) == sorted(ec2.world)
+    assert len(poller.instances) == 450 and not poller.fresh  # a part is not a whole look
