@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oldest-jupyterhub lint bench chaos deps chromium openssh postgresql clean
+.PHONY: demo test test-oldest-jupyterhub lint bench chaos deps chromium openssh postgresql machines clean
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -48,6 +48,15 @@ postgresql:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
+# Debian's systemd-container (systemd-nspawn) and debootstrap: real-boot machines
+# (localcloud/machines) boot from a Debian root file system that debootstrap builds once
+# (from the Debian archive, about 45 s) into ~/.cache/synapse-notebook-hub/machines.
+machines:
+	@{ command -v systemd-nspawn >/dev/null 2>&1 && test -x /usr/sbin/debootstrap; } || { \
+	  echo "installing Debian's systemd-container and debootstrap for the real-boot machines"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq systemd-container debootstrap; }
+
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -62,7 +71,7 @@ PYTEST_WORKERS ?= 2
 OLDEST_JUPYTERHUB := 5.2.1
 OLDEST_DIR := $(VENV)/jupyterhub-$(OLDEST_JUPYTERHUB)
 
-test: deps chromium openssh postgresql $(OLDEST_DIR)/.installed lint
+test: deps chromium openssh postgresql machines $(OLDEST_DIR)/.installed lint
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-oldest-jupyterhub
 

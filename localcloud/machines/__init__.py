@@ -1,0 +1,10 @@
+"""Real-boot machines for the local cloud (issue 16): Debian machines booted with
+systemd-nspawn, one per instance, over one cached root file system.
+
+- ``rootfs``: the shared root file system, built with debootstrap once per spec and cached;
+- ``machine``: one instance's machine (its overlay root, boot, poweroff, commands inside, its
+  console);
+- ``imds``: the instance metadata service (IMDSv2) of one machine;
+- ``links``: the machine's only ways out (Unix sockets bound in, turned back into the
+  addresses instance software expects: 169.254.169.254 for the metadata service).
+"""

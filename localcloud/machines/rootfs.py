@@ -1,0 +1,156 @@
+"""The root file system every real-boot machine shares: Debian, built once, cached.
+
+EC2 boots an instance from its AMI's snapshot; here every machine boots from one Debian root
+file system made with ``debootstrap`` (``--variant=minbase`` plus systemd), with an overlay of
+its own on top (``localcloud.machines.machine``), as every instance has a root volume of its
+own made from the same snapshot. Building it takes about 45 s and 240 MB, so it is built once
+per spec and kept in a cache directory: the directory's name is the spec's hash, and a
+``.complete`` file inside says that the build finished (a build cut short is started again,
+never used). Concurrent builders (two test workers) wait for one another on a lock file.
+
+What is changed after ``debootstrap``, and why:
+
+- journald forwards every line to the console (``ForwardToConsole``): the machine's console
+  is what ``GetConsoleOutput`` answers, and a bootstrap that fails must show why there as on
+  EC2, where cloud-init and the units log to the serial console;
+- ``/etc/machine-id`` is emptied: each machine gets its own at its first boot (kept in its
+  overlay, so it stays the same across its stops and starts, like an instance's);
+- the root password is locked and ``getty`` units are masked: nothing logs in on a console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: The packages a machine needs to boot and run units.
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
+#: An instance's: what an AMI brings that the bootstrap and the links use (``curl`` for the
+#: metadata service, ``ca-certificates``; ``iproute2`` and ``socat`` for the local cloud's
+#: links, ``localcloud.machines.links``).
+INSTANCE_PACKAGES = (*BASE_PACKAGES, "ca-certificates", "curl", "iproute2", "socat")
+COMPLETE = ".complete"
+BUILD_TIMEOUT = 1800.0
+JOURNALD_CONSOLE = """\
+# Synapse Notebook Hub's local cloud: the console is what GetConsoleOutput shows.
+[Journal]
+ForwardToConsole=yes
+MaxLevelConsole=info
+"""
+
+
+class RootfsError(Exception):
+    """The root file system could not be built (the message has debootstrap's last lines)."""
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    """What to build: a Debian suite from a mirror, with packages beyond ``minbase``."""
+
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    packages: tuple[str, ...] = field(default=BASE_PACKAGES)
+
+    def key(self) -> str:
+        """A name for the build: the same spec is the same directory."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def debootstrap_args(self, target: Path) -> list[str]:
+        return [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(sorted(set(self.packages)))}",
+            self.suite,
+            str(target),
+            self.mirror,
+        ]
+
+
+def rootfs_path(cache_dir: Path, spec: RootfsSpec) -> Path:
+    return cache_dir / f"rootfs-{spec.suite}-{spec.key()}"
+
+
+def is_built(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+@contextlib.contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_rootfs(cache_dir: Path, spec: RootfsSpec | None = None) -> Path:
+    """The built root file system of ``spec`` (building it first if the cache has none).
+
+    Blocking, and slow the first time: call it in a thread from async code."""
+    spec = spec or RootfsSpec()
+    target = rootfs_path(cache_dir, spec)
+    if is_built(target):
+        return target
+    with _locked(cache_dir / f"{target.name}.lock"):
+        if is_built(target):  # another builder finished while we waited
+            return target
+        building = cache_dir / f"{target.name}.building"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        log = cache_dir / f"{target.name}.log"
+        with log.open("wb") as out:
+            try:
+                done = subprocess.run(
+                    spec.debootstrap_args(building),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=BUILD_TIMEOUT,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise RootfsError(f"debootstrap could not run: {exc}") from exc
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            raise RootfsError(
+                f"debootstrap {spec.suite} from {spec.mirror} failed ({done.returncode}); "
+                f"the end of {log}:\n" + "\n".join(tail)
+            )
+        configure(building)
+        (building / COMPLETE).write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
+        building.rename(target)
+    return target
+
+
+def configure(root: Path) -> None:
+    """The changes made after ``debootstrap`` (the module docstring says why)."""
+    journald = root / "etc/systemd/journald.conf.d"
+    journald.mkdir(parents=True, exist_ok=True)
+    (journald / "console.conf").write_text(JOURNALD_CONSOLE)
+    (root / "etc/machine-id").write_text("")
+    with contextlib.suppress(FileNotFoundError):
+        (root / "var/lib/dbus/machine-id").unlink()
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    shadow.write_text(
+        "\n".join(
+            ("root:!*:" + line.split(":", 2)[2]) if line.startswith("root:") else line
+            for line in lines
+        )
+        + "\n"
+    )
+    masked = root / "etc/systemd/system"
+    masked.mkdir(parents=True, exist_ok=True)
+    for unit in ("getty.target", "console-getty.service", "systemd-firstboot.service"):
+        link = masked / unit
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to("/dev/null")

@@ -1,0 +1,188 @@
+"""Real-boot machines (``localcloud.machines``): what an EC2 instance's VM does that the
+bootstrap relies on, on a real systemd booted with systemd-nspawn.
+
+- EC2 runs the user data's units at every boot, not only the first (a stopped server's
+  instance must start its notebook again): a unit enabled in ``multi-user.target`` runs at
+  each boot, each boot has a new boot id, and the root volume (the overlay) keeps what the
+  last boot wrote;
+- with InstanceInitiatedShutdownBehavior=stop, ``shutdown -h now`` inside is a stop (EC2 User
+  Guide, "Change the instance initiated shutdown behavior"): the machine ends with status 0;
+  a reboot from inside ends it with systemd-nspawn's reboot status;
+- an instance has no inbound path unless a security group opens one: the machine has its own
+  network namespace with only a loopback;
+- GetConsoleOutput shows the instance's console: the units' lines reach it.
+
+The shared root file system is built once (about 45 s) and cached under ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from localcloud.machines.imds import InstanceIdentity, MetadataService
+from localcloud.machines.links import LinkDirectory, install_link_units, serve_metadata
+from localcloud.machines.machine import REBOOT_STATUS, Machine, require_tools
+from localcloud.machines.rootfs import (
+    INSTANCE_PACKAGES,
+    RootfsSpec,
+    configure,
+    ensure_rootfs,
+    is_built,
+)
+
+CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
+BOOT_UNIT = """\
+[Unit]
+Description=what the bootstrap does at every boot: note this boot
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'cat /proc/sys/kernel/random/boot_id >>/var/lib/boots; echo booted-and-noted'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def rootfs() -> AsyncIterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("real-boot machines need root (overlay mounts and namespaces)")
+    require_tools()
+    yield await asyncio.to_thread(ensure_rootfs, CACHE, RootfsSpec(packages=INSTANCE_PACKAGES))
+
+
+def with_boot_unit(machine: Machine) -> Machine:
+    """Install the unit in the machine's own root volume, as user data would."""
+    units = machine.upper / "etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True, exist_ok=True)
+    (units / "note-boot.service").write_text(BOOT_UNIT)
+    (units / "multi-user.target.wants/note-boot.service").symlink_to(
+        "/etc/systemd/system/note-boot.service"
+    )
+    return machine
+
+
+async def boots_noted(machine: Machine, count: int) -> list[str]:
+    for _ in range(600):  # 60 s: the unit runs once the boot reaches multi-user.target
+        ran = await machine.run("cat", "/var/lib/boots")
+        lines = ran.stdout.split()
+        if len(lines) >= count:
+            return lines
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{count} boots not noted: {ran}")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_unit_runs_at_every_boot_and_the_root_volume_stays(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    machine = with_boot_unit(Machine("i-0aaaaaaaaaaaaaaa1", rootfs, tmp_path / "m"))
+    try:
+        await machine.boot()
+        first = await machine.boot_id()
+        assert await boots_noted(machine, 1) == [first]
+        assert await machine.poweroff() == 0
+        assert not machine.running
+        await machine.boot()
+        second = await machine.boot_id()
+        assert second != first
+        noted = await boots_noted(machine, 2)
+        assert noted == [first, second]  # the first boot's line is still on the root volume
+        assert "booted-and-noted" in machine.console_output()
+        assert (machine.upper / "var/lib/boots").read_text().split() == [first, second]
+        assert not (rootfs / "var/lib/boots").exists()  # the shared root is never written
+    finally:
+        await machine.remove()
+    assert not machine.dir.exists()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_shutdown_inside_ends_the_machine_as_a_stop_and_reboot_as_a_reboot(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    machine = Machine("i-0aaaaaaaaaaaaaaa2", rootfs, tmp_path / "m")
+    try:
+        await machine.boot()
+        await machine.run("systemd-run", "--no-block", "shutdown", "-h", "now")
+        assert await asyncio.wait_for(machine.wait(), 120) == 0
+        await machine.boot()
+        await machine.run("systemd-run", "--no-block", "systemctl", "reboot")
+        assert await asyncio.wait_for(machine.wait(), 120) == REBOOT_STATUS
+    finally:
+        await machine.remove()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_machine_has_no_network_but_its_loopback(rootfs: Path, tmp_path: Path) -> None:
+    machine = Machine("i-0aaaaaaaaaaaaaaa3", rootfs, tmp_path / "m")
+    try:
+        await machine.boot()
+        ran = await machine.run("cat", "/proc/net/dev")
+        interfaces = {line.split(":")[0].strip() for line in ran.stdout.splitlines()[2:]}
+        assert interfaces == {"lo"}
+    finally:
+        await machine.remove()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_machine_reaches_its_metadata_at_the_link_local_address(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """EC2 User Guide, IMDSv2: a token from ``PUT /latest/api/token``, then GETs with it, at
+    169.254.169.254, the way the bootstrap asks (curl); 401 without the token."""
+    identity = InstanceIdentity(
+        instance_id="i-0aaaaaaaaaaaaaaa4",
+        region="us-east-1",
+        availability_zone="us-east-1a",
+        instance_type="t3.large",
+        image_id="ami-0123456789abcdef0",
+        account_id="123456789012",
+    )
+    links = LinkDirectory(tmp_path / "links")
+    server = serve_metadata(MetadataService(identity, role_name=None, credentials=None), links)
+    machine = Machine(identity.instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
+    install_link_units(machine.upper)
+    imds = "http://169.254.169.254/latest"
+    try:
+        await machine.boot()
+        ran = await machine.run(
+            "sh",
+            "-c",
+            "t=$(curl -fsS --retry 10 --retry-connrefused --max-time 5 -X PUT"
+            f" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {imds}/api/token)"
+            f' && curl -fsS -H "X-aws-ec2-metadata-token: $t" {imds}/meta-data/instance-id',
+        )
+        assert (ran.status, ran.stdout) == (0, identity.instance_id), ran
+        ran = await machine.run(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{imds}/meta-data/instance-id"
+        )
+        assert ran.stdout == "401"
+        assert oct(links.imds_socket.stat().st_mode & 0o777) == "0o600"
+    finally:
+        await machine.remove()
+        server.stop()
+
+
+def test_a_build_is_used_only_once_complete_and_the_root_has_no_login(tmp_path: Path) -> None:
+    """A build cut short (no ``.complete``) is never booted; the configured root has an empty
+    machine id, a locked root password, and the console forwarding GetConsoleOutput needs."""
+    spec = RootfsSpec(packages=("systemd",))
+    other = RootfsSpec(packages=("systemd", "podman"))
+    assert spec.key() != other.key() and spec.key() == RootfsSpec(packages=("systemd",)).key()
+    half = tmp_path / "half"
+    (half / "etc").mkdir(parents=True)
+    assert not is_built(half)
+    (half / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (half / "etc/shadow").write_text("root:*:19000:0:99999:7:::\nnobody:*:19000::::::\n")
+    configure(half)
+    assert (half / "etc/machine-id").read_text() == ""
+    assert (half / "etc/shadow").read_text().startswith("root:!*:19000:")
+    assert "ForwardToConsole=yes" in (half / "etc/systemd/journald.conf.d/console.conf").read_text()
+    assert (half / "etc/systemd/system/getty.target").readlink() == Path("/dev/null")
