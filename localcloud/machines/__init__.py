@@ -6,5 +6,7 @@ systemd-nspawn, one per instance, over one cached root file system.
   console);
 - ``imds``: the instance metadata service (IMDSv2) of one machine;
 - ``links``: the machine's only ways out (Unix sockets bound in, turned back into the
-  addresses instance software expects: 169.254.169.254 for the metadata service).
+  addresses instance software expects: 169.254.169.254 for the metadata service, HTTPS at
+  AWS's own names for the AWS endpoints);
+- ``tls``: the local cloud's certificate authority, trusted inside machines only.
 """

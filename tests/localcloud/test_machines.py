@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import tornado.web
 
 from localcloud.machines.imds import InstanceIdentity, MetadataService
-from localcloud.machines.links import LinkDirectory, install_link_units, serve_metadata
+from localcloud.machines.links import LinkDirectory, install_links, serve_aws, serve_metadata
 from localcloud.machines.machine import REBOOT_STATUS, Machine, require_tools
 from localcloud.machines.rootfs import (
     INSTANCE_PACKAGES,
@@ -35,6 +36,7 @@ from localcloud.machines.rootfs import (
     ensure_rootfs,
     is_built,
 )
+from localcloud.machines.tls import ensure_authority
 
 CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
 BOOT_UNIT = """\
@@ -148,14 +150,15 @@ async def test_the_machine_reaches_its_metadata_at_the_link_local_address(
     links = LinkDirectory(tmp_path / "links")
     server = serve_metadata(MetadataService(identity, role_name=None, credentials=None), links)
     machine = Machine(identity.instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
-    install_link_units(machine.upper)
+    authority = ensure_authority(tmp_path / "ca", "us-east-1")
+    install_links(machine.upper, rootfs, links, authority, "us-east-1")
     imds = "http://169.254.169.254/latest"
     try:
         await machine.boot()
         ran = await machine.run(
             "sh",
             "-c",
-            "t=$(curl -fsS --retry 10 --retry-connrefused --max-time 5 -X PUT"
+            "t=$(curl -fsS --retry 30 --retry-delay 1 --retry-connrefused --max-time 5 -X PUT"
             f" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {imds}/api/token)"
             f' && curl -fsS -H "X-aws-ec2-metadata-token: $t" {imds}/meta-data/instance-id',
         )
@@ -165,6 +168,47 @@ async def test_the_machine_reaches_its_metadata_at_the_link_local_address(
         )
         assert ran.stdout == "401"
         assert oct(links.imds_socket.stat().st_mode & 0o777) == "0o600"
+    finally:
+        await machine.remove()
+        server.stop()
+
+
+class Echo(tornado.web.RequestHandler):
+    def get(self, path: str) -> None:
+        self.finish(f"{self.request.host} /{path}")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_machine_calls_aws_by_its_names_over_https(rootfs: Path, tmp_path: Path) -> None:
+    """Instance software calls ``https://<service>.<region>.amazonaws.com`` and checks the
+    certificate against the system's trust store: inside the machine those names reach what
+    the local cloud serves on the AWS link, over TLS that curl verifies (no ``-k``), with the
+    Host header as sent; other names do not resolve (the machine has no DNS)."""
+    links = LinkDirectory(tmp_path / "links")
+    server = serve_aws(tornado.web.Application([(r"/(.*)", Echo)]), links)
+    machine = Machine("i-0aaaaaaaaaaaaaaa5", rootfs, tmp_path / "m", binds=(links.bind(),))
+    authority = ensure_authority(tmp_path / "ca", "us-east-1")
+    install_links(machine.upper, rootfs, links, authority, "us-east-1")
+    try:
+        await machine.boot()
+        for host in ("ssm.us-east-1.amazonaws.com", "sts.amazonaws.com"):
+            ran = await machine.run(
+                "curl",
+                "-fsS",
+                "--max-time",
+                "10",
+                "--retry",
+                "30",
+                "--retry-delay",
+                "1",
+                "--retry-connrefused",
+                f"https://{host}/x?y=1",
+            )
+            assert (ran.status, ran.stdout) == (0, f"{host} /x"), ran
+        ran = await machine.run("curl", "-sS", "--max-time", "5", "https://example.com/")
+        assert ran.status != 0
+        host_bundle = await asyncio.to_thread(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes)
+        assert authority.ca_cert.read_bytes() not in host_bundle  # the host never trusts it
     finally:
         await machine.remove()
         server.stop()

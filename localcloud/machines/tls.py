@@ -1,0 +1,136 @@
+"""The local cloud's certificate authority: HTTPS to "AWS" from inside a real-boot machine.
+
+Instance software calls AWS at its public names over HTTPS (``https://ssm.us-east-1.
+amazonaws.com``: the AWS CLI in the bootstrap, the SDK in the notebook container) and checks
+the certificate against the system's trust store. To answer those calls from the local cloud
+with nothing changed in that software, a machine resolves the AWS names to its loopback
+(``links``), where the local cloud's link terminates TLS with a certificate for them signed by
+this authority, which is added to the machine's trust store — only the machine's: the host
+and the hub never trust it.
+
+The authority is made once and kept beside the cached root file systems (a new one at every
+run would be as good, but slower); its key never leaves the host's cache and the links.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALID_DAYS = 3650
+
+
+def aws_names(region: str) -> list[str]:
+    """The names a certificate for a region's AWS endpoints must cover (a wildcard covers one
+    label: ``*.us-east-1.amazonaws.com`` for regional services, ``*.amazonaws.com`` for the
+    global ones such as ``sts.amazonaws.com`` and ``iam.amazonaws.com``)."""
+    return [f"*.{region}.amazonaws.com", "*.amazonaws.com"]
+
+
+@dataclass(frozen=True)
+class Authority:
+    """The PEM files of the authority and of one server certificate it signed."""
+
+    ca_cert: Path
+    server_cert: Path
+    #: the server certificate's key followed by the certificate (socat's ``cert=``)
+    server_pem: Path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.touch(mode=0o600)
+    path.write_bytes(data)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Synapse Notebook Hub local cloud"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def ensure_authority(directory: Path, region: str) -> Authority:
+    """The authority in ``directory`` (made the first time) and its certificate for the AWS
+    names of ``region``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key_path, ca_cert_path = directory / "ca.key", directory / "ca.pem"
+    now = dt.datetime.now(dt.UTC)
+    if ca_key_path.exists() and ca_cert_path.exists():
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("local cloud authority"))
+            .issuer_name(_name("local cloud authority"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_private(
+            ca_key_path,
+            ca_key.private_bytes(  # type: ignore[union-attr]
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_cert_path = directory / f"aws-{region}.pem"
+    server_pem_path = directory / f"aws-{region}.key+cert.pem"
+    if not (server_cert_path.exists() and server_pem_path.exists()):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(f"*.{region}.amazonaws.com"))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=VALID_DAYS - 30))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in aws_names(region)]),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        server_cert_path.write_bytes(pem)
+        _write_private(
+            server_pem_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + pem,
+        )
+    return Authority(ca_cert_path, server_cert_path, server_pem_path)
