@@ -117,6 +117,17 @@ def index_moto_tags() -> None:
     TaggedEC2Resource.get_tags = get_tags  # type: ignore[method-assign]
 
 
+def _snapshot(view: Any, attempts: int = 20) -> list[Any]:
+    """A list of a moto table's view: moto serves requests in threads, and another request
+    may add to the table while it is copied ("changed size during iteration"): copy again."""
+    for _ in range(attempts - 1):
+        try:
+            return list(view())
+        except RuntimeError:
+            continue
+    return list(view())
+
+
 def index_moto_instances() -> None:
     """Make moto find instances by id, and by ``instance-id`` and tag filters, without copying
     and filtering every reservation.
@@ -139,8 +150,7 @@ def index_moto_instances() -> None:
     everything = InstanceBackend.all_reservations
 
     def get_instance(self: Any, instance_id: str) -> Any:
-        # list(): moto serves requests in threads; a RunInstances may add a reservation now
-        for reservation in list(self.reservations.values()):
+        for reservation in _snapshot(self.reservations.values):
             for instance in reservation.instances:
                 if instance.id == instance_id:
                     return instance
@@ -158,7 +168,7 @@ def index_moto_instances() -> None:
                 key = name[4:]
                 ids = {
                     rid
-                    for rid, tags in list(self.tags.items())
+                    for rid, tags in _snapshot(self.tags.items)
                     if rid.startswith("i-") and tags.get(key) in values
                 }
             else:
@@ -172,7 +182,7 @@ def index_moto_instances() -> None:
             return everything(self, filters)
         reservations = [
             copy.copy(r)
-            for r in list(self.reservations.values())
+            for r in _snapshot(self.reservations.values)
             if any(i.id in wanted for i in r.instances)
         ]
         return filter_reservations(reservations, filters)
