@@ -340,6 +340,15 @@ def make_app(
     )
 
 
+def instance_app(front: AwsFront) -> tornado.web.Application:
+    """What an instance reaches at AWS's names (a real-boot machine's link,
+    ``localcloud.machines.links``): AWS only, never the ``/_control/`` routes, which would let
+    an instance change the local cloud's faults and state."""
+    return tornado.web.Application(
+        [(r"/(.*)", ForwardHandler, {"front": front})], log_function=_log_request
+    )
+
+
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     """AWS errors are everyday answers (a parameter not written yet, an agent not online yet):
     they are in the call log; the access log gets them at DEBUG only."""

@@ -1,7 +1,8 @@
 """The root file system every real-boot machine shares: Debian, built once, cached.
 
 EC2 boots an instance from its AMI's snapshot; here every machine boots from one Debian root
-file system made with ``debootstrap`` (``--variant=minbase`` plus systemd), with an overlay of
+file system made with ``debootstrap`` (``--variant=minbase`` plus systemd; the spec's other
+packages then with ``apt-get`` inside it), with an overlay of
 its own on top (``localcloud.machines.machine``), as every instance has a root volume of its
 own made from the same snapshot. Building it takes about 45 s and 240 MB, so it is built once
 per spec and kept in a cache directory: the directory's name is the spec's hash, and a
@@ -29,13 +30,14 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: The packages a machine needs to boot and run units.
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 #: An instance's: what an AMI brings that the bootstrap and the links use (``curl`` for the
-#: metadata service, ``ca-certificates``; ``iproute2`` and ``socat`` for the local cloud's
-#: links, ``localcloud.machines.links``).
-INSTANCE_PACKAGES = (*BASE_PACKAGES, "ca-certificates", "curl", "iproute2", "socat")
+#: metadata service, the AWS CLI for the parameters, ``ca-certificates``; ``iproute2`` and
+#: ``socat`` for the local cloud's links, ``localcloud.machines.links``).
+INSTANCE_PACKAGES = (*BASE_PACKAGES, "awscli", "ca-certificates", "curl", "iproute2", "socat")
 COMPLETE = ".complete"
 BUILD_TIMEOUT = 1800.0
 JOURNALD_CONSOLE = """\
@@ -64,14 +66,20 @@ class RootfsSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def debootstrap_args(self, target: Path) -> list[str]:
+        """The base system; debootstrap's ``--include`` cannot resolve virtual packages
+        (``python3-cryptography`` needs one), so only the base packages go there."""
         return [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(sorted(set(self.packages)))}",
+            f"--include={','.join(sorted(set(BASE_PACKAGES) & set(self.packages)))}",
             self.suite,
             str(target),
             self.mirror,
         ]
+
+    def extra_packages(self) -> list[str]:
+        """Installed with apt inside the new system, after debootstrap."""
+        return sorted(set(self.packages) - set(BASE_PACKAGES))
 
 
 def rootfs_path(cache_dir: Path, spec: RootfsSpec) -> Path:
@@ -108,27 +116,56 @@ def ensure_rootfs(cache_dir: Path, spec: RootfsSpec | None = None) -> Path:
         shutil.rmtree(building, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)
         log = cache_dir / f"{target.name}.log"
+        steps = [("debootstrap", spec.debootstrap_args(building))]
+        if spec.extra_packages():
+            # apt inside the new system (nspawn gives it /proc, /dev and the host's network)
+            inside = [
+                "systemd-nspawn",
+                "--quiet",
+                "--register=no",
+                "--keep-unit",
+                f"--directory={building}",
+                "--setenv=DEBIAN_FRONTEND=noninteractive",
+            ]
+            steps += [
+                ("apt-get update", [*inside, "apt-get", "update", "-q"]),
+                (
+                    "apt-get install",
+                    [
+                        *inside,
+                        "apt-get",
+                        "install",
+                        "-y",
+                        "-q",
+                        "--no-install-recommends",
+                        *spec.extra_packages(),
+                    ],
+                ),
+                ("apt-get clean", [*inside, "apt-get", "clean"]),
+            ]
         with log.open("wb") as out:
-            try:
-                done = subprocess.run(
-                    spec.debootstrap_args(building),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=BUILD_TIMEOUT,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise RootfsError(f"debootstrap could not run: {exc}") from exc
-        if done.returncode != 0:
-            tail = log.read_text(errors="replace").splitlines()[-15:]
-            raise RootfsError(
-                f"debootstrap {spec.suite} from {spec.mirror} failed ({done.returncode}); "
-                f"the end of {log}:\n" + "\n".join(tail)
-            )
+            for what, command in steps:
+                _run_step(what, command, out, log, spec)
         configure(building)
         (building / COMPLETE).write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
         building.rename(target)
     return target
+
+
+def _run_step(what: str, command: list[str], out: Any, log: Path, spec: RootfsSpec) -> None:
+    try:
+        done = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RootfsError(f"{what} could not run: {exc}") from exc
+    if done.returncode != 0:
+        out.flush()
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise RootfsError(
+            f"{what} for {spec.suite} from {spec.mirror} failed ({done.returncode}); "
+            f"the end of {log}:\n" + "\n".join(tail)
+        )
 
 
 def configure(root: Path) -> None:

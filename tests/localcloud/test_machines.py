@@ -18,6 +18,7 @@ The shared root file system is built once (about 45 s) and cached under ``~/.cac
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,8 @@ import pytest
 import pytest_asyncio
 import tornado.web
 
-from localcloud.machines.imds import InstanceIdentity, MetadataService
+from localcloud.aws.front import instance_app
+from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
 from localcloud.machines.links import LinkDirectory, install_links, serve_aws, serve_metadata
 from localcloud.machines.machine import REBOOT_STATUS, Machine, require_tools
 from localcloud.machines.rootfs import (
@@ -37,6 +39,7 @@ from localcloud.machines.rootfs import (
     is_built,
 )
 from localcloud.machines.tls import ensure_authority
+from localcloud.stack import start_aws
 
 CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
 BOOT_UNIT = """\
@@ -212,6 +215,103 @@ async def test_the_machine_calls_aws_by_its_names_over_https(rootfs: Path, tmp_p
     finally:
         await machine.remove()
         server.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_links(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """The bootstrap's own path, end to end: the AWS CLI in the machine finds no credentials
+    but the metadata service's (IMDSv2, the role's credentials from moto's STS), calls
+    ``https://ssm.us-east-1.amazonaws.com`` and ``sts`` by their names, and the local cloud's
+    AWS front answers from moto: the caller is the assumed role, the parameter the hub wrote
+    is read. The machine's link has no ``/_control/`` routes."""
+    aws = await start_aws(tmp_path / "cloud", boot_delay=300)
+    links = LinkDirectory(tmp_path / "links")
+    try:
+        iam, sts = aws.client("iam"), aws.client("sts")
+        trust = json.dumps(
+            {
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "ec2.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ]
+            }
+        )
+        role = (
+            await asyncio.to_thread(
+                iam.create_role, RoleName="machine-test-role", AssumeRolePolicyDocument=trust
+            )
+        )["Role"]["Arn"]
+        await asyncio.to_thread(
+            aws.client("ssm").put_parameter,
+            Name="/machine-test/config",
+            Value="from-the-hub",
+            Type="SecureString",
+        )
+        instance_id = "i-0aaaaaaaaaaaaaaa6"
+
+        async def assume() -> RoleSession:
+            answer = await asyncio.to_thread(
+                sts.assume_role, RoleArn=role, RoleSessionName=instance_id
+            )
+            c = answer["Credentials"]
+            return RoleSession(
+                c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], c["Expiration"]
+            )
+
+        identity = InstanceIdentity(
+            instance_id=instance_id,
+            region="us-east-1",
+            availability_zone="us-east-1a",
+            instance_type="t3.large",
+            image_id="ami-0123456789abcdef0",
+            account_id="123456789012",
+        )
+        service = MetadataService(identity, role_name="machine-test-role", credentials=assume)
+        servers = [serve_metadata(service, links), serve_aws(instance_app(aws.front), links)]
+        machine = Machine(instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
+        authority = ensure_authority(tmp_path / "ca", "us-east-1")
+        install_links(machine.upper, rootfs, links, authority, "us-east-1")
+        try:
+            await machine.boot()
+            cli = ("aws", "--region", "us-east-1", "--output", "text")
+            ran = await machine.run(
+                *cli, "sts", "get-caller-identity", "--query", "Arn", timeout=120
+            )
+            assert ran.status == 0, ran
+            assert ran.stdout.strip().endswith(f"assumed-role/machine-test-role/{instance_id}")
+            ran = await machine.run(
+                *cli,
+                "ssm",
+                "get-parameter",
+                "--name",
+                "/machine-test/config",
+                "--with-decryption",
+                "--query",
+                "Parameter.Value",
+                timeout=120,
+            )
+            assert (ran.status, ran.stdout.strip()) == (0, "from-the-hub"), ran
+            ran = await machine.run(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "https://ec2.us-east-1.amazonaws.com/_control/calls",
+            )
+            assert ran.stdout != "200"
+        finally:
+            await machine.remove()
+            for server in servers:
+                server.stop()
+    finally:
+        await aws.close()
 
 
 def test_a_build_is_used_only_once_complete_and_the_root_has_no_login(tmp_path: Path) -> None:
