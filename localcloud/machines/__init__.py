@@ -8,5 +8,6 @@ systemd-nspawn, one per instance, over one cached root file system.
 - ``links``: the machine's only ways out (Unix sockets bound in, turned back into the
   addresses instance software expects: 169.254.169.254 for the metadata service, HTTPS at
   AWS's own names for the AWS endpoints);
-- ``tls``: the local cloud's certificate authority, trusted inside machines only.
+- ``tls``: the local cloud's certificate authority, trusted inside machines only;
+- ``seed``: the instance's user data, where the machine's cloud-init reads it.
 """

@@ -17,7 +17,9 @@ EC2 User Guide documents it ("Use the Instance Metadata Service to access instan
   ``meta-data/iam/security-credentials/<role>`` is the JSON every SDK reads (``Code``,
   ``LastUpdated``, ``Type``, ``AccessKeyId``, ``SecretAccessKey``, ``Token``, ``Expiration``),
   from a provider (moto's STS in the local cloud) asked again before they expire;
-- ``dynamic/instance-identity/document`` and ``user-data`` as on EC2 (404 without user data).
+- ``dynamic/instance-identity/document`` and ``user-data`` as on EC2 (404 without user data);
+- every dated API version answers as ``latest`` (cloud-init's EC2 data source asks for
+  ``/2009-04-04/meta-data/...``), and ``/`` lists them.
 
 It listens on a Unix socket that the machine's runtime binds in (the machine has no network
 but its loopback: ``localcloud.machines.machine``), and on loopback TCP for tests, which drive
@@ -38,6 +40,9 @@ from typing import Any
 import tornado.web
 
 MAX_TTL = 21600
+#: What ``GET /`` lists (EC2 lists every version since 1.0; these are the ones SDKs and
+#: cloud-init ask for); any such version, or ``latest``, answers the same.
+API_VERSIONS = ("1.0", "2007-01-19", "2009-04-04", "2016-09-02", "2021-03-23", "latest")
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 #: Credentials are fetched again this long before they expire (SDKs refresh 5-15 min before).
@@ -246,8 +251,8 @@ class MetadataHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(body)
 
-    def put(self, path: str) -> None:
-        if path != "api/token":
+    def put(self, version: str, path: str) -> None:
+        if version != "latest" or path != "api/token":
             return self._answer(405 if path else 404, "Method Not Allowed")
         forwarded = "X-Forwarded-For" in self.request.headers
         status, body = self.service.issue_token(self.request.headers.get(TTL_HEADER), forwarded)
@@ -255,17 +260,30 @@ class MetadataHandler(tornado.web.RequestHandler):
             self.set_header(TTL_HEADER, self.request.headers[TTL_HEADER])
         self._answer(status, body)
 
-    async def get(self, path: str) -> None:
+    async def get(self, version: str, path: str) -> None:
         if not self.service.token_valid(self.request.headers.get(TOKEN_HEADER)):
             return self._answer(401, "Unauthorized")
         status, body = await self.service.get(path)
         self._answer(status, body)
 
-    def post(self, path: str) -> None:
+    def post(self, version: str, path: str) -> None:
         self._answer(405, "Method Not Allowed")
 
     delete = patch = post
 
 
+class VersionsHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain")
+        self.finish("\n".join(API_VERSIONS))
+
+
 def metadata_app(service: MetadataService) -> tornado.web.Application:
-    return tornado.web.Application([(r"/latest/?(.*)", MetadataHandler, {"service": service})])
+    versions = r"(latest|1\.0|\d{4}-\d\d-\d\d)"
+    return tornado.web.Application(
+        [
+            (r"/", VersionsHandler),
+            (rf"/{versions}/?(.*)", MetadataHandler, {"service": service}),
+        ],
+        log_function=lambda handler: None,  # a machine's asking is not the local cloud's news
+    )

@@ -16,7 +16,8 @@ What is changed after ``debootstrap``, and why:
   EC2, where cloud-init and the units log to the serial console;
 - ``/etc/machine-id`` is emptied: each machine gets its own at its first boot (kept in its
   overlay, so it stays the same across its stops and starts, like an instance's);
-- the root password is locked and ``getty`` units are masked: nothing logs in on a console.
+- the root password is locked and ``getty`` units are masked: nothing logs in on a console;
+- cloud-init, when installed, reads its NoCloud seed only (``CLOUD_INIT_CONFIG``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,25 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 #: An instance's: what an AMI brings that the bootstrap and the links use (``curl`` for the
 #: metadata service, the AWS CLI for the parameters, ``ca-certificates``; ``iproute2`` and
 #: ``socat`` for the local cloud's links, ``localcloud.machines.links``).
-INSTANCE_PACKAGES = (*BASE_PACKAGES, "awscli", "ca-certificates", "curl", "iproute2", "socat")
+INSTANCE_PACKAGES = (
+    *BASE_PACKAGES,
+    "awscli",
+    "ca-certificates",
+    "cloud-init",
+    "curl",
+    "iproute2",
+    "socat",
+)
+#: Bumped when ``configure`` changes, so that a cached build made before is not used.
+CONFIGURE_VERSION = 2
+#: cloud-init: the user data comes from the NoCloud seed the local cloud writes
+#: (``localcloud.machines.seed``: its EC2 data source tells EC2 from DMI, which it does not
+#: read in a container); no locale of its own (en_US is not generated in a minimal system).
+CLOUD_INIT_CONFIG = """\
+# Synapse Notebook Hub's local cloud
+datasource_list: [ NoCloud ]
+locale: C.UTF-8
+"""
 COMPLETE = ".complete"
 BUILD_TIMEOUT = 1800.0
 JOURNALD_CONSOLE = """\
@@ -62,7 +81,7 @@ class RootfsSpec:
 
     def key(self) -> str:
         """A name for the build: the same spec is the same directory."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        text = json.dumps({**asdict(self), "configure": CONFIGURE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def debootstrap_args(self, target: Path) -> list[str]:
@@ -187,6 +206,9 @@ def configure(root: Path) -> None:
     )
     masked = root / "etc/systemd/system"
     masked.mkdir(parents=True, exist_ok=True)
+    if (root / "etc/cloud").is_dir():
+        (root / "etc/cloud/cloud.cfg.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/cloud/cloud.cfg.d/90-localcloud.cfg").write_text(CLOUD_INIT_CONFIG)
     for unit in ("getty.target", "console-getty.service", "systemd-firstboot.service"):
         link = masked / unit
         if not link.exists() and not link.is_symlink():

@@ -38,8 +38,10 @@ from localcloud.machines.rootfs import (
     ensure_rootfs,
     is_built,
 )
+from localcloud.machines.seed import seed_user_data
 from localcloud.machines.tls import ensure_authority
 from localcloud.stack import start_aws
+from spawner.bootstrap import BootstrapConfig, render_user_data, server_conf
 
 CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
 BOOT_UNIT = """\
@@ -312,6 +314,40 @@ async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_lin
                 server.stop()
     finally:
         await aws.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_cloud_init_runs_the_real_user_data_and_the_bootstrap_runs_at_every_boot(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """The instance's user data, as the hub renders it, processed by Debian's cloud-init:
+    ``server.conf``, the script and the units are written and enabled, the bootstrap unit runs
+    at this boot and at the next, and when it cannot go on (here: no container engine in the
+    machine) it says why on the console, which is what ``GetConsoleOutput`` shows."""
+    config = BootstrapConfig(parameter_path="/notebook-hub/h/alice/_/", region="us-east-1")
+    machine = Machine("i-0aaaaaaaaaaaaaaa7", rootfs, tmp_path / "m")
+    seed_user_data(machine.upper, machine.name, "ip-10-0-0-7", render_user_data(config).encode())
+    failure = "required command docker is not installed"
+    try:
+        await machine.boot()
+        ran = await machine.run("cloud-init", "status", "--wait", timeout=180)
+        assert "done" in ran.stdout, (ran, machine.console_output())
+        ran = await machine.run("cat", "/etc/notebook-hub/server.conf")
+        assert ran.stdout == server_conf(config)
+        for _ in range(600):
+            if failure in machine.console_output():
+                break
+            await asyncio.sleep(0.1)
+        assert failure in machine.console_output()
+        assert await machine.poweroff() == 0
+        await machine.boot()
+        for _ in range(600):
+            if machine.console_output().split("-- boot 2 of")[-1].count(failure):
+                break
+            await asyncio.sleep(0.1)
+        assert failure in machine.console_output().split("-- boot 2 of")[-1]
+    finally:
+        await machine.remove()
 
 
 def test_a_build_is_used_only_once_complete_and_the_root_has_no_login(tmp_path: Path) -> None:
