@@ -23,8 +23,8 @@ timeout (``IDLE_TIMEOUT_SECONDS``) is far beyond the run, so nothing is culled. 
    again *and* the proxy has a route for every one of them (the new hub starts a new
    configurable-http-proxy, whose routes the hub adds); a sample of servers is then asked
    through the proxy. Where the time goes is printed: the hub's start-up (until "JupyterHub
-   is now running"), its first look at the instances (the AWS front's call log: when the
-   first DescribeInstances began, and how long its pages took), the spawners' checks
+   is now running"), its first look at the instances (the AWS front's call log, which has
+   when each call began: the first DescribeInstances and its last page), the spawners' checks
    (JupyterHub's "Initialized N spawners"), the routes, the REST API. How long the old hub
    took to exit is printed too (it is given 60 s, then killed).
 
@@ -315,7 +315,9 @@ def restart_phases(log_text: str, launched_at: float, cloud: LocalCloud, since: 
                 break
             pages.append(call)
         phases["first look begun"] = first["time"] - launched_at
-        phases[f"first look done ({len(pages)} pages)"] = pages[-1]["time"] - launched_at
+        phases[f"first look's last page begun ({len(pages)} pages)"] = (
+            pages[-1]["time"] - launched_at
+        )
     return phases
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from operations import metrics
 
 from .aws import Aws, AwsError, ErrorKind
-from .naming import hub_filter
+from .naming import hub_filter, sanitize_tag_value
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,12 @@ class InstancePoller:
                     self._kicked.clear()
                     await self.refresh()
                 else:
-                    ids, self._kicked = set(self._watched) | self._kicked, set()
-                    await self.refresh_some(ids)
+                    kicked, self._kicked = self._kicked, set()
+                    try:
+                        await self.refresh_some(set(self._watched) | kicked)
+                    except AwsError:
+                        self._kicked |= kicked  # asked for again at the next try
+                        raise
                 failures = 0
                 delay = self.fast_interval if self._waiters else self.interval
             except AwsError as e:
@@ -230,8 +234,18 @@ class InstancePoller:
     async def lookup(self, **tags: str) -> list[InstanceView]:
         """The hub's instances with these tags, from a describe that begins now (tag names
         with ``:``: pass a dict via ``**``). A start that knows no instance id yet asks this
-        way: one small call, not a look at every instance (five pages at 5,000 servers)."""
-        found = await describe_hub_instances(self.aws, self.hub_id, tags=tags)
+        way: one small call, not a look at every instance (five pages at 5,000 servers).
+
+        The values are sanitised as the launch writes them (`sanitize_tag_value`), which also
+        turns ``*`` and ``?``, wildcards in a filter, into ``_``; the answer is then checked
+        for exact equality, since sanitising is not injective."""
+        wanted = {key: sanitize_tag_value(value) for key, value in tags.items()}
+        found = await describe_hub_instances(self.aws, self.hub_id, tags=wanted)
+        found = {
+            iid: view
+            for iid, view in found.items()
+            if all(view.tags.get(k) == v for k, v in wanted.items())
+        }
         self.targeted_describes += 1
         self.instances = {**self.instances, **found}
         return list(found.values())

@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
+import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -340,12 +343,32 @@ def make_app(
     )
 
 
+#: Paths of the stand-ins' own APIs behind the front (moto's ``/moto-api`` can reset or dump
+#: every resource; the SSM stand-in's and the front's ``/_control``): no AWS service has them.
+_NOT_AWS = re.compile(r"/+(moto-api|_control)(/|$)", re.IGNORECASE)
+
+
+class InstanceForwardHandler(ForwardHandler):
+    """The front as an instance reaches it: AWS calls only."""
+
+    async def get(self, *args: str) -> None:
+        path = urllib.parse.unquote(self.request.path)
+        if _NOT_AWS.match(path) or _NOT_AWS.match(posixpath.normpath(path)):
+            self.set_status(404)
+            self.finish("Not Found")
+            return
+        await super().get(*args)
+
+    post = put = delete = head = get
+
+
 def instance_app(front: AwsFront) -> tornado.web.Application:
     """What an instance reaches at AWS's names (a real-boot machine's link,
-    ``localcloud.machines.links``): AWS only, never the ``/_control/`` routes, which would let
-    an instance change the local cloud's faults and state."""
+    ``localcloud.machines.links``): AWS only, never the stand-ins' own APIs (moto's
+    ``/moto-api``, the ``/_control/`` routes), which would let an instance reset or change the
+    local cloud."""
     return tornado.web.Application(
-        [(r"/(.*)", ForwardHandler, {"front": front})], log_function=_log_request
+        [(r"/(.*)", InstanceForwardHandler, {"front": front})], log_function=_log_request
     )
 
 

@@ -157,11 +157,18 @@ def index_moto_instances() -> None:
         raise InvalidInstanceIdError(instance_id)
 
     def candidates(self: Any, filters: Any) -> set[str] | None:
+        """Instance ids every match is among, or None (no narrowing: moto answers alone).
+        Only the filters the hub sends narrow, and only when every filter is of those kinds
+        (so moto still refuses a filter it does not know) and given as a list of exact
+        values (moto reads a string as its characters)."""
+        filters = filters or {}
+        if not all(name == "instance-id" or name.startswith("tag:") for name in filters):
+            return None
         found: set[str] | None = None
-        for name, values in (filters or {}).items():
-            values = [values] if isinstance(values, str) else list(values)
-            if any(c in v for v in values for c in "*?["):
+        for name, values in filters.items():
+            if isinstance(values, str) or any(c in v for v in values for c in "*?["):
                 continue
+            values = list(values)
             if name == "instance-id":
                 ids = set(values)
             elif name.startswith("tag:"):

@@ -404,11 +404,12 @@ class InstanceSimulator:
             elif self._targets or self._waiting:
                 ids = self._targets | self._waiting
                 self._targets, self._waiting = set(), set()
-                await self.poll_once(ids)
+                if not await self.poll_once(ids):
+                    self._waiting |= ids  # moto did not answer: look again soon
 
-    async def poll_once(self, instance_ids: Iterable[str] = ()) -> None:
+    async def poll_once(self, instance_ids: Iterable[str] = ()) -> bool:
         """One look at moto (at every instance, or at ``instance_ids``), and what follows
-        from it."""
+        from it; False if moto did not answer."""
         generation = self._generation
         ids = set(instance_ids)
         try:
@@ -419,12 +420,13 @@ class InstanceSimulator:
                 log.warning(
                     "DescribeInstances on moto failed (%s times): %s", self._poll_errors, exc
                 )
-            return
+            return False
         self._poll_errors = 0
         for item in items:
             self._reconcile(item, generation)
             if ids and item.get("State", {}).get("Name") in TRANSITIONS:
                 self._waiting.add(item["InstanceId"])
+        return True
 
     def _reconcile(self, item: dict[str, Any], generation: int) -> None:
         instance_id = item["InstanceId"]

@@ -143,13 +143,14 @@ class MetadataService:
         return until is not None and until > self.clock()
 
     # -- answers -----------------------------------------------------------------------------
-    async def get(self, path: str) -> tuple[int, str]:
-        """(status, body) of a GET of ``/latest/<path>`` with a valid token."""
+    async def get(self, path: str) -> tuple[int, str | bytes]:
+        """(status, body) of a GET of ``/latest/<path>`` with a valid token (the user data
+        as the bytes it is: EC2 does not decode it, and it may be gzip or MIME)."""
         path = path.strip("/")
         if path == "":
             return 200, "dynamic\nmeta-data\nuser-data"
         if path == "user-data":
-            return (200, self.user_data.decode(errors="replace")) if self.user_data else _404()
+            return (200, self.user_data) if self.user_data else _404()
         if path == "dynamic":
             return 200, "instance-identity/"
         if path == "dynamic/instance-identity":
@@ -247,7 +248,7 @@ class MetadataHandler(tornado.web.RequestHandler):
         self.set_header("Server", "EC2ws")
         self.set_header("Content-Type", "text/plain")
 
-    def _answer(self, status: int, body: str) -> None:
+    def _answer(self, status: int, body: str | bytes) -> None:
         self.set_status(status)
         self.finish(body)
 
@@ -272,17 +273,20 @@ class MetadataHandler(tornado.web.RequestHandler):
     delete = patch = post
 
 
-class VersionsHandler(tornado.web.RequestHandler):
-    def get(self) -> None:
-        self.set_header("Content-Type", "text/plain")
-        self.finish("\n".join(API_VERSIONS))
+class VersionsHandler(MetadataHandler):
+    """``GET /``: the API versions (a token needed, as for every GET)."""
+
+    async def get(self) -> None:  # type: ignore[override]
+        if not self.service.token_valid(self.request.headers.get(TOKEN_HEADER)):
+            return self._answer(401, "Unauthorized")
+        self._answer(200, "\n".join(API_VERSIONS))
 
 
 def metadata_app(service: MetadataService) -> tornado.web.Application:
     versions = r"(latest|1\.0|\d{4}-\d\d-\d\d)"
     return tornado.web.Application(
         [
-            (r"/", VersionsHandler),
+            (r"/", VersionsHandler, {"service": service}),
             (rf"/{versions}/?(.*)", MetadataHandler, {"service": service}),
         ],
         log_function=lambda handler: None,  # a machine's asking is not the local cloud's news

@@ -82,6 +82,15 @@ def require_tools() -> None:
         raise MachineError("real-boot machines need root (overlay mounts and namespaces)")
 
 
+def _in_other_pid_namespace(pid: int) -> bool:
+    """Whether ``pid`` is still a machine's PID 1 and not a host process that got its number
+    after the machine died."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return False
+
+
 class Machine:
     """One machine; see the module docstring. Not safe to share between event loops."""
 
@@ -209,11 +218,11 @@ class Machine:
         PID 1 of the machine first: systemd puts itself in a session of its own, so killing
         systemd-nspawn's process group leaves the machine running, orphaned, holding its root.
         The kernel kills every process of a PID namespace whose PID 1 dies."""
+        leader = self._find_leader() or self._leader  # the one seen at boot, if nspawn died
+        if leader is not None and self._process is not None and _in_other_pid_namespace(leader):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(leader, signal.SIGKILL)
         if self._process is not None and self._process.returncode is None:
-            leader = self._find_leader()
-            if leader is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(leader, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             await self._process.wait()

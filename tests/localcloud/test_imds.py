@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gzip
 import json
 from collections.abc import AsyncIterator
 
@@ -144,6 +145,13 @@ async def test_listings_documents_and_user_data(imds) -> None:
         "123456789012",
     )
     assert (await fetch(f"{base}latest/user-data", **auth)).body == b"#cloud-config\n"
+    service.user_data = gzip.compress(b"#cloud-config\n")  # bytes as they are, not decoded
+    assert (await fetch(f"{base}latest/user-data", **auth)).body == service.user_data
+    assert (await fetch(base)).code == 401  # the versions too need a token
+    versions = (await fetch(base, **auth)).body.decode().split("\n")
+    assert "latest" in versions and "2009-04-04" in versions
+    dated = await fetch(f"{base}2009-04-04/meta-data/instance-id", **auth)  # cloud-init's
+    assert dated.body == b"i-0123456789abcdef0"
     service.user_data = b""
     assert (await fetch(f"{base}latest/user-data", **auth)).code == 404
 

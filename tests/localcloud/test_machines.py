@@ -298,16 +298,30 @@ async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_lin
                 timeout=120,
             )
             assert (ran.status, ran.stdout.strip()) == (0, "from-the-hub"), ran
-            ran = await machine.run(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "https://ec2.us-east-1.amazonaws.com/_control/calls",
-            )
-            assert ran.stdout != "200"
+            # the stand-ins' own APIs are not AWS: an instance must not reset or steer them
+            ssm_target = "X-Amz-Target: AmazonSSM.StartSession"
+            for method, path, header in (
+                ("GET", "/moto-api/data.json", ""),
+                ("POST", "/moto-api/reset", ""),
+                ("POST", "//moto-api/reset", ""),
+                ("GET", "/%5Fcontrol/calls", ""),
+                ("GET", "/_control/instances", ssm_target),
+            ):
+                ran = await machine.run(
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-X",
+                    method,
+                    *(["-H", header] if header else []),
+                    f"https://ec2.us-east-1.amazonaws.com{path}",
+                )
+                assert ran.stdout == "404", (path, ran)
+            ran = await machine.run(*cli, "ssm", "get-parameter", "--name", "/machine-test/config")
+            assert ran.status == 0  # nothing was reset
         finally:
             await machine.remove()
             for server in servers:
