@@ -226,8 +226,7 @@ class InstancePoller:
             found |= await describe_hub_instances(
                 self.aws, self.hub_id, ids[first : first + IDS_PER_CALL]
             )
-        self.targeted_describes += 1
-        self.instances = {**self.instances, **found}
+        self._merge(found)
         async with self._updated:
             self._updated.notify_all()
 
@@ -246,9 +245,13 @@ class InstancePoller:
             for iid, view in found.items()
             if all(view.tags.get(k) == v for k, v in wanted.items())
         }
+        self._merge(found)
+        return list(found.values())
+
+    def _merge(self, found: dict[str, InstanceView]) -> None:
+        """A targeted look's answer joins the view; the rest stays as the last full look."""
         self.targeted_describes += 1
         self.instances = {**self.instances, **found}
-        return list(found.values())
 
     async def _after(self, previous: asyncio.Future[None]) -> None:
         with contextlib.suppress(Exception):  # its error is for its own callers

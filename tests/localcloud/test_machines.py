@@ -76,6 +76,26 @@ def with_boot_unit(machine: Machine) -> Machine:
     return machine
 
 
+def identity_of(instance_id: str) -> InstanceIdentity:
+    return InstanceIdentity(
+        instance_id=instance_id,
+        region="us-east-1",
+        availability_zone="us-east-1a",
+        instance_type="t3.large",
+        image_id="ami-0123456789abcdef0",
+        account_id="123456789012",
+    )
+
+
+def linked_machine(rootfs: Path, tmp_path: Path, instance_id: str) -> tuple[Machine, LinkDirectory]:
+    """A machine with the local cloud's links prepared in its root volume (not yet served)."""
+    links = LinkDirectory(tmp_path / "links")
+    machine = Machine(instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
+    authority = ensure_authority(tmp_path / "ca", "us-east-1")
+    install_links(machine.upper, rootfs, links, authority, "us-east-1")
+    return machine, links
+
+
 async def boots_noted(machine: Machine, count: int) -> list[str]:
     for _ in range(600):  # 60 s: the unit runs once the boot reaches multi-user.target
         ran = await machine.run("cat", "/var/lib/boots")
@@ -144,19 +164,9 @@ async def test_the_machine_reaches_its_metadata_at_the_link_local_address(
 ) -> None:
     """EC2 User Guide, IMDSv2: a token from ``PUT /latest/api/token``, then GETs with it, at
     169.254.169.254, the way the bootstrap asks (curl); 401 without the token."""
-    identity = InstanceIdentity(
-        instance_id="i-0aaaaaaaaaaaaaaa4",
-        region="us-east-1",
-        availability_zone="us-east-1a",
-        instance_type="t3.large",
-        image_id="ami-0123456789abcdef0",
-        account_id="123456789012",
-    )
-    links = LinkDirectory(tmp_path / "links")
+    identity = identity_of("i-0aaaaaaaaaaaaaaa4")
+    machine, links = linked_machine(rootfs, tmp_path, identity.instance_id)
     server = serve_metadata(MetadataService(identity, role_name=None, credentials=None), links)
-    machine = Machine(identity.instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
-    authority = ensure_authority(tmp_path / "ca", "us-east-1")
-    install_links(machine.upper, rootfs, links, authority, "us-east-1")
     imds = "http://169.254.169.254/latest"
     try:
         await machine.boot()
@@ -189,11 +199,9 @@ async def test_the_machine_calls_aws_by_its_names_over_https(rootfs: Path, tmp_p
     certificate against the system's trust store: inside the machine those names reach what
     the local cloud serves on the AWS link, over TLS that curl verifies (no ``-k``), with the
     Host header as sent; other names do not resolve (the machine has no DNS)."""
-    links = LinkDirectory(tmp_path / "links")
+    machine, links = linked_machine(rootfs, tmp_path, "i-0aaaaaaaaaaaaaaa5")
+    authority = ensure_authority(tmp_path / "ca", "us-east-1")  # the one the machine trusts
     server = serve_aws(tornado.web.Application([(r"/(.*)", Echo)]), links)
-    machine = Machine("i-0aaaaaaaaaaaaaaa5", rootfs, tmp_path / "m", binds=(links.bind(),))
-    authority = ensure_authority(tmp_path / "ca", "us-east-1")
-    install_links(machine.upper, rootfs, links, authority, "us-east-1")
     try:
         await machine.boot()
         for host in ("ssm.us-east-1.amazonaws.com", "sts.amazonaws.com"):
@@ -229,7 +237,8 @@ async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_lin
     AWS front answers from moto: the caller is the assumed role, the parameter the hub wrote
     is read. The machine's link has no ``/_control/`` routes."""
     aws = await start_aws(tmp_path / "cloud", boot_delay=300)
-    links = LinkDirectory(tmp_path / "links")
+    instance_id = "i-0aaaaaaaaaaaaaaa6"
+    machine, links = linked_machine(rootfs, tmp_path, instance_id)
     try:
         iam, sts = aws.client("iam"), aws.client("sts")
         trust = json.dumps(
@@ -254,7 +263,6 @@ async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_lin
             Value="from-the-hub",
             Type="SecureString",
         )
-        instance_id = "i-0aaaaaaaaaaaaaaa6"
 
         async def assume() -> RoleSession:
             answer = await asyncio.to_thread(
@@ -265,19 +273,9 @@ async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_lin
                 c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], c["Expiration"]
             )
 
-        identity = InstanceIdentity(
-            instance_id=instance_id,
-            region="us-east-1",
-            availability_zone="us-east-1a",
-            instance_type="t3.large",
-            image_id="ami-0123456789abcdef0",
-            account_id="123456789012",
-        )
+        identity = identity_of(instance_id)
         service = MetadataService(identity, role_name="machine-test-role", credentials=assume)
         servers = [serve_metadata(service, links), serve_aws(instance_app(aws.front), links)]
-        machine = Machine(instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
-        authority = ensure_authority(tmp_path / "ca", "us-east-1")
-        install_links(machine.upper, rootfs, links, authority, "us-east-1")
         try:
             await machine.boot()
             cli = ("aws", "--region", "us-east-1", "--output", "text")
