@@ -70,7 +70,7 @@ from .options import (
     validate_options,
 )
 from .parameters import ParameterStore
-from .poller import UNKNOWN, InstancePoller, InstanceView
+from .poller import DEFAULT_PAGES_PER_MINUTE, UNKNOWN, InstancePoller, InstanceView
 from .region import Regions
 from .removal import snapshot_then_terminate
 from .ssm.datachannel import DEFAULT_PACE, DEFAULT_RESUME_TIMEOUT, SessionError, keep_task
@@ -286,12 +286,26 @@ class EC2Spawner(Spawner):
         40.0,
         config=True,
         help="""
-        Seconds between the shared poller's DescribeInstances calls in steady state (one call
-        for all servers of the hub, in pages of 1000). While a server starts, the poller runs
-        every 2 s. 40 s keeps the hub's steady state within 2 DescribeInstances a minute with
-        room for the reconciliation service (one every 10 minutes) and the admin overview;
-        a server stopped outside the hub (backstop, console) shows as stopped within about
-        twice this.
+        Seconds between the shared poller's looks at every instance of the hub in steady
+        state (one paginated DescribeInstances for all servers, pages of 1000), at least; more
+        when ``instance_poll_pages_per_minute`` asks for it. While a server starts, the
+        instances being started are looked at every 2 s. A server stopped outside the hub
+        (backstop, console) shows as stopped within about twice the time between looks.
+        """,
+    )
+
+    instance_poll_pages_per_minute = Float(
+        DEFAULT_PAGES_PER_MINUTE,
+        allow_none=True,
+        config=True,
+        help="""
+        DescribeInstances calls a minute the shared poller may spend on its looks at every
+        instance in steady state (each page of 1000 instances is one call against EC2's API
+        rate, which every tool of the account shares). Up to 1,000 servers a look is one page
+        every ``instance_poll_interval`` (40 s); at 5,000 servers it is five pages, so a look
+        every 200 s. 1.5 leaves room within 2 a minute for the reconciliation service (one
+        look every 10 minutes) and the admin overview. None: a look every
+        ``instance_poll_interval`` whatever it costs.
         """,
     )
 
@@ -337,6 +351,22 @@ class EC2Spawner(Spawner):
         reads slowly keeps only its own session waiting. ``1`` is the official client's shape
         (one session per port). See docs/ssm-tunnel.md for the measurements behind the
         default.
+        """,
+    )
+
+    tunnel_idle_release = Float(
+        300.0,
+        allow_none=True,
+        config=True,
+        help="""
+        Seconds a server's tunnel may carry no connection before the hub lets its Session
+        Manager session go (TerminateSession). The next request to the server opens a new
+        session and waits for it (about a second on AWS), as after a hub restart. An open
+        JupyterLab tab holds kernel websockets, so this only concerns servers nobody is
+        looking at; a session the service ends meanwhile (its idle timeout, 20 minutes by
+        default) is likewise not reopened until a request needs it. Thousands of idle
+        servers then cost the hub and the service nothing. None keeps every server's first
+        session up while the server runs.
         """,
     )
 
@@ -533,7 +563,11 @@ class EC2Spawner(Spawner):
         return self.regions[region].aws
 
     def poller_for(self, region: str) -> InstancePoller:
-        return self.regions[region].poller(self.hub_id, interval=self.instance_poll_interval)
+        return self.regions[region].poller(
+            self.hub_id,
+            interval=self.instance_poll_interval,
+            pages_per_minute=self.instance_poll_pages_per_minute,
+        )
 
     def _parameters(self) -> ServerParameters:
         return ServerParameters.for_server(
@@ -1318,6 +1352,7 @@ class EC2Spawner(Spawner):
             max_sessions=self.tunnel_max_sessions,
             resume_timeout=self.tunnel_resume_timeout,
             pace=self.tunnel_pace,
+            idle_release=self.tunnel_idle_release,
         )
         return Tunnel(
             self.instance_id,
@@ -1349,8 +1384,9 @@ class EC2Spawner(Spawner):
             moved = self.tunnel_port is not None
         self.tunnel = tunnel
         metrics.track_tunnel(tunnel.metrics)
-        self.tunnel_port = tunnel.local_port
-        self._save_state()
+        if tunnel.local_port != self.tunnel_port:  # a restart keeps it: 5,000 commits fewer
+            self.tunnel_port = tunnel.local_port
+            self._save_state()
         if moved:
             await self._reroute()
 
@@ -1614,7 +1650,7 @@ class EC2Spawner(Spawner):
         asked for is the relay's decision (the community's ``relay_ports``)."""
         async with self._relay_lock:
             tunnel = self._relay_tunnels.get(port)
-            if tunnel is None:  # once started, a tunnel keeps its sessions up by itself
+            if tunnel is None:  # once started, a tunnel opens sessions as connections need them
                 remote = instance_port(port, self.notebook_port)
                 tunnel = self._new_tunnel(0, remote_port=remote)
                 try:

@@ -11,6 +11,11 @@ the instances they wait for (an ``instance-id`` filter, at most ``IDS_PER_CALL``
 5,000 servers a look at all of them is five pages, and a start after another would otherwise
 make one every ``fast_interval``. The look at every instance still comes every ``interval``.
 
+A look at every instance costs one call per page, and EC2's API rate is shared by everything
+in the account: with ``pages_per_minute`` the poller spaces its full looks so that they spend at
+most that many calls a minute (5,000 servers, five pages: a look every 200 s at 1.5 a minute),
+never more often than ``interval``. What is "recent" (``fresh``) stretches with it.
+
 The poller distinguishes *unknown* from *absent*: until a describe has succeeded recently, a
 spawner must not conclude that its instance is gone (an AWS error is not "stopped").
 """
@@ -42,6 +47,9 @@ PAGE_SIZE = 1000
 #: (all filters together): instance ids go 199 a call, beside the hub's tag.
 FILTER_VALUES = 200
 IDS_PER_CALL = FILTER_VALUES - 1
+#: DescribeInstances pages a minute for the looks at every instance, by default: within EC2's
+#: rate and issue 15's 2 a minute in total, with room for the hub's other looks.
+DEFAULT_PAGES_PER_MINUTE = 1.5
 
 # EC2 writes "GMT"; moto >= 5.1 writes "UTC"
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
@@ -111,12 +119,18 @@ class InstancePoller:
         interval: float = 40.0,
         fast_interval: float = 2.0,
         stale_after: float | None = None,
+        pages_per_minute: float | None = None,
     ) -> None:
+        if pages_per_minute is not None and pages_per_minute <= 0:
+            raise ValueError("pages_per_minute must be positive (or None: no budget)")
         self.aws = aws
         self.hub_id = hub_id
         self.interval = interval
         self.fast_interval = fast_interval
-        self.stale_after = stale_after if stale_after is not None else 3 * interval + 10
+        self.pages_per_minute = pages_per_minute
+        self._stale_after = stale_after
+        #: pages the last look at every instance took
+        self.pages = 1
         self.instances: dict[str, InstanceView] = {}
         self.last_success: float | None = None
         self.last_error: AwsError | None = None
@@ -158,22 +172,39 @@ class InstancePoller:
             self._full_kick = True
         self._wake.set()
 
-    def _full_look_due(self) -> bool:
+    @property
+    def full_interval(self) -> float:
+        """Seconds between looks at every instance: ``interval``, or longer when the last
+        look's pages would spend more than ``pages_per_minute``."""
+        if self.pages_per_minute is None:
+            return self.interval
+        return max(self.interval, 60.0 * self.pages / self.pages_per_minute)
+
+    @property
+    def stale_after(self) -> float:
+        """How old the last look at every instance may be and still vouch for the world:
+        three missed looks and a little more, unless set."""
+        if self._stale_after is not None:
+            return self._stale_after
+        return 3 * self.full_interval + 10
+
+    def _until_full_look(self) -> float:
+        """Seconds until the next look at every instance is due (0: now)."""
         if self._full_kick or self.last_success is None:
-            return True
-        if not (self._watched or self._kicked):
-            return True
-        return asyncio.get_running_loop().time() - self.last_success >= self.interval
+            return 0.0
+        since = asyncio.get_running_loop().time() - self.last_success
+        # a timer may fire a hair early: that is on time
+        return max(0.0, self.full_interval * 0.99 - since)
 
     async def _run(self) -> None:
         failures = 0
         while True:
             try:
-                if self._full_look_due():
+                if self._until_full_look() == 0.0:
                     self._full_kick = False
                     self._kicked.clear()
                     await self.refresh()
-                else:
+                elif self._watched or self._kicked:
                     kicked, self._kicked = self._kicked, set()
                     try:
                         await self.refresh_some(set(self._watched) | kicked)
@@ -181,7 +212,8 @@ class InstancePoller:
                         self._kicked |= kicked  # asked for again at the next try
                         raise
                 failures = 0
-                delay = self.fast_interval if self._waiters else self.interval
+                due = self._until_full_look()
+                delay = min(self.fast_interval, due) if self._waiters else due
             except AwsError as e:
                 failures += 1
                 self.last_error = e
@@ -266,10 +298,12 @@ class InstancePoller:
     async def _describe(self) -> None:
         self._began = True
         try:
-            found = await describe_hub_instances(self.aws, self.hub_id)
+            pages = await describe_pages(self.aws, self.hub_id)
         finally:
             self._began = False
+        found = views_of(pages)
         self.describes += 1
+        self.pages = max(1, len(pages))
         self.instances = found
         metrics.update_from_poller(found.values(), region=self.aws.region)
         self.last_success = asyncio.get_running_loop().time()
@@ -343,14 +377,28 @@ async def describe_hub_instances(
     by id: one paginated ``DescribeInstances`` filtered by the hub's tag. The poller's
     describe; the pages that need a view the poller has not got (not fresh, or just changed)
     ask the same way."""
+    return views_of(await describe_pages(aws, hub_id, instance_ids, tags))
+
+
+async def describe_pages(
+    aws: Aws,
+    hub_id: str,
+    instance_ids: Iterable[str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """`describe_hub_instances`'s answer as EC2 gave it, one dict a page (each one call)."""
     filters = [hub_filter(hub_id)]
     if instance_ids is not None:
         filters.append({"Name": "instance-id", "Values": sorted(instance_ids)})
     for key, value in sorted((tags or {}).items()):
         filters.append({"Name": f"tag:{key}", "Values": [value]})
-    pages = await aws.paginate(
+    return await aws.paginate(
         "ec2", "describe_instances", Filters=filters, PaginationConfig={"PageSize": PAGE_SIZE}
     )
+
+
+def views_of(pages: Iterable[dict[str, Any]]) -> dict[str, InstanceView]:
+    """The instances of a DescribeInstances answer, by id."""
     views = (
         InstanceView.from_api(raw)
         for page in pages

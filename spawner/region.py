@@ -37,12 +37,20 @@ class Region:
         self._zones: dict[str, str] = {}
         self._root_devices: dict[str, str] = {}
 
-    def poller(self, hub_id: str, *, interval: float = DEFAULT_POLL_INTERVAL) -> InstancePoller:
+    def poller(
+        self,
+        hub_id: str,
+        *,
+        interval: float = DEFAULT_POLL_INTERVAL,
+        pages_per_minute: float | None = None,
+    ) -> InstancePoller:
         """The hub's poller here, started (or restarted, if its loop died). The first caller
-        sets the interval; every server of a hub shares one describe."""
+        sets the interval and page budget; every server of a hub shares one describe."""
         poller = self._pollers.get(hub_id)
         if poller is None:
-            poller = self._pollers[hub_id] = InstancePoller(self.aws, hub_id, interval=interval)
+            poller = self._pollers[hub_id] = InstancePoller(
+                self.aws, hub_id, interval=interval, pages_per_minute=pages_per_minute
+            )
         poller.ensure_running()
         return poller
 

@@ -628,6 +628,11 @@ class TunnelSettings:
     #: may stay unused, and a connection wait for a new one.
     max_sessions: int = DEFAULT_MAX_SESSIONS
     extra_session_idle: float = 60.0
+    #: Seconds the first session may carry no connection before it is let go (None: it is
+    #: kept up for the tunnel's life). The next connection then opens a session and waits
+    #: for it, as after a lazy start; a session that ends while it carries nothing is not
+    #: reopened until a connection needs it.
+    idle_release: float | None = None
     spread_wait: float = 3.0
     #: Bytes queued for a slow local reader before its session stops being read.
     local_write_limit: int = DEFAULT_LOCAL_WRITE_LIMIT
@@ -646,6 +651,8 @@ class TunnelSettings:
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
+        if self.idle_release is not None and self.idle_release <= 0:
+            raise ValueError("idle_release must be positive (or None: never)")
 
 
 class Tunnel:
@@ -664,6 +671,12 @@ class Tunnel:
     ``spread_wait`` seconds; then it shares the least loaded one). Sessions beyond the
     first close after ``extra_session_idle`` seconds without a connection. A session whose
     client reads slowly is avoided and does not count against the limit (see `_Handler`).
+
+    Letting go. With ``idle_release`` the first session, too, is closed after that long
+    without a connection, and a session that ends while it carries nothing (the service's
+    idle timeout, the instance stopping) is not replaced until a connection needs one. A hub
+    with thousands of idle servers then holds no sessions for them: no keep-alives, and no
+    wave of reopened sessions when the service's idle timeout ends them all.
     ``max_sessions=1`` is the official client's shape, one session per port, except that a
     session stalled by a slow reader is still replaced for the other connections.
 
@@ -953,8 +966,17 @@ class Tunnel:
         self.metrics.session_failures += 1
         self.last_error = exc
 
+    def _rest(self) -> bool:
+        """Whether lane 0 may wait for a connection before its next session (and then arm
+        that wait): only with ``idle_release`` and while no connection is waiting."""
+        if self.settings.idle_release is None or self._waiting:
+            return False
+        self._demand = asyncio.Event()
+        return True
+
     async def _supervise(self, lane: _Lane) -> None:
-        """Keep lane 0's session up for the tunnel's life (new session, backoff)."""
+        """Keep lane 0's session up for the tunnel's life (new session, backoff), or, with
+        ``idle_release``, whenever a connection needs it."""
         loop = asyncio.get_running_loop()
         assert self._first is not None
         if self._demand is not None:
@@ -962,6 +984,9 @@ class Tunnel:
         start_deadline = loop.time() + self.settings.start_timeout
         attempt = 0
         while not self._stopping:
+            if self._demand is not None and not self._demand.is_set():
+                log.debug("%r: no session until a connection needs one", self)
+                await self._demand.wait()
             try:
                 dc = await self._open()
             except asyncio.CancelledError:
@@ -978,14 +1003,23 @@ class Tunnel:
                 attempt += 1
                 log.warning("%r: %s; retrying in %.1fs", self, exc, delay)
                 await self._sleep(delay)
+                # nobody waits any more (their wait timed out): stop trying until someone does
+                if self._first.done():
+                    self._rest()
                 continue
             self._install(lane, dc)
             reason = await dc.wait_closed()
+            released, idle = lane.retiring, self._idle()
             self._uninstall(lane, reason)
             if self._stopping:
                 return
             if loop.time() - lane.opened_at >= self.settings.stable_after:
                 attempt = 0
+            if idle and self._rest():
+                log.info("%r: session ended (%s); the next opens on first use", self, reason)
+                continue
+            if released:  # our own choice, and a connection came meanwhile: no backoff
+                continue
             delay = self.backoff_delay(attempt)
             attempt += 1
             log.info("%r: session ended (%s); new session in %.1fs", self, reason, delay)
@@ -1044,6 +1078,7 @@ class Tunnel:
             handler = _BasicHandler(self, dc, lane)
         dc.set_listener(handler)
         lane.dc, lane.handler = dc, handler
+        lane.retiring = False  # lane 0 after a release
         lane.opened_at = asyncio.get_running_loop().time()
         self.metrics.sessions_opened += 1
         self.metrics.sessions_open += 1
@@ -1134,28 +1169,41 @@ class Tunnel:
 
     def _load_changed(self, lane: _Lane) -> None:
         """An idle session takes a waiting connection; an extra one left idle for
-        ``extra_session_idle`` closes."""
+        ``extra_session_idle`` closes, and the first one after ``idle_release``."""
         if not lane.up:
             return
         if lane.load == 0 and self._waiting:
             self._place_waiting()
-        if lane.index == 0:
+        idle_for = self.settings.extra_session_idle if lane.index else self.settings.idle_release
+        if idle_for is None:
             return
         if lane.load == 0:
             if lane.idle_timer is None:
                 lane.idle_timer = asyncio.get_running_loop().call_later(
-                    self.settings.extra_session_idle, self._close_if_idle, lane
+                    idle_for, self._close_if_idle, lane
                 )
         elif lane.idle_timer is not None:
             lane.idle_timer.cancel()
             lane.idle_timer = None
 
+    def _idle(self) -> bool:
+        return all(lane.load == 0 for lane in self._lanes)
+
     def _close_if_idle(self, lane: _Lane) -> None:
         lane.idle_timer = None
+        if lane.index == 0 and lane.up and not self._idle():
+            # the first session goes only with the last connection: extra sessions still
+            # carry some, and they close on their own timers
+            assert self.settings.idle_release is not None
+            lane.idle_timer = asyncio.get_running_loop().call_later(
+                self.settings.idle_release, self._close_if_idle, lane
+            )
+            return
         if lane.up and lane.load == 0 and lane.dc is not None:
-            log.debug("%r: closing idle extra session %s", self, lane.dc.session_id)
+            what = "extra session" if lane.index else "session, until the next connection"
+            log.debug("%r: closing idle %s %s", self, what, lane.dc.session_id)
             lane.retiring = True  # from now on no connection is placed on it
-            keep_task(asyncio.ensure_future(lane.dc.close("idle extra session")))
+            keep_task(asyncio.ensure_future(lane.dc.close(f"idle {what}")))
 
     def _place_waiting(self, *, force: bool = False) -> None:
         """Hand waiting connections to sessions, in arrival order, while any will take them;

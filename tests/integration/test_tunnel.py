@@ -18,6 +18,7 @@ from localcloud.ssm.app import serve, shutdown
 from localcloud.ssm.sigv4 import StaticCredentials
 from spawner.ssm.datachannel import SessionError
 from spawner.ssm.tunnel import Tunnel, TunnelSettings
+from tests.polling import until
 
 from .ssm_harness import INSTANCE_ID, ssm_control, start_notebook_like, start_ssm_standin
 
@@ -122,6 +123,34 @@ async def test_websocket_across_a_forced_session_end(ssm):
         ws.close()
         assert tunnel.local_port == port and tunnel.session_id != first_session
         assert tunnel.metrics.reconnects >= 1 and tunnel.metrics.sessions_opened >= 2
+
+
+def active_sessions(ssm) -> set[str]:
+    state = ssm_control(ssm, "GET", "/state")
+    return {r["SessionId"] for r in state["sessions"] if r["Status"] in ("Connected", "Connecting")}
+
+
+async def test_an_unused_tunnel_holds_no_session_and_the_next_request_opens_one(ssm):
+    """``idle_release`` against the stand-in's real service: the unused session is
+    terminated (the service lists it no longer active); a session the service ends for
+    idleness is not reopened; a request through the same port opens one and is answered."""
+    settings = TunnelSettings(backoff_initial=0.05, idle_release=0.5)
+    async with Tunnel(INSTANCE_ID, 8888, settings, endpoint_url=ssm.address) as tunnel:
+        first = tunnel.session_id
+        assert first in active_sessions(ssm)
+        await until(lambda: first not in active_sessions(ssm) and not tunnel.connected)
+        http = client()
+        assert (await http.fetch(f"{tunnel.url}/api", request_timeout=30)).code == 200
+        second = tunnel.session_id
+        assert second not in (None, first)
+        # the service ends the new one once it is unused: nothing reopens it
+        await until(lambda: tunnel._idle())
+        ssm_control(ssm, "POST", f"/sessions/{second}/idle")
+        await until(lambda: not tunnel.connected and second not in active_sessions(ssm))
+        opened = tunnel.metrics.sessions_opened
+        assert (await http.fetch(f"{tunnel.url}/api", request_timeout=30)).code == 200
+        assert tunnel.metrics.sessions_opened == opened + 1
+        http.close()
 
 
 async def test_agent_restart_and_dropped_websocket_are_survived(ssm):

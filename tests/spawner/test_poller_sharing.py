@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from spawner.aws import AwsError, ErrorKind
 from spawner.poller import InstancePoller
 
@@ -29,6 +31,7 @@ class SlowEc2:
         self.kwargs: dict[str, Any] = {}
         self.asked: list[list[str] | None] = []  # per call: the instance-id filter's values
         self.values: list[int] = []  # per call: the values of all its filters
+        self.pages = 1  # pages a look at every instance comes in
 
     async def paginate(self, service: str, operation: str, **kwargs: Any) -> list[dict]:
         assert (service, operation) == ("ec2", "describe_instances")
@@ -47,7 +50,8 @@ class SlowEc2:
             {"InstanceId": i, "State": {"Name": self.states.get(i, "running")}, "Tags": []}
             for i in seen
         ]
-        return [{"Reservations": [{"Instances": instances}]}]
+        pages = self.pages if ids is None else 1
+        return [{"Reservations": [{"Instances": instances[n::pages]}]} for n in range(pages)]
 
     @property
     def full_looks(self) -> int:
@@ -152,3 +156,50 @@ async def test_many_waited_instances_are_asked_for_199_a_call():
     assert max(ec2.values) == 200
     assert sorted(i for ids in asked for i in ids) == sorted(ec2.world)
     assert len(poller.instances) == 450 and not poller.fresh  # a part is not a whole look
+
+
+async def test_a_look_of_many_pages_comes_less_often_within_the_page_budget():
+    """Each page is one call against EC2's API rate: at 5,000 servers (five pages) and 1.5
+    pages a minute, a look every 200 s rather than every 40 s, and the view stays "fresh"
+    for three such looks. Up to one page, ``interval`` as before."""
+    ec2 = SlowEc2()
+    ec2.world = [f"i-{n:017x}" for n in range(50)]
+    poller = InstancePoller(ec2, "hub", interval=40, pages_per_minute=1.5)  # type: ignore[arg-type]
+    await poller.refresh()
+    assert poller.pages == 1 and poller.full_interval == 40 and poller.stale_after == 130
+    ec2.pages = 5
+    await poller.refresh()
+    assert len(poller.instances) == 50
+    assert poller.pages == 5 and poller.full_interval == 200 and poller.stale_after == 610
+    assert InstancePoller(ec2, "hub", interval=40).full_interval == 40  # type: ignore[arg-type]
+
+
+async def test_the_poller_loop_keeps_to_the_page_budget():
+    """The loop's own looks: three looks of five pages at 600 pages a minute cannot come
+    less than 0.5 s apart (timers only fire late under load, so this holds on a busy
+    machine), and targeted looks for a waiting spawn go on meanwhile."""
+    ec2 = SlowEc2()
+    ec2.pages = 5
+    ec2.world = ["i-0000000000000000a", "i-0000000000000000b"]
+    ec2.states["i-0000000000000000b"] = "pending"  # a spawn that waits for ever
+    poller = InstancePoller(
+        ec2,  # type: ignore[arg-type]
+        "hub",
+        interval=0.01,
+        fast_interval=0.01,
+        pages_per_minute=600,
+    )
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    poller.ensure_running()
+    waiting = asyncio.ensure_future(poller.wait_for("i-0000000000000000b", {"running"}))
+    await wait_until(lambda: ec2.full_looks >= 3)
+    assert loop.time() - began >= 2 * 0.5 * 0.99
+    assert sum(ids == ["i-0000000000000000b"] for ids in ec2.asked) >= 2
+    waiting.cancel()
+    await poller.stop()
+
+
+def test_a_page_budget_must_be_positive():
+    with pytest.raises(ValueError, match="pages_per_minute"):
+        InstancePoller(SlowEc2(), "hub", pages_per_minute=0)  # type: ignore[arg-type]

@@ -38,20 +38,13 @@ from spawner.ssm.messages import ClientMessage, Flag, MessageType, channel_close
 from spawner.ssm.metrics import TunnelMetrics
 from spawner.ssm.smux import Nop, SmuxSession, StreamData, StreamEnded, StreamOpened
 from spawner.ssm.tunnel import Tunnel, TunnelSettings, backoff_delay
+from tests.polling import until
 
 INSTANCE = "i-0123456789abcdef0"
 NEW_AGENT = "3.3.1142.0"  # smux, no client keep-alive needed
 OLD_MUX_AGENT = "3.1.1511.0"  # smux, client keep-alive needed
 BASIC_AGENT = "3.0.196.0"  # no smux
 PROPERTIES = {"localPortNumber": "0", "portNumber": "8888", "type": "LocalPortForwarding"}
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 # --- fakes ----------------------------------------------------------------------------------
@@ -831,6 +824,94 @@ async def test_waiting_connections_are_reset_after_the_wait_timeout() -> None:
     with pytest.raises(ConnectionResetError):
         await asyncio.wait_for(reader.read(100), 2)
     await tunnel.stop()
+
+
+def resting(tunnel: Tunnel) -> bool:
+    """No session, and the supervisor waits for a connection before it opens one."""
+    demand = tunnel._demand
+    return (
+        tunnel.metrics.sessions_open == 0
+        and demand is not None
+        and not demand.is_set()
+        and not tunnel.connected
+    )
+
+
+async def test_an_idle_first_session_is_let_go_and_the_next_connection_opens_one() -> None:
+    """``idle_release``: a tunnel nobody uses holds no session (thousands of idle servers,
+    no keep-alives); the next connection waits for a new one; a session carrying a
+    connection is kept however long it lasts."""
+    script = Script()
+    tunnel = make_tunnel(script, idle_release=0.2)
+    await tunnel.start()
+    first = script.current
+    await until(lambda: first.closed and resting(tunnel))
+    assert first.terminated  # TerminateSession: the service frees it at once
+    assert len(script.made) == 1
+    reader, writer = await connect(tunnel)
+    writer.write(b"hello")
+    await until(lambda: len(script.made) == 2 and script.current.stream_data(3) == b"hello")
+    assert tunnel.connected and tunnel._primary is not None
+    assert tunnel._primary.idle_timer is None  # carrying a connection: not released
+    script.current.reply(3, b"again", fin=True)
+    assert await asyncio.wait_for(reader.read(), 10) == b"again"
+    writer.close()
+    await until(lambda: script.made[1].closed and resting(tunnel))
+    assert tunnel.metrics.connections_reset == 0
+    await tunnel.stop()
+
+
+async def test_a_session_that_ends_while_idle_is_replaced_only_when_needed() -> None:
+    """The service ends idle sessions (20 minutes by default) and stops sessions of a
+    stopped instance: with ``idle_release`` an unused tunnel does not reopen them, where
+    5,000 servers would otherwise reopen thousands of sessions a timeout later."""
+    script = Script(None, ConnectionError("network unreachable"), None)
+    tunnel = make_tunnel(script, idle_release=3600)
+    await tunnel.start()
+    script.current.end("idle timeout")
+    await until(lambda: resting(tunnel))
+    assert len(script.made) == 1
+    # a connection wakes it; a failed attempt is retried while the connection waits
+    reader, writer = await connect(tunnel)
+    writer.write(b"x")
+    await until(lambda: len(script.made) == 3 and script.current.stream_data(3) == b"x")
+    assert tunnel.metrics.session_failures == 1
+    # a session that ends under a connection is reopened at once, without a new one
+    script.current.end("agent restart")
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(100), 10)
+    await until(lambda: len(script.made) == 4 and tunnel.connected)
+    await tunnel.stop()
+
+
+async def test_failed_reopening_stops_when_nobody_waits_any_more() -> None:
+    """An instance stopped behind the hub's back: once the waiting connection has given up,
+    the tunnel stops calling StartSession until someone connects again."""
+    gone = ConnectionError("TargetNotConnected")
+    script = Script(None, *[gone] * 10_000)
+    tunnel = make_tunnel(
+        script,
+        idle_release=3600,
+        wait_timeout=0.3,
+        sleep=asyncio.sleep,
+        backoff_initial=0.05,
+        backoff_max=0.05,
+    )
+    await tunnel.start()
+    script.current.end("instance stopping")
+    await until(lambda: resting(tunnel))
+    reader, _writer = await connect(tunnel)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(100), 10)
+    await until(lambda: resting(tunnel))
+    made = len(script.made)
+    assert made >= 2 and tunnel.metrics.session_failures == made - 1
+    await tunnel.stop()
+
+
+def test_idle_release_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="idle_release"):
+        TunnelSettings(idle_release=0)
 
 
 async def test_streams_open_fin_both_ways_and_connect_errors_reset_one_connection() -> None:
