@@ -20,7 +20,7 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 
-from .aws.front import AwsFront, serve_front, shutdown_front
+from .aws.front import AwsFront, instance_app, serve_front, shutdown_front
 from .aws.moto_server import MotoServer, index_moto_instances, index_moto_tags, start_moto
 from .aws.moto_setup import (
     DEFAULT_PARAMETER_PREFIX,
@@ -32,6 +32,7 @@ from .aws.moto_setup import (
 )
 from .aws.principals import MotoPrincipals, issue_user_keys
 from .instances.control import control_routes as simulator_routes
+from .instances.realboot import MachineHost
 from .instances.simulator import DEFAULT_BOOT_DELAY, InstanceSimulator
 from .ssm import SsmStandIn
 from .ssm import serve as serve_ssm
@@ -111,15 +112,21 @@ async def start_aws(
     region: str = REGION,
     parameter_prefix: str = DEFAULT_PARAMETER_PREFIX,
     light_instances: bool = False,
+    real_boot: bool = False,
 ) -> LocalAws:
     """Start everything on the running loop (moto in a thread) and provision the communities'
     resources; ``<state_dir>/communities.yaml`` is written before this returns.
     ``light_instances``: instances without a notebook process of their own, in larger
     subnets, with moto's tag and instance lookups indexed — for benchmarks with thousands of
-    servers."""
+    servers. ``real_boot``: each instance a booted machine (`localcloud.instances.realboot`;
+    needs root, and builds the machines' root file system the first time)."""
     if light_instances:
         index_moto_tags()
         index_moto_instances()
+    machines = None
+    if real_boot:
+        machines = MachineHost(state_dir, region)
+        await machines.prepare()
     moto = await asyncio.to_thread(start_moto)
     started: list[Any] = []
     try:
@@ -136,12 +143,16 @@ async def start_aws(
             region=region,
             boot_delay=boot_delay,
             light_instances=light_instances,
+            machines=machines,
         )
         front, front_server, front_url = await serve_front(
             front_port, moto_url=moto.url, ssm_url=ssm_url, extra_routes=simulator_routes(simulator)
         )
         started.append((shutdown_front, front, front_server))
         simulator.aws_endpoint_url = front_url
+        if machines is not None:
+            machines.aws_app = instance_app(front)
+            front.consoles = machines.console
         front.calls.listeners.append(simulator.on_aws_call)
         ids, communities_file = await asyncio.to_thread(
             setup,

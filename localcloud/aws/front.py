@@ -29,11 +29,12 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import posixpath
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import tornado.web
@@ -48,7 +49,13 @@ from .control import control_routes
 from .corrections import correct, refusal
 from .faults import AwsFaultRule, AwsFaults
 from .idempotency import MISMATCH_CODE, MISMATCH_MESSAGE, ClientTokens, Recorded
-from .wire import AwsRequest, error_code_of, error_response, parse_request
+from .wire import (
+    AwsRequest,
+    console_output_response,
+    error_code_of,
+    error_response,
+    parse_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,9 @@ class AwsFront:
         self.tokens = ClientTokens()
         self.base_url = ""
         self.http = SimpleAsyncHTTPClient(force_instance=True, max_clients=64)
+        #: An instance's console where the local cloud has a real one (real-boot machines),
+        #: for ``GetConsoleOutput``; None (or None for an instance): moto's canned text.
+        self.consoles: Callable[[str], str | None] | None = None
 
     def inject(
         self,
@@ -179,6 +189,8 @@ class ForwardHandler(tornado.web.RequestHandler):
                 record.backend = "front"
                 self._send_error(request, record, *refused)
                 return
+            if self._answer_console(request, record):
+                return
             key = ClientTokens.key(request.service, request.action, request.params)
             if key is None:
                 if (request.service, request.action) in BUFFERED_ACTIONS:
@@ -204,6 +216,24 @@ class ForwardHandler(tornado.web.RequestHandler):
         finally:
             if record.status == 0:  # the client went away, or we failed: still log it
                 front.calls.finish(record, 499, "ClientClosedRequest")
+
+    def _answer_console(self, request: AwsRequest, record: CallRecord) -> bool:
+        """GetConsoleOutput of a real-boot instance: its machine's console, the newest 64 KB
+        (what EC2 keeps; the latest output, as with ``Latest=true``)."""
+        if self.front.consoles is None or (request.service, request.action) != (
+            "ec2",
+            "GetConsoleOutput",
+        ):
+            return False
+        instance_id = request.params.get("InstanceId", "")
+        text = self.front.consoles(instance_id)
+        if text is None:
+            return False
+        record.backend = "front"
+        headers, body = console_output_response(instance_id, text, dt.datetime.now(dt.UTC))
+        self._send(200, headers.items(), body)
+        self.front.calls.finish(record, 200)
+        return True
 
     # -- answers ----------------------------------------------------------------------------
     def _send_error(

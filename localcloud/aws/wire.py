@@ -21,6 +21,8 @@ from the target prefix or the API version.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import json
 import re
 import uuid
@@ -215,6 +217,24 @@ def error_response(
         {"Content-Type": "text/xml;charset=UTF-8", "x-amzn-RequestId": request_id},
         text.encode(),
     )
+
+
+def console_output_response(
+    instance_id: str, text: str, when: dt.datetime
+) -> tuple[dict[str, str], bytes]:
+    """EC2's ``GetConsoleOutput`` answer: the console's text base64-encoded in ``output``
+    (botocore decodes it for its callers), with the time it was taken."""
+    request_id = str(uuid.uuid4())
+    output = base64.b64encode(text.encode()).decode()
+    stamp = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<GetConsoleOutputResponse xmlns="{_XMLNS["ec2"]}"><requestId>{request_id}</requestId>'
+        f"<instanceId>{escape(instance_id)}</instanceId><timestamp>{stamp}</timestamp>"
+        f"<output>{output}</output></GetConsoleOutputResponse>"
+    )
+    headers = {"Content-Type": "text/xml;charset=UTF-8", "x-amzn-RequestId": request_id}
+    return headers, body.encode()
 
 
 _XML_CODE = re.compile(rb"<Code>([^<]{1,200})</Code>")

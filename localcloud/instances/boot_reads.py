@@ -14,6 +14,8 @@ through the AWS front: they neither count in its call log nor meet its fault rul
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import threading
 from collections.abc import Iterable
@@ -72,15 +74,34 @@ class MotoReader:
                 instances.extend(reservation.get("Instances", []))
         return instances
 
-    def server_conf(self, instance_id: str) -> dict[str, str]:
+    def _user_data_base64(self, instance_id: str) -> str:
         answer = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
         raw = (answer.get("UserData") or {}).get("Value")
         if not raw:
             raise BootError("the instance has no user data")
-        return read_server_conf(decode_user_data(raw))
+        return str(raw)
+
+    def user_data(self, instance_id: str) -> bytes:
+        """The user data as the instance's metadata service serves it: the bytes the launch
+        gave (the API's base64 undone; compressed, if it was, for cloud-init to undo)."""
+        try:
+            return base64.b64decode(self._user_data_base64(instance_id), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BootError("the instance's user data is not base64") from exc
+
+    def server_conf(self, instance_id: str) -> dict[str, str]:
+        return read_server_conf(decode_user_data(self._user_data_base64(instance_id)))
 
     def role_credentials(self, instance_id: str, profile_arn: str) -> tuple[str, RoleCredentials]:
         """(role ARN, credentials) of the instance profile's role."""
+        role_arn, creds = self.role_session(instance_id, profile_arn)
+        return role_arn, RoleCredentials(
+            creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
+        )
+
+    def role_session(self, instance_id: str, profile_arn: str) -> tuple[str, dict[str, Any]]:
+        """(role ARN, STS's ``Credentials``, expiry included) of the instance profile's role,
+        as EC2 assumes it for the instance."""
         name = profile_arn.rpartition("/")[2]
         try:
             roles = self.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"][
@@ -92,9 +113,7 @@ class MotoReader:
             raise BootError(f"instance profile {name} has no role")
         role_arn = roles[0]["Arn"]
         creds = self.sts.assume_role(RoleArn=role_arn, RoleSessionName=instance_id)["Credentials"]
-        return role_arn, RoleCredentials(
-            creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
-        )
+        return role_arn, creds
 
     def read_parameters(
         self, path: str, credentials: RoleCredentials

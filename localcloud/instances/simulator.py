@@ -48,6 +48,12 @@ the idle backstop
     ``backstop_idle_seconds`` when set (tests), else the instance's own (``server.conf``'s
     ``BACKSTOP_IDLE_SECONDS``, else 24 h).
 
+real boot (``machines``, ``start_aws(real_boot=True)``)
+    none of the above runs in Python: each instance is a booted Linux machine that runs its
+    user data and the bootstrap itself (``localcloud.instances.realboot``); the simulator
+    boots it when moto runs the instance, powers it off when the hub stops it, and turns a
+    ``shutdown -h now`` inside into a stop with the guest-shutdown reason.
+
 Every action is one line in ``<state>/instances.log`` (never a secret). Tests and the demo
 steer it through this object or the AWS front's ``/_control/`` routes
 (``localcloud.instances.control``): ``boot_delay``, ``instances()``, ``fail_boot(id)`` (the
@@ -59,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import re
 import shutil
@@ -73,6 +80,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from spawner.naming import CONTAINER_NOTEBOOK_PORT, INSTANCE_SSH_PORT, SSH_PORT
 
 from ..aws.calls import CallRecord
+from ..machines.imds import InstanceIdentity, RoleSession
+from ..machines.machine import Machine, MachineError
 from .activity import ActivityLog
 from .backstop import BackstopClock, ask_notebook, idle_limit
 from .boot_reads import (
@@ -89,6 +98,7 @@ from .notebook import (
     notebook_environment,
     write_synapse_config,
 )
+from .realboot import BootFacts, MachineHost, session_from_sts
 from .sshd import SshDaemon
 from .userdata import UserDataError
 
@@ -98,6 +108,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: moto's account: what an instance identity document names as the owner
+MOTO_ACCOUNT = "123456789012"
 DEFAULT_BOOT_DELAY = 2.0
 POLL_INTERVAL = 0.5
 LISTEN_TIMEOUT = 90.0
@@ -213,6 +225,7 @@ class InstanceSimulator:
         backstop_idle_seconds: float | None = None,
         backstop_check_seconds: float = BACKSTOP_CHECK_SECONDS,
         light_instances: bool = False,
+        machines: MachineHost | None = None,
     ) -> None:
         self.moto_url = moto_url
         self.ssm = ssm
@@ -229,6 +242,8 @@ class InstanceSimulator:
         #: boot without a notebook process, answered by the shared light responder
         self.light_instances = light_instances
         self.light = LightResponder()
+        #: real-boot mode (`localcloud.instances.realboot`): each instance a booted machine
+        self.machines = machines
         self.volumes_dir = state_dir / "volumes"
         self.snapshots_dir = state_dir / "snapshots"
         self.runtime_root = state_dir / "runtime"
@@ -277,6 +292,8 @@ class InstanceSimulator:
         for sim in self._instances.values():  # anything a failed halt left behind
             if sim.process is not None:
                 sim.process.kill_now()
+        if self.machines is not None:
+            await self.machines.close()
         await self.light.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -466,6 +483,12 @@ class InstanceSimulator:
         sim.boots += 1
         sim.phase, sim.detail = "booting", f"boot {sim.boots}"
         sim.plan = None
+        if self.machines is not None:
+            try:
+                await self._run_machine(sim, self.machines)
+            finally:
+                await self._cleanup(sim)
+            return
         sim.backstop = clock = BackstopClock(booted_at=time.time())
         self.activity.write(sim.instance_id, f"running: booting (boot delay {self.boot_delay:g}s)")
         # The backstop's timer runs from the boot on, whatever the bootstrap does.
@@ -502,6 +525,80 @@ class InstanceSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await backstop
             await self._cleanup(sim)
+
+    async def _run_machine(self, sim: SimulatedInstance, machines: MachineHost) -> None:
+        """Real boot: the instance's machine runs its user data and the bootstrap itself
+        (`localcloud.instances.realboot`); the simulator turns how the machine ends into
+        what EC2 shows."""
+        iid = sim.instance_id
+        self.activity.write(iid, "running: booting its machine (real boot)")
+        facts = await self._boot_facts(sim)
+
+        def booted(machine: Machine) -> None:
+            sim.phase, sim.detail = "running", f"machine booted (boot {machine.boots})"
+            self.activity.write(iid, f"machine booted (boot {machine.boots} of its root volume)")
+
+        def rebooted(machine: Machine, _status: int) -> None:
+            sim.phase, sim.detail = "booting", "rebooted from inside"
+            self.activity.write(iid, "the machine rebooted itself: booting again")
+
+        try:
+            status = await machines.run(facts, booted=booted, rebooted=rebooted)
+        except MachineError as exc:
+            sim.phase, sim.detail = "failed", str(exc).splitlines()[0]
+            self.activity.write(iid, f"machine failed: {sim.detail}")
+            return
+        if status != 0:
+            sim.phase, sim.detail = "failed", f"the machine ended with status {status}"
+            self.activity.write(iid, f"{sim.detail}: the instance is left running, impaired")
+            return
+        # ``shutdown -h now`` inside, with InstanceInitiatedShutdownBehavior=stop: EC2 stops it
+        self._generation += 1
+        sim.halted_at = self._generation  # a look at moto begun before must not restart it
+        try:
+            code = await self._in_thread(self.reader.guest_shutdown, iid)
+        except Exception as exc:
+            self.activity.write(iid, f"the machine powered off; the stop failed in moto: {exc}")
+            return
+        sim.guest_stopped = code == INSTANCE_INITIATED
+        self.activity.write(iid, f"the machine powered itself off: the instance stops ({code})")
+        self.poke([iid])
+
+    async def _boot_facts(self, sim: SimulatedInstance) -> BootFacts:
+        """The user data, identity and role a machine of this instance gets from EC2."""
+        iid, info = sim.instance_id, sim.info
+        try:
+            user_data = await self._in_thread(self.reader.user_data, iid)
+        except BootError as exc:  # it boots all the same, with nothing to do
+            self.activity.write(iid, f"no user data for the machine: {exc}")
+            user_data = b""
+        identity = InstanceIdentity(
+            instance_id=iid,
+            region=self.region,
+            availability_zone=(info.get("Placement") or {}).get("AvailabilityZone", ""),
+            instance_type=str(info.get("InstanceType", "")),
+            image_id=str(info.get("ImageId", "")),
+            account_id=MOTO_ACCOUNT,
+            private_ip=str(info.get("PrivateIpAddress") or "10.0.0.10"),
+            launched_at=info.get("LaunchTime") or dt.datetime.now(dt.UTC),
+        )
+        profile = await self._instance_profile(sim)
+        if not profile:
+            self.activity.write(iid, "no instance profile: the metadata service has no role")
+            return BootFacts(identity, user_data)
+        role_arn, _ = await self._in_thread(self.reader.role_session, iid, profile)
+
+        async def credentials() -> RoleSession:
+            _arn, creds = await self._in_thread(self.reader.role_session, iid, profile)
+            return session_from_sts(creds)
+
+        return BootFacts(
+            identity,
+            user_data,
+            role_name=role_arn.rpartition("/")[2],
+            credentials=credentials,
+            hostname="ip-" + identity.private_ip.replace(".", "-"),
+        )
 
     async def _prepare(self, sim: SimulatedInstance) -> BootPlan:
         iid = sim.instance_id
@@ -821,10 +918,13 @@ class InstanceSimulator:
         shutil.rmtree(self.runtime_root / sim.instance_id, ignore_errors=True)
 
     async def _after_termination(self, sim: SimulatedInstance) -> None:
-        """Remove the home volume's directory if the volume went with the instance."""
+        """Remove the home volume's directory if the volume went with the instance (and
+        the machine with its root volume)."""
         if sim.halting is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await sim.halting
+        if self.machines is not None:
+            await self.machines.remove(sim.instance_id)
         volume = sim.home_volume or sim.devices.get("/dev/sdf")
         if volume is None:
             self.activity.write(sim.instance_id, "terminated")

@@ -455,6 +455,29 @@ async def test_more_than_200_filter_values_are_refused_as_ec2_refuses_them(aws: 
     assert answer["Reservations"] == []
 
 
+async def test_a_real_consoles_output_is_what_get_console_output_answers(aws: LocalAws) -> None:
+    """EC2 API reference, GetConsoleOutput: ``output`` is the console's text in base64
+    (botocore decodes it), with the instance id and a timestamp. An instance with a real
+    console (a real-boot machine) answers its own; the others moto's canned text."""
+    ec2 = aws.client("ec2")
+    launch = {"ImageId": aws.ids.ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.micro"}
+    launched = await call(ec2, "run_instances", **launch)
+    iid = launched["Instances"][0]["InstanceId"]
+    console = "notebook-bootstrap: <3>parameter not found é\n"
+    aws.front.consoles = {iid: console}.get
+    try:
+        answer = await call(ec2, "get_console_output", InstanceId=iid, Latest=True)
+        assert (answer["InstanceId"], answer["Output"]) == (iid, console)
+        assert answer["Timestamp"].tzinfo is not None
+        other = (await call(ec2, "run_instances", **launch))["Instances"][0]["InstanceId"]
+        canned = await call(ec2, "get_console_output", InstanceId=other)
+        assert canned["Output"].startswith("Linux version")
+        await call(ec2, "terminate_instances", InstanceIds=[other])
+    finally:
+        aws.front.consoles = None
+        await call(ec2, "terminate_instances", InstanceIds=[iid])
+
+
 # --- what the communities get ------------------------------------------------------------------
 
 

@@ -378,3 +378,91 @@ def test_a_build_is_used_only_once_complete_and_the_root_has_no_login(tmp_path: 
     assert (half / "etc/shadow").read_text().startswith("root:!*:19000:")
     assert "ForwardToConsole=yes" in (half / "etc/systemd/journald.conf.d/console.conf").read_text()
     assert (half / "etc/systemd/system/getty.target").readlink() == Path("/dev/null")
+
+
+async def console_says(machine: Machine, text: str, *, boot: int = 1) -> bool:
+    """Whether the console of boot ``boot`` shows ``text``, waiting up to 120 s for it."""
+    for _ in range(1200):
+        if text in machine.console_output().split(f"-- boot {boot} of")[-1]:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """Real-boot mode (``start_aws(real_boot=True)``): RunInstances through the AWS front
+    boots a machine with the instance's user data as the hub renders it; the instance
+    profile's role reaches the AWS CLI inside through the metadata service; StopInstances
+    powers the machine off and StartInstances boots it again (a new boot id, the bootstrap
+    again); ``shutdown -h now`` inside stops the instance with EC2's guest-shutdown reason
+    ("Client.InstanceInitiatedShutdown", EC2 User Guide: instance-initiated shutdown
+    behavior); TerminateInstances removes the machine and its root volume."""
+    aws = await start_aws(tmp_path / "cloud", boot_delay=0, real_boot=True)
+    simulator, ec2 = aws.simulator, aws.client("ec2")
+    assert simulator.machines is not None
+    path = "/notebook-hub/h/alice/_/"
+    community = aws.ids.communities["ad-portal"]
+    missing = "required command docker is not installed"
+    try:
+        answer = await asyncio.to_thread(
+            ec2.run_instances,
+            ImageId=aws.ids.ami,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="t3.large",
+            SubnetId=aws.ids.subnets[0],
+            UserData=render_user_data(BootstrapConfig(parameter_path=path, region="us-east-1")),
+            IamInstanceProfile={"Arn": community.instance_profile_arn},
+            BlockDeviceMappings=[
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 50, "DeleteOnTermination": True}}
+            ],
+        )
+        iid = answer["Instances"][0]["InstanceId"]
+        await simulator.wait_for(iid, "running", within=180)
+        machine = simulator.machines.get(iid)
+        assert machine is not None and machine.running
+        first = await machine.boot_id()
+        ran = await machine.run("cloud-init", "status", "--wait", timeout=180)
+        assert "done" in ran.stdout, (ran, machine.console_output())
+        ran = await machine.run("cat", "/etc/notebook-hub/server.conf")
+        assert f"NOTEBOOK_PARAMETER_PATH={path}" in ran.stdout, ran
+        assert await console_says(machine, missing), machine.console_output()
+        console = await asyncio.to_thread(ec2.get_console_output, InstanceId=iid, Latest=True)
+        assert missing in console["Output"] and console["InstanceId"] == iid
+        ran = await machine.run(
+            "aws", "--region", "us-east-1", "--output", "text", "sts", "get-caller-identity",
+            "--query", "Arn", timeout=120,
+        )  # fmt: skip
+        assert ran.status == 0, ran
+        assert ran.stdout.strip().endswith(f"/{iid}") and ":assumed-role/" in ran.stdout
+
+        await asyncio.to_thread(ec2.stop_instances, InstanceIds=[iid])
+        await simulator.wait_for(iid, "stopped", within=180)
+        assert not machine.running
+        await asyncio.to_thread(ec2.start_instances, InstanceIds=[iid])
+        await simulator.wait_for(iid, "running", within=180)
+        assert machine.running and await machine.boot_id() != first
+        assert await console_says(machine, missing, boot=2)
+
+        await machine.run("systemd-run", "--no-block", "shutdown", "-h", "now")
+        for _ in range(1200):
+            found = await asyncio.to_thread(ec2.describe_instances, InstanceIds=[iid])
+            instance = found["Reservations"][0]["Instances"][0]
+            if instance["State"]["Name"] == "stopped":
+                break
+            await asyncio.sleep(0.1)
+        assert instance["State"]["Name"] == "stopped"
+        assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+        assert not machine.running
+
+        await asyncio.to_thread(ec2.terminate_instances, InstanceIds=[iid])
+        for _ in range(600):
+            if not machine.dir.exists():
+                break
+            await asyncio.sleep(0.1)
+        assert not machine.dir.exists() and simulator.machines.get(iid) is None
+    finally:
+        await aws.close()

@@ -1,0 +1,193 @@
+"""Real-boot instances: the simulator's mode in which an instance is a booted Linux machine.
+
+In this mode the simulator does none of the bootstrap's work itself. When moto runs an
+instance it boots one `localcloud.machines.machine.Machine` for it (its root volume an overlay
+that outlives stops) with what EC2 gives an instance and nothing more:
+
+- the instance's **user data**, byte for byte as ``DescribeInstanceAttribute`` returns it,
+  where the machine's cloud-init reads it (`localcloud.machines.seed`): cloud-init writes
+  ``server.conf``, the bootstrap script and its units, and the bootstrap runs at every boot;
+- its **metadata service** at ``169.254.169.254`` (IMDSv2 only), with the instance profile's
+  role credentials from moto's STS, renewed before they expire;
+- **AWS at its public names** over HTTPS, answered by the local cloud's AWS front through the
+  machine's own link (without the stand-ins' control routes);
+- **no inbound path**: the machine has only its loopback.
+
+What the machine's life means for EC2 (moto): the hub's StopInstances powers the machine off
+(systemd stops every unit, the bootstrap's ``stop`` included) and StartInstances boots it
+again with a new boot id; a ``shutdown -h now`` inside (the bootstrap's idle backstop) ends
+the machine with status 0, and the instance stops with EC2's guest-shutdown state reason
+(``Client.InstanceInitiatedShutdown``); a reboot from inside boots it again, the instance
+running throughout; TerminateInstances removes the machine and its root volume.
+
+Still standing in (see the README's "Real-boot machines"): no SSM agent runs in the machine
+yet, so the instance never comes online in Session Manager and the hub's start waits for it;
+and the rootfs has no container engine, so the bootstrap stops at ``docker``, saying so on the
+console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from ..machines.imds import InstanceIdentity, MetadataService, RoleSession
+from ..machines.links import LinkDirectory, install_links, serve_aws, serve_metadata
+from ..machines.machine import REBOOT_STATUS, Machine, MachineError
+from ..machines.rootfs import INSTANCE_PACKAGES, RootfsSpec, ensure_rootfs
+from ..machines.seed import seed_user_data
+from ..machines.tls import Authority, ensure_authority
+
+log = logging.getLogger(__name__)
+
+#: Where the root file systems and the local cloud's authority are kept between runs.
+DEFAULT_CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
+
+CredentialProvider = Callable[[], Awaitable[RoleSession]]
+
+
+@dataclass(frozen=True)
+class BootFacts:
+    """What EC2 knows of an instance and a machine of it needs at boot."""
+
+    identity: InstanceIdentity
+    user_data: bytes
+    #: the instance profile's role, and how to get its credentials (None: no profile)
+    role_name: str | None = None
+    credentials: CredentialProvider | None = None
+    hostname: str = ""
+
+
+@dataclass
+class MachineHost:
+    """The machines of one simulator: their shared root file system, the local cloud's
+    authority, and the AWS front's app for instances (``instance_app``), which the local
+    cloud sets once its front is up."""
+
+    state_dir: Path
+    region: str
+    cache_dir: Path = DEFAULT_CACHE
+    spec: RootfsSpec = field(default_factory=lambda: RootfsSpec(packages=INSTANCE_PACKAGES))
+    aws_app: tornado.web.Application | None = None
+    rootfs: Path | None = None
+    authority: Authority | None = None
+    _machines: dict[str, Machine] = field(default_factory=dict)
+
+    async def prepare(self) -> None:
+        """Build (or find in the cache) the root file system and the authority: about 80 s
+        the first time on a machine, nothing after."""
+        self.rootfs = await asyncio.to_thread(ensure_rootfs, self.cache_dir, self.spec)
+        self.authority = await asyncio.to_thread(
+            ensure_authority, self.cache_dir / "authority", self.region
+        )
+
+    def links(self, instance_id: str) -> LinkDirectory:
+        return LinkDirectory(self.state_dir / "links" / instance_id)
+
+    def machine(self, instance_id: str) -> Machine:
+        """The instance's machine (one object for its whole life, over its root volume)."""
+        machine = self._machines.get(instance_id)
+        if machine is None:
+            if self.rootfs is None:
+                raise MachineError("the machines' root file system is not prepared")
+            machine = Machine(
+                instance_id,
+                self.rootfs,
+                self.state_dir / "machines" / instance_id,
+                binds=(self.links(instance_id).bind(),),
+            )
+            self._machines[instance_id] = machine
+        return machine
+
+    def get(self, instance_id: str) -> Machine | None:
+        return self._machines.get(instance_id)
+
+    def console(self, instance_id: str) -> str | None:
+        """The machine's console, the newest 64 KB (what ``GetConsoleOutput`` shows), or
+        None if the instance has no machine here."""
+        machine = self._machines.get(instance_id)
+        return machine.console_output() if machine is not None else None
+
+    async def run(
+        self,
+        facts: BootFacts,
+        *,
+        booted: Callable[[Machine], None],
+        rebooted: Callable[[Machine, int], None],
+    ) -> int:
+        """Boot the instance's machine and keep it up until it ends by itself; return how
+        it ended (0: the guest shut down). A reboot from inside boots it again (EC2 keeps
+        the instance running). Cancelled (the hub stopped the instance), the machine is
+        powered off first, as EC2's stop does."""
+        iid = facts.identity.instance_id
+        machine = self.machine(iid)
+        links = self.links(iid)
+        if machine.boots == 0 and not (machine.upper / "etc/hosts").exists():
+            assert self.rootfs is not None and self.authority is not None
+            await asyncio.to_thread(
+                install_links, machine.upper, self.rootfs, links, self.authority, self.region
+            )
+        await asyncio.to_thread(
+            seed_user_data, machine.upper, iid, facts.hostname or iid, facts.user_data
+        )
+        servers = self._serve(facts, links)
+        try:
+            while True:
+                await machine.boot()
+                booted(machine)
+                status = await machine.wait()
+                if status != REBOOT_STATUS:
+                    return status
+                rebooted(machine, status)
+        finally:
+            if machine.running:
+                await asyncio.shield(machine.poweroff())
+            for server in servers:
+                server.stop()
+
+    def _serve(self, facts: BootFacts, links: LinkDirectory) -> list[HTTPServer]:
+        if self.aws_app is None:
+            raise MachineError("the machines have no AWS front to call")
+        metadata = MetadataService(
+            facts.identity,
+            role_name=facts.role_name,
+            credentials=facts.credentials,
+            user_data=facts.user_data,
+        )
+        for stale in (links.imds_socket, links.aws_socket):  # left by a previous boot
+            stale.unlink(missing_ok=True)
+        return [serve_metadata(metadata, links), serve_aws(self.aws_app, links)]
+
+    async def remove(self, instance_id: str) -> None:
+        """Termination: the machine and its root volume go."""
+        machine = self._machines.pop(instance_id, None)
+        if machine is not None:
+            await machine.remove()
+
+    async def close(self) -> None:
+        """Pull every plug (the local cloud is going away; instances do not outlive it)."""
+        machines, self._machines = list(self._machines.values()), {}
+        for machine in machines:
+            with contextlib.suppress(Exception):
+                await machine.kill()
+
+
+def session_from_sts(credentials: dict) -> RoleSession:
+    """STS's ``Credentials`` as the metadata service hands them out."""
+    expiration = credentials["Expiration"]
+    if isinstance(expiration, str):
+        expiration = dt.datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+    return RoleSession(
+        credentials["AccessKeyId"],
+        credentials["SecretAccessKey"],
+        credentials["SessionToken"],
+        expiration,
+    )
