@@ -20,10 +20,13 @@ the machine with status 0, and the instance stops with EC2's guest-shutdown stat
 (``Client.InstanceInitiatedShutdown``); a reboot from inside boots it again, the instance
 running throughout; TerminateInstances removes the machine and its root volume.
 
-Still standing in (see the README's "Real-boot machines"): no SSM agent runs in the machine
-yet, so the instance never comes online in Session Manager and the hub's start waits for it;
-and the rootfs has no container engine, so the bootstrap stops at ``docker``, saying so on the
-console.
+Session Manager reaches the machine as it reaches an instance, through its agent: the
+machine's agent unit connects out and dials the instance's ports from inside
+(`localcloud.machines.agent`); the instance is online from then until the boot ends. The
+data channel's agent half is still the SSM stand-in's, on the host.
+
+Still missing (see the README's "Real-boot machines"): the rootfs has no container engine, so
+the bootstrap stops at ``docker``, saying so on the console, and no notebook answers.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from pathlib import Path
 import tornado.web
 from tornado.httpserver import HTTPServer
 
+from ..machines.agent import AgentLink, install_agent
 from ..machines.imds import InstanceIdentity, MetadataService, RoleSession
 from ..machines.links import LinkDirectory, install_links, serve_aws, serve_metadata
 from ..machines.machine import REBOOT_STATUS, Machine, MachineError
 from ..machines.rootfs import INSTANCE_PACKAGES, RootfsSpec, ensure_rootfs
 from ..machines.seed import seed_user_data
 from ..machines.tls import Authority, ensure_authority
+from ..ssm.registry import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +127,14 @@ class MachineHost:
         *,
         booted: Callable[[Machine], None],
         rebooted: Callable[[Machine, int], None],
+        online: Callable[[Resolver], None],
+        offline: Callable[[], None],
     ) -> int:
         """Boot the instance's machine and keep it up until it ends by itself; return how
         it ended (0: the guest shut down). A reboot from inside boots it again (EC2 keeps
         the instance running). Cancelled (the hub stopped the instance), the machine is
-        powered off first, as EC2's stop does."""
+        powered off first, as EC2's stop does. ``online`` is called with the resolver of
+        the machine's ports once its agent unit runs, ``offline`` when the boot ends."""
         iid = facts.identity.instance_id
         machine = self.machine(iid)
         links = self.links(iid)
@@ -135,23 +143,28 @@ class MachineHost:
             await asyncio.to_thread(
                 install_links, machine.upper, self.rootfs, links, self.authority, self.region
             )
+            await asyncio.to_thread(install_agent, machine.upper)
         await asyncio.to_thread(
             seed_user_data, machine.upper, iid, facts.hostname or iid, facts.user_data
         )
-        servers = self._serve(facts, links)
-        try:
-            while True:
+        while True:
+            servers = self._serve(facts, links)
+            agent = AgentLink(links.agent_socket, online=online)
+            await agent.start()
+            try:
                 await machine.boot()
                 booted(machine)
                 status = await machine.wait()
-                if status != REBOOT_STATUS:
-                    return status
-                rebooted(machine, status)
-        finally:
-            if machine.running:
-                await asyncio.shield(machine.poweroff())
-            for server in servers:
-                server.stop()
+            finally:
+                if machine.running:
+                    await asyncio.shield(machine.poweroff())
+                await agent.close()
+                offline()
+                for server in servers:
+                    server.stop()
+            if status != REBOOT_STATUS:
+                return status
+            rebooted(machine, status)
 
     def _serve(self, facts: BootFacts, links: LinkDirectory) -> list[HTTPServer]:
         if self.aws_app is None:

@@ -82,6 +82,7 @@ from spawner.naming import CONTAINER_NOTEBOOK_PORT, INSTANCE_SSH_PORT, SSH_PORT
 from ..aws.calls import CallRecord
 from ..machines.imds import InstanceIdentity, RoleSession
 from ..machines.machine import Machine, MachineError
+from ..ssm.registry import Resolver
 from .activity import ActivityLog
 from .backstop import BackstopClock, ask_notebook, idle_limit
 from .boot_reads import (
@@ -542,8 +543,22 @@ class InstanceSimulator:
             sim.phase, sim.detail = "booting", "rebooted from inside"
             self.activity.write(iid, "the machine rebooted itself: booting again")
 
+        def online(resolve: Resolver) -> None:
+            address = sim.info.get("PrivateIpAddress")
+            self.ssm.register(iid, resolve, **({"ip_address": address} if address else {}))
+            sim.registered = True
+            self.activity.write(iid, "agent online: its dials run inside the machine")
+
+        def offline() -> None:
+            if sim.registered:
+                self.ssm.deregister(iid)
+                sim.registered = False
+                self.activity.write(iid, "agent offline (the boot ended)")
+
         try:
-            status = await machines.run(facts, booted=booted, rebooted=rebooted)
+            status = await machines.run(
+                facts, booted=booted, rebooted=rebooted, online=online, offline=offline
+            )
         except MachineError as exc:
             sim.phase, sim.detail = "failed", str(exc).splitlines()[0]
             self.activity.write(iid, f"machine failed: {sim.detail}")

@@ -9,5 +9,7 @@ systemd-nspawn, one per instance, over one cached root file system.
   addresses instance software expects: 169.254.169.254 for the metadata service, HTTPS at
   AWS's own names for the AWS endpoints);
 - ``tls``: the local cloud's certificate authority, trusted inside machines only;
-- ``seed``: the instance's user data, where the machine's cloud-init reads it.
+- ``seed``: the instance's user data, where the machine's cloud-init reads it;
+- ``agent``, ``agent_inside``: the SSM agent's dials into the machine's ports, from a unit
+  inside that connects out (the host's end and the machine's).
 """

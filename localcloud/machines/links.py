@@ -109,6 +109,11 @@ class LinkDirectory:
     def aws_socket(self) -> Path:
         return self.path / "aws.sock"
 
+    @property
+    def agent_socket(self) -> Path:
+        """Where the machine's agent unit connects out to (`localcloud.machines.agent`)."""
+        return self.path / "agent.sock"
+
     def bind(self) -> Bind:
         return Bind(self.path, INSIDE, read_only=True)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 
 from localcloud.aws.front import instance_app
 from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
@@ -42,6 +43,7 @@ from localcloud.machines.seed import seed_user_data
 from localcloud.machines.tls import ensure_authority
 from localcloud.stack import start_aws
 from spawner.bootstrap import BootstrapConfig, render_user_data, server_conf
+from spawner.ssm.tunnel import Tunnel
 
 CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
 BOOT_UNIT = """\
@@ -438,6 +440,35 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
         )  # fmt: skip
         assert ran.status == 0, ran
         assert ran.stdout.strip().endswith(f"/{iid}") and ":assumed-role/" in ran.stdout
+
+        # Session Manager reaches the machine's own loopback through its agent, which only
+        # ever connected out; nothing listening there is a refused connection, not a hang
+        ssm = aws.client("ssm")
+        info = await asyncio.to_thread(
+            ssm.describe_instance_information,
+            Filters=[{"Key": "InstanceIds", "Values": [iid]}],
+        )
+        assert info["InstanceInformationList"][0]["PingStatus"] == "Online"
+        await machine.run(
+            "systemd-run", "--unit=probe", "--working-directory=/etc/notebook-hub",
+            "python3", "-m", "http.server", "8888", "--bind", "127.0.0.1",
+        )  # fmt: skip
+        async with Tunnel(iid, 8888, ssm_client=ssm) as tunnel:
+            client = AsyncHTTPClient(force_instance=True)
+            try:
+                for _ in range(300):
+                    answer = await client.fetch(f"{tunnel.url}/server.conf", raise_error=False)
+                    if answer.code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                assert answer.code == 200 and path.encode() in answer.body, answer
+            finally:
+                client.close()
+        async with Tunnel(iid, 9999, ssm_client=ssm) as tunnel:
+            reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.local_port)
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            writer.close()
 
         await asyncio.to_thread(ec2.stop_instances, InstanceIds=[iid])
         await simulator.wait_for(iid, "stopped", within=180)
