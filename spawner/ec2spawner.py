@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import html
 import random
 import re
@@ -45,7 +46,7 @@ from operations import audit, metrics
 
 from . import zone_move
 from .aws import Aws, AwsError, ErrorKind
-from .bootstrap import BootstrapConfig, render_user_data
+from .bootstrap import BootstrapConfig, bootstrap_failure, render_user_data
 from .launch import ServerIdentity, client_token, run_instances_request, subnet_order
 from .naming import (
     DEFAULT_HUB_ID,
@@ -351,6 +352,17 @@ class EC2Spawner(Spawner):
         reads slowly keeps only its own session waiting. ``1`` is the official client's shape
         (one session per port). See docs/ssm-tunnel.md for the measurements behind the
         default.
+        """,
+    )
+
+    bootstrap_check_interval = Float(
+        30.0,
+        config=True,
+        help="""
+        Seconds between looks at a starting instance's console (GetConsoleOutput) for the
+        bootstrap's failure. The bootstrap writes why it gave up there (a missing parameter,
+        an image it cannot pull, a home volume that is not attached) and does not try again:
+        the start then fails at once with that reason, instead of after ``start_timeout``.
         """,
     )
 
@@ -797,9 +809,58 @@ class EC2Spawner(Spawner):
         return store
 
     async def _wait_reachable(self, image: Any, aws: Aws, poller: InstancePoller) -> None:
-        """From "EC2 accepted it" to "the notebook answers through the tunnel"."""
+        """From "EC2 accepted it" to "the notebook answers through the tunnel", or to the
+        bootstrap's own word that it gave up (on the instance's console), whichever comes
+        first: a bootstrap that failed will not try again, and the user should not wait
+        ``start_timeout`` for nothing."""
         self._emit(40, "Instance is booting…")
         await self._wait_running(poller)
+        since = dt.datetime.now(dt.UTC)
+        reach = asyncio.ensure_future(self._wait_connected(image, aws))
+        watch = asyncio.ensure_future(self._watch_bootstrap(aws, since))
+        try:
+            await asyncio.wait({reach, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reach, watch):
+                task.cancel()
+            results = await asyncio.gather(reach, watch, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+
+    async def _watch_bootstrap(self, aws: Aws, since: dt.datetime) -> None:
+        """Read the instance's console every ``bootstrap_check_interval`` until the start is
+        over; raise `StartFailed` with the bootstrap's reason once it says it gave up."""
+        while True:
+            await asyncio.sleep(self.bootstrap_check_interval)
+            reason = await self._bootstrap_failure(aws, since)
+            if reason is not None:
+                self.log.error(
+                    "%s: the bootstrap on %s gave up: %s", self._log_name, self.instance_id, reason
+                )
+                raise StartFailed(
+                    f"Your server's instance could not start the notebook: {reason}. It has "
+                    "been stopped; an admin can see its console output."
+                )
+
+    async def _bootstrap_failure(self, aws: Aws, since: dt.datetime) -> str | None:
+        """The bootstrap's failure on the console since ``since``, if any. ``Latest`` (the
+        serial console's newest output) exists on Nitro instances only: others answer
+        ``UnsupportedOperation``, and get the buffered output instead."""
+        for latest in (True, False):
+            try:
+                answer = await aws.call(
+                    "ec2", "get_console_output", InstanceId=self.instance_id, Latest=latest
+                )
+            except AwsError as e:
+                if latest and e.code == "UnsupportedOperation":
+                    continue
+                self.log.info("%s: cannot read the console: %s", self._log_name, e)
+                return None
+            return bootstrap_failure(str(answer.get("Output") or ""), since)
+        return None
+
+    async def _wait_connected(self, image: Any, aws: Aws) -> None:
         self._emit(60, "Waiting for the instance to connect to Systems Manager…")
         await self._wait_agent_online(aws)
         self._emit(75, "Opening a secure tunnel to the instance…")

@@ -19,6 +19,7 @@ The script and the unit are real files next to this module, so that shellcheck a
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import re
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ SERVER_CONF_KEYS = ("NOTEBOOK_PARAMETER_PATH", "AWS_REGION", "NOTEBOOK_PORT", "H
 BACKSTOP_KEY = "BACKSTOP_IDLE_SECONDS"
 #: The backstop's limit when neither server.conf nor the config parameter sets one.
 DEFAULT_BACKSTOP_IDLE_SECONDS = 24 * 3600
+
+#: What the bootstrap writes on the serial console when it gives up (its ``die``): the time,
+#: then why. ``GetConsoleOutput`` shows the console; `bootstrap_failure` reads it.
+BOOTSTRAP_FAILED = re.compile(
+    r"^notebook-bootstrap: failed at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ): (.{1,500})$",
+    re.MULTILINE,
+)
+#: How much earlier than the hub's own clock says a failure may be stamped and still count
+#: (instance clocks are synchronised on EC2, but not to the millisecond).
+CLOCK_SKEW = dt.timedelta(seconds=60)
 
 # SSM parameter names: letters, digits and _ . - / (no spaces, no quotes). Restricting values
 # to such characters keeps server.conf plain KEY=value lines that the script parses (it never
@@ -247,3 +258,15 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> Any:
 
 
 _Dumper.add_representer(str, _represent_str)
+
+
+def bootstrap_failure(console: str, since: dt.datetime) -> str | None:
+    """Why the bootstrap gave up, from the instance's console (``GetConsoleOutput``), if it
+    did at or after ``since`` (the start's own time: an earlier boot's failure is not this
+    start's); the newest such line."""
+    found = None
+    for match in BOOTSTRAP_FAILED.finditer(console):
+        at = dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        if at >= since - CLOCK_SKEW:
+            found = match.group(2).strip()
+    return found

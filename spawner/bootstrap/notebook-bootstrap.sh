@@ -67,6 +67,12 @@ log() {
 die() {
   # <3> is journald's "error" priority.
   printf '<3>%s\n' "$*" >&2
+  # And on the serial console, which GetConsoleOutput shows: the hub reads it to tell the user
+  # why a start failed. With the time, so that an earlier boot's failure is not taken for
+  # this one's (the hub's BOOTSTRAP_FAILED pattern in spawner/bootstrap/__init__.py).
+  [[ ! -c ${ROOT}/dev/console ]] ||
+    printf 'notebook-bootstrap: failed at %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" \
+      >"${ROOT}/dev/console" 2>/dev/null || :
   exit 1
 }
 

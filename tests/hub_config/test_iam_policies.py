@@ -153,6 +153,7 @@ def test_evaluator_condition_rules() -> None:
         "ec2:StopInstances",
         "ec2:TerminateInstances",
         "ec2:ModifyInstanceAttribute",
+        "ec2:GetConsoleOutput",
     ],
 )
 def test_hub_manages_only_instances_with_its_hub_tag(action: str) -> None:

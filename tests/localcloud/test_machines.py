@@ -18,6 +18,8 @@ The shared root file system is built once (about 45 s) and cached under ``~/.cac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import os
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import tornado.web
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from localcloud.aws.front import instance_app
 from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
@@ -42,7 +44,7 @@ from localcloud.machines.rootfs import (
 from localcloud.machines.seed import seed_user_data
 from localcloud.machines.tls import ensure_authority
 from localcloud.stack import start_aws
-from spawner.bootstrap import BootstrapConfig, render_user_data, server_conf
+from spawner.bootstrap import BootstrapConfig, bootstrap_failure, render_user_data, server_conf
 from spawner.ssm.tunnel import Tunnel
 
 CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
@@ -408,6 +410,7 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
     path = "/notebook-hub/h/alice/_/"
     community = aws.ids.communities["ad-portal"]
     missing = "required command docker is not installed"
+    launched_at = dt.datetime.now(dt.UTC)
     try:
         answer = await asyncio.to_thread(
             ec2.run_instances,
@@ -434,6 +437,8 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
         assert await console_says(machine, missing), machine.console_output()
         console = await asyncio.to_thread(ec2.get_console_output, InstanceId=iid, Latest=True)
         assert missing in console["Output"] and console["InstanceId"] == iid
+        # the bootstrap's own line there, which the hub reads to fail a start with its reason
+        assert bootstrap_failure(console["Output"], launched_at) == missing
         ran = await machine.run(
             "aws", "--region", "us-east-1", "--output", "text", "sts", "get-caller-identity",
             "--query", "Arn", timeout=120,
@@ -456,12 +461,13 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
         async with Tunnel(iid, 8888, ssm_client=ssm) as tunnel:
             client = AsyncHTTPClient(force_instance=True)
             try:
-                for _ in range(300):
-                    answer = await client.fetch(f"{tunnel.url}/server.conf", raise_error=False)
-                    if answer.code == 200:
+                body = b""
+                for _ in range(600):  # until the server in the machine listens
+                    with contextlib.suppress(OSError, HTTPClientError):
+                        body = (await client.fetch(f"{tunnel.url}/server.conf")).body
                         break
                     await asyncio.sleep(0.1)
-                assert answer.code == 200 and path.encode() in answer.body, answer
+                assert path.encode() in body
             finally:
                 client.close()
         async with Tunnel(iid, 9999, ssm_client=ssm) as tunnel:

@@ -9,6 +9,7 @@ that no secret ever appears in an argument, a log line or a file left behind.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import inspect
 import json
@@ -40,6 +41,7 @@ from spawner.bootstrap import (
     UNIT_PATH,
     BootstrapConfig,
     backstop_units,
+    bootstrap_failure,
     bootstrap_script,
     bootstrap_unit,
     parse_server_conf,
@@ -866,3 +868,20 @@ def test_the_backstop_limit_in_server_conf_must_be_a_number(machine) -> None:
     run = machine("backstop")
     assert run.returncode == 0 and run.commands("shutdown") == []
     assert "of 86400 s" in run.stderr
+
+
+def test_the_bootstrap_failure_on_the_console_is_read_by_time() -> None:
+    """``die`` writes "notebook-bootstrap: failed at <UTC time>: <why>" on the console; the
+    hub takes the newest one stamped since the start (less a minute of clock skew)."""
+    since = dt.datetime(2026, 12, 7, 14, 0, tzinfo=dt.UTC)
+    console = (
+        "notebook-bootstrap: failed at 2026-12-07T13:00:00Z: from an earlier boot\n"
+        "notebook-bootstrap[185]: required command docker is not installed\n"
+        "notebook-bootstrap: failed at 2026-12-07T13:59:30Z: within the skew\n"
+        "notebook-bootstrap: failed at 2026-12-07T14:02:00Z: cannot pull img\n"
+        "junk notebook-bootstrap: failed at 2026-12-07T14:03:00Z: not at a line start\n"
+    )
+    assert bootstrap_failure(console, since) == "cannot pull img"
+    assert bootstrap_failure(console.splitlines()[2], since) == "within the skew"
+    assert bootstrap_failure(console.splitlines()[0], since) is None
+    assert bootstrap_failure("", since) is None

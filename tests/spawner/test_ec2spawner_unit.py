@@ -211,3 +211,75 @@ async def test_a_start_with_an_expired_token_asks_to_sign_in_again():
     s.user_options = {"community": member.id}
     with pytest.raises(StartFailed, match="sign out and sign in again"):
         await s._start()
+
+
+class ConsoleAws:
+    """GetConsoleOutput as EC2 answers it: ``Latest`` only on Nitro instances."""
+
+    def __init__(self, output: str, nitro: bool = True) -> None:
+        self.output, self.nitro = output, nitro
+        self.asked: list[bool] = []
+
+    async def call(self, service, operation, **kwargs):
+        assert (service, operation) == ("ec2", "get_console_output")
+        self.asked.append(kwargs["Latest"])
+        if kwargs["Latest"] and not self.nitro:
+            raise AwsError(
+                "GetConsoleOutput",
+                "UnsupportedOperation",
+                "This instance type does not support the latest console output",
+                ErrorKind.OTHER,
+            )
+        return {"InstanceId": kwargs["InstanceId"], "Output": self.output}
+
+
+def console_spawner(aws: ConsoleAws, connected: asyncio.Event) -> EC2Spawner:
+    s = spawner(view("running"))
+    s.bootstrap_check_interval = 0.01
+
+    async def running(poller):
+        return None
+
+    async def never_connects(image, aws):
+        await connected.wait()
+
+    s._wait_running = running
+    s._wait_connected = never_connects
+    return s
+
+
+async def test_a_bootstrap_that_gave_up_fails_the_start_with_its_reason():
+    """The bootstrap's ``die`` writes "notebook-bootstrap: failed at <time>: <why>" on the
+    serial console (GetConsoleOutput): the start fails with that reason at once rather than
+    after ``start_timeout``; a failure stamped before this start (an earlier boot) does not
+    count, and an instance without ``Latest`` support is read without it."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    old = "2020-01-01T00:00:00Z"
+    output = (
+        f"notebook-bootstrap: failed at {old}: cannot pull an old image\n"
+        "cloud-init[140]: ...\n"
+        f"notebook-bootstrap: failed at {now}: parameter /hub/alice/_/config not found\n"
+    )
+    aws = ConsoleAws(output, nitro=False)
+    s = console_spawner(aws, asyncio.Event())
+    with pytest.raises(StartFailed) as info:
+        async with asyncio.timeout(30):
+            await s._wait_reachable(None, aws, None)
+    assert "parameter /hub/alice/_/config not found" in str(info.value)
+    assert "old image" not in str(info.value)
+    assert aws.asked[:2] == [True, False]
+
+
+async def test_an_old_failure_on_the_console_does_not_stop_a_start_that_connects():
+    aws = ConsoleAws("notebook-bootstrap: failed at 2020-01-01T00:00:00Z: gone\n")
+    connected = asyncio.Event()
+    s = console_spawner(aws, connected)
+    started = asyncio.ensure_future(s._wait_reachable(None, aws, None))
+    for _ in range(2000):
+        if len(aws.asked) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(aws.asked) >= 3 and not started.done()
+    connected.set()
+    async with asyncio.timeout(30):
+        await started
