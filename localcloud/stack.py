@@ -113,19 +113,21 @@ async def start_aws(
     parameter_prefix: str = DEFAULT_PARAMETER_PREFIX,
     light_instances: bool = False,
     real_boot: bool = False,
+    hub_url: str | None = None,
 ) -> LocalAws:
     """Start everything on the running loop (moto in a thread) and provision the communities'
     resources; ``<state_dir>/communities.yaml`` is written before this returns.
     ``light_instances``: instances without a notebook process of their own, in larger
     subnets, with moto's tag and instance lookups indexed — for benchmarks with thousands of
     servers. ``real_boot``: each instance a booted machine (`localcloud.instances.realboot`;
-    needs root, and builds the machines' root file system the first time)."""
+    needs root, and builds the machines' root file system and notebook image the first
+    time), whose notebooks reach the hub at ``hub_url``."""
     if light_instances:
         index_moto_tags()
         index_moto_instances()
     machines = None
     if real_boot:
-        machines = MachineHost(state_dir, region)
+        machines = MachineHost(state_dir, region, hub_url=hub_url)
         await machines.prepare()
     moto = await asyncio.to_thread(start_moto)
     started: list[Any] = []

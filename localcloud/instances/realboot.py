@@ -35,23 +35,36 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 
 from ..machines.agent import AgentLink, install_agent
+from ..machines.image import BuiltImage, ensure_image
 from ..machines.imds import InstanceIdentity, MetadataService, RoleSession
-from ..machines.links import LinkDirectory, install_links, serve_aws, serve_metadata
-from ..machines.machine import REBOOT_STATUS, Machine, MachineError
-from ..machines.rootfs import INSTANCE_PACKAGES, RootfsSpec, ensure_rootfs
+from ..machines.links import (
+    LinkDirectory,
+    install_links,
+    serve_aws,
+    serve_hub,
+    serve_metadata,
+)
+from ..machines.machine import REBOOT_STATUS, Bind, Machine, MachineError
+from ..machines.rootfs import IMAGE_STORE, INSTANCE_PACKAGES, RootfsSpec, ensure_rootfs
 from ..machines.seed import seed_user_data
 from ..machines.tls import Authority, ensure_authority
 from ..ssm.registry import Resolver
 
 log = logging.getLogger(__name__)
+
+#: Where the bootstrap mounts the home volume (``notebook-bootstrap.sh``'s ``HOME_MOUNT``):
+#: a mount there already is the home volume, and the bootstrap uses it as it is.
+HOME_MOUNT = "/srv/notebook-home"
 
 #: Where the root file systems and the local cloud's authority are kept between runs.
 DEFAULT_CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
@@ -69,6 +82,8 @@ class BootFacts:
     role_name: str | None = None
     credentials: CredentialProvider | None = None
     hostname: str = ""
+    #: the home volume's directory, mounted where the bootstrap mounts the volume
+    home: Path | None = None
 
 
 @dataclass
@@ -82,17 +97,42 @@ class MachineHost:
     cache_dir: Path = DEFAULT_CACHE
     spec: RootfsSpec = field(default_factory=lambda: RootfsSpec(packages=INSTANCE_PACKAGES))
     aws_app: tornado.web.Application | None = None
+    #: the hub the machines' notebooks call (its URL's port is the hub link's), if any
+    hub_url: str | None = None
     rootfs: Path | None = None
     authority: Authority | None = None
+    image: BuiltImage | None = None
     _machines: dict[str, Machine] = field(default_factory=dict)
 
     async def prepare(self) -> None:
-        """Build (or find in the cache) the root file system and the authority: about 80 s
-        the first time on a machine, nothing after."""
+        """Build (or find in the cache) the root file system, the authority and the notebook
+        image: about three minutes the first time on a machine, nothing after."""
         self.rootfs = await asyncio.to_thread(ensure_rootfs, self.cache_dir, self.spec)
         self.authority = await asyncio.to_thread(
             ensure_authority, self.cache_dir / "authority", self.region
         )
+        self.image = await asyncio.to_thread(ensure_image, self.cache_dir, self.rootfs)
+
+    def _hub(self) -> tuple[str, int] | None:
+        if not self.hub_url:
+            return None
+        url = urllib.parse.urlsplit(self.hub_url)
+        return url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+
+    def _binds(self, machine: Machine, facts: BootFacts) -> tuple[Bind, ...]:
+        """The machine's links, its own container storage (a plain directory: podman's
+        overlay driver cannot sit on the machine's overlay root), the shared image store
+        (read-only), and its home volume where the bootstrap mounts it."""
+        binds = [
+            self.links(machine.name).bind(),
+            Bind(machine.dir / "containers", "/var/lib/containers"),
+        ]
+        if self.image is not None:
+            binds.append(Bind(self.image.store, IMAGE_STORE, read_only=True))
+        if facts.home is not None:
+            binds.append(Bind(facts.home, HOME_MOUNT))
+        (machine.dir / "containers").mkdir(parents=True, exist_ok=True)
+        return tuple(binds)
 
     def links(self, instance_id: str) -> LinkDirectory:
         return LinkDirectory(self.state_dir / "links" / instance_id)
@@ -138,17 +178,28 @@ class MachineHost:
         iid = facts.identity.instance_id
         machine = self.machine(iid)
         links = self.links(iid)
+        hub = self._hub()
         if machine.boots == 0 and not (machine.upper / "etc/hosts").exists():
             assert self.rootfs is not None and self.authority is not None
             await asyncio.to_thread(
-                install_links, machine.upper, self.rootfs, links, self.authority, self.region
+                partial(
+                    install_links,
+                    machine.upper,
+                    self.rootfs,
+                    links,
+                    self.authority,
+                    self.region,
+                    hub_port=hub[1] if hub else None,
+                )
             )
             await asyncio.to_thread(install_agent, machine.upper)
         await asyncio.to_thread(
             seed_user_data, machine.upper, iid, facts.hostname or iid, facts.user_data
         )
+        machine.binds = self._binds(machine, facts)
         while True:
             servers = self._serve(facts, links)
+            hub_link = await serve_hub(links, *hub) if hub else None
             agent = AgentLink(links.agent_socket, online=online)
             await agent.start()
             try:
@@ -162,6 +213,8 @@ class MachineHost:
                 offline()
                 for server in servers:
                     server.stop()
+                if hub_link is not None:
+                    hub_link.close()
             if status != REBOOT_STATUS:
                 return status
             rebooted(machine, status)

@@ -67,6 +67,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import re
 import shutil
 import time
@@ -582,11 +583,13 @@ class InstanceSimulator:
     async def _boot_facts(self, sim: SimulatedInstance) -> BootFacts:
         """The user data, identity and role a machine of this instance gets from EC2."""
         iid, info = sim.instance_id, sim.info
-        try:
+        user_data, home = b"", None
+        try:  # it boots all the same, with nothing to do
             user_data = await self._in_thread(self.reader.user_data, iid)
-        except BootError as exc:  # it boots all the same, with nothing to do
-            self.activity.write(iid, f"no user data for the machine: {exc}")
-            user_data = b""
+            conf = await self._in_thread(self.reader.server_conf, iid)
+            home = await self._home_volume(sim, conf["HOME_DEVICE"], owner=(1000, 100))
+        except (BootError, UserDataError, KeyError) as exc:
+            self.activity.write(iid, f"the machine boots without user data or home: {exc}")
         identity = InstanceIdentity(
             instance_id=iid,
             region=self.region,
@@ -600,7 +603,7 @@ class InstanceSimulator:
         profile = await self._instance_profile(sim)
         if not profile:
             self.activity.write(iid, "no instance profile: the metadata service has no role")
-            return BootFacts(identity, user_data)
+            return BootFacts(identity, user_data, home=home)
         role_arn, _ = await self._in_thread(self.reader.role_session, iid, profile)
 
         async def credentials() -> RoleSession:
@@ -613,6 +616,7 @@ class InstanceSimulator:
             role_name=role_arn.rpartition("/")[2],
             credentials=credentials,
             hostname="ip-" + identity.private_ip.replace(".", "-"),
+            home=home,
         )
 
     async def _prepare(self, sim: SimulatedInstance) -> BootPlan:
@@ -715,9 +719,13 @@ class InstanceSimulator:
         shutil.copytree(source, self.snapshots_dir / snapshot, symlinks=True, dirs_exist_ok=True)
         self.activity.write(volume, f"snapshot {snapshot}: the volume's blocks copied")
 
-    async def _home_volume(self, sim: SimulatedInstance, device: str) -> Path:
+    async def _home_volume(
+        self, sim: SimulatedInstance, device: str, *, owner: tuple[int, int] | None = None
+    ) -> Path:
         """The home volume's directory; a volume created from a snapshot (EC2 creates it
-        from the snapshot's blocks) starts as that snapshot's copy."""
+        from the snapshot's blocks) starts as that snapshot's copy. ``owner``: (uid, gid) of
+        a new one, as the bootstrap leaves a volume it formats (a real-boot machine's
+        bootstrap finds it mounted and uses it as it is)."""
         volume = sim.devices.get(device) or sim.devices.get(_alias(device))
         if volume is None:
             raise BootError(f"no volume attached at {device}: cannot mount the home directory")
@@ -733,6 +741,8 @@ class InstanceSimulator:
                 )
                 restored = f"created from snapshot {snapshot}: "
         sim.volume_dir.mkdir(parents=True, exist_ok=True)
+        if fresh and not restored and owner is not None:
+            os.chown(sim.volume_dir, *owner)
         self.activity.write(
             sim.instance_id,
             f"home volume {volume} at {device}: {restored}"

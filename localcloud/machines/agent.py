@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from .links import copy_stream
+
 log = logging.getLogger(__name__)
 
 #: Where the agent unit's program is put in a machine's root volume, and the unit.
@@ -47,7 +49,6 @@ WantedBy=multi-user.target
 """
 #: How long a dial waits for the machine to offer a connection.
 DIAL_WAIT = 10.0
-CHUNK = 64 * 1024
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -68,17 +69,6 @@ def install_agent(upper: Path) -> None:
     link = units / "multi-user.target.wants" / AGENT_UNIT_NAME
     if not link.is_symlink():
         link.symlink_to(f"/etc/systemd/system/{AGENT_UNIT_NAME}")
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
 
 
 class AgentLink:
@@ -177,7 +167,7 @@ class AgentLink:
             inner_writer.close()
             writer.close()
             return
-        await asyncio.gather(_copy(reader, inner_writer), _copy(inner_reader, writer))
+        await asyncio.gather(copy_stream(reader, inner_writer), copy_stream(inner_reader, writer))
         inner_writer.close()
         writer.close()
 

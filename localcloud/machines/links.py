@@ -9,10 +9,14 @@ local cloud's ("the hypervisor's"), not of the project's user data:
   machine's loopback, and ``socat`` from there to ``imds.sock``, served on the host by the
   instance's `localcloud.machines.imds.MetadataService`;
 - ``https://<service>.<region>.amazonaws.com``, AWS: the machine's ``/etc/hosts`` sends the
-  AWS names its software uses to its loopback, where ``socat`` terminates TLS with a
-  certificate of the local cloud's authority (`localcloud.machines.tls`, added to the
+  AWS names its software uses to a link-local address on its loopback (``AWS_ADDRESS``, which
+  the machine's containers reach through their bridge too), where ``socat`` terminates TLS
+  with a certificate of the local cloud's authority (`localcloud.machines.tls`, added to the
   machine's trust store) and passes the plain HTTP on to ``aws.sock``, served on the host by
-  the local cloud's AWS front.
+  the local cloud's AWS front;
+- the hub, when the local cloud has one (``HUB_NAME`` at ``HUB_ADDRESS``, the port of the
+  hub's own URL): the notebook server calls the hub's API as it would over a VPC, through
+  ``hub.sock``, which the host forwards to the hub.
 
 Nothing listens on the host's side for connections *into* the machine: each socket is served
 by the host and dialled from inside, as an instance's traffic leaves it.
@@ -20,6 +24,7 @@ by the host and dialled from inside, as an instance's traffic leaves it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +40,14 @@ from .tls import Authority
 #: Where the link directory appears inside the machine.
 INSIDE = "/run/localcloud"
 IMDS_ADDRESS = "169.254.169.254"
-#: The AWS names the machine resolves to its loopback: the services instance software calls
+#: Link-local addresses on the machine's loopback where its links listen, so that the
+#: machine's containers reach them too (through their bridge's gateway, the machine): the
+#: AWS endpoints' HTTPS and the hub.
+AWS_ADDRESS = "169.254.169.250"
+HUB_ADDRESS = "169.254.169.251"
+#: The hub's name inside a machine (the hub's ``hub_connect_url`` for real-boot instances).
+HUB_NAME = "hub.localcloud.internal"
+#: The AWS names the machine resolves to its link: the services instance software calls
 #: (the bootstrap: ssm; the SSM agent: ssm, ssmmessages, ec2messages; SDKs: sts, and the
 #: rest a notebook may use), regional and, for the global ones, global.
 REGIONAL_SERVICES = (
@@ -73,7 +85,9 @@ WantedBy=multi-user.target
 """
 AWS_UNIT_NAME = "localcloud-aws-link.service"
 #: One socat address, no spaces (systemd splits a command line at them, continued or not).
-TLS_LISTEN = f"OPENSSL-LISTEN:443,bind=127.0.0.1,fork,reuseaddr,verify=0,cert={INSIDE}/tls/aws.pem"
+TLS_LISTEN = (
+    f"OPENSSL-LISTEN:443,bind={AWS_ADDRESS},fork,reuseaddr,verify=0,cert={INSIDE}/tls/aws.pem"
+)
 AWS_UNIT = f"""\
 # The local cloud's AWS endpoints: HTTPS on the loopback, where /etc/hosts sends AWS's names.
 [Unit]
@@ -82,7 +96,26 @@ DefaultDependencies=no
 Before=network-online.target multi-user.target
 
 [Service]
+ExecStartPre=/usr/sbin/ip address replace {AWS_ADDRESS}/32 dev lo
 ExecStart=/usr/bin/socat {TLS_LISTEN} UNIX-CONNECT:{INSIDE}/aws.sock
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+HUB_UNIT_NAME = "localcloud-hub-link.service"
+HUB_UNIT = """\
+# The local cloud's hub, at {name}:{port} for the machine and its containers.
+[Unit]
+Description=Hub link (local cloud)
+DefaultDependencies=no
+Before=network-online.target multi-user.target
+
+[Service]
+ExecStartPre=/usr/sbin/ip address replace {address}/32 dev lo
+ExecStart=/usr/bin/socat TCP-LISTEN:{port},bind={address},fork,reuseaddr \\
+  UNIX-CONNECT:{inside}/hub.sock
 Restart=always
 RestartSec=1
 
@@ -110,12 +143,49 @@ class LinkDirectory:
         return self.path / "aws.sock"
 
     @property
+    def hub_socket(self) -> Path:
+        return self.path / "hub.sock"
+
+    @property
     def agent_socket(self) -> Path:
         """Where the machine's agent unit connects out to (`localcloud.machines.agent`)."""
         return self.path / "agent.sock"
 
     def bind(self) -> Bind:
         return Bind(self.path, INSIDE, read_only=True)
+
+
+async def copy_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction of a link's connection, until its end (then half-closed)."""
+    try:
+        while data := await reader.read(64 * 1024):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
+
+
+async def serve_hub(links: LinkDirectory, host: str, port: int) -> asyncio.AbstractServer:
+    """Forward the machine's hub link to the hub at ``host:port`` (owner-only socket)."""
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hub_reader, hub_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(copy_stream(reader, hub_writer), copy_stream(hub_reader, writer))
+        hub_writer.close()
+        writer.close()
+
+    links.path.mkdir(parents=True, exist_ok=True)
+    os.chmod(links.path, 0o700)
+    links.hub_socket.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(forward, path=str(links.hub_socket))
+    os.chmod(links.hub_socket, 0o600)
+    return server
 
 
 def serve_metadata(service: MetadataService, links: LinkDirectory) -> HTTPServer:
@@ -137,22 +207,34 @@ def serve_aws(app: tornado.web.Application, links: LinkDirectory) -> HTTPServer:
 
 
 def install_links(
-    upper: Path, rootfs: Path, links: LinkDirectory, authority: Authority, region: str
+    upper: Path,
+    rootfs: Path,
+    links: LinkDirectory,
+    authority: Authority,
+    region: str,
+    *,
+    hub_port: int | None = None,
 ) -> None:
     """Prepare a machine's root volume before its first boot (what the hypervisor provides
-    is there from the first instant, unlike user data): the link units, enabled; the AWS
-    names in ``/etc/hosts``; the authority in the trust store; the TLS key and certificate in
-    the link directory."""
+    is there from the first instant, unlike user data): the link units, enabled (the hub's
+    with ``hub_port``); the AWS names (and the hub's) in ``/etc/hosts``; the authority in the
+    trust store; the TLS key and certificate in the link directory."""
     units = upper / "etc/systemd/system"
     wants = units / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    for name, text in ((METADATA_UNIT_NAME, METADATA_UNIT), (AWS_UNIT_NAME, AWS_UNIT)):
+    enabled = [(METADATA_UNIT_NAME, METADATA_UNIT), (AWS_UNIT_NAME, AWS_UNIT)]
+    if hub_port is not None:
+        hub = HUB_UNIT.format(name=HUB_NAME, port=hub_port, address=HUB_ADDRESS, inside=INSIDE)
+        enabled.append((HUB_UNIT_NAME, hub))
+    for name, text in enabled:
         (units / name).write_text(text)
         link = wants / name
         if not link.is_symlink():
             link.symlink_to(f"/etc/systemd/system/{name}")
     hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
-    hosts += [f"127.0.0.1 {name}" for name in aws_hosts(region)]
+    hosts += [f"{AWS_ADDRESS} {name}" for name in aws_hosts(region)]
+    if hub_port is not None:
+        hosts.append(f"{HUB_ADDRESS} {HUB_NAME}")
     (upper / "etc/hosts").write_text("\n".join(hosts) + "\n")
     bundle = upper / TRUST_BUNDLE
     bundle.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ What is changed after ``debootstrap``, and why:
 - ``/etc/machine-id`` is emptied: each machine gets its own at its first boot (kept in its
   overlay, so it stays the same across its stops and starts, like an instance's);
 - the root password is locked and ``getty`` units are masked: nothing logs in on a console;
-- cloud-init, when installed, reads its NoCloud seed only (``CLOUD_INIT_CONFIG``).
+- cloud-init, when installed, reads its NoCloud seed only (``CLOUD_INIT_CONFIG``);
+- podman, when installed, runs without cgroups or keyrings, which a machine cannot give it
+  (``CONTAINERS_CONF``), and finds locally built images in a shared store (``STORAGE_CONF``).
 """
 
 from __future__ import annotations
@@ -44,11 +46,42 @@ INSTANCE_PACKAGES = (
     "ca-certificates",
     "cloud-init",
     "curl",
+    "e2fsprogs",
     "iproute2",
+    "podman",
+    "podman-docker",
     "socat",
 )
 #: Bumped when ``configure`` changes, so that a cached build made before is not used.
-CONFIGURE_VERSION = 2
+CONFIGURE_VERSION = 3
+#: The container engine inside a machine (``../shared/real-boot-notes.md``): no cgroups (the
+#: cgroup v1 controllers are read-only in nspawn), no session keyring (nspawn's seccomp
+#: filter refuses it to units), events to a file (a unit may run before journald's socket).
+CONTAINERS_CONF = """\
+# Synapse Notebook Hub's local cloud: podman inside a systemd-nspawn machine.
+[containers]
+cgroups = "disabled"
+keyring = false
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+#: Where the machine's own containers live (a plain directory bound in: podman's overlay
+#: driver cannot sit on the machine's overlay root) and where the shared, read-only store of
+#: locally built images is bound (``localcloud.machines.image``): found there, an image is
+#: not pulled.
+IMAGE_STORE = "/var/lib/snh-images"
+STORAGE_CONF = f"""\
+# Synapse Notebook Hub's local cloud: images built on the host, shared read-only.
+[storage]
+driver = "overlay"
+graphroot = "/var/lib/containers/storage"
+runroot = "/run/containers/storage"
+
+[storage.options]
+additionalimagestores = ["{IMAGE_STORE}"]
+"""
 #: cloud-init: the user data comes from the NoCloud seed the local cloud writes
 #: (``localcloud.machines.seed``: its EC2 data source tells EC2 from DMI, which it does not
 #: read in a container); no locale of its own (en_US is not generated in a minimal system).
@@ -110,7 +143,8 @@ def is_built(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
+def locked(lock_file: Path) -> Iterator[None]:
+    """One builder at a time (test workers share the cache)."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -128,7 +162,7 @@ def ensure_rootfs(cache_dir: Path, spec: RootfsSpec | None = None) -> Path:
     target = rootfs_path(cache_dir, spec)
     if is_built(target):
         return target
-    with _locked(cache_dir / f"{target.name}.lock"):
+    with locked(cache_dir / f"{target.name}.lock"):
         if is_built(target):  # another builder finished while we waited
             return target
         building = cache_dir / f"{target.name}.building"
@@ -213,3 +247,10 @@ def configure(root: Path) -> None:
         link = masked / unit
         if not link.exists() and not link.is_symlink():
             link.symlink_to("/dev/null")
+    if (root / "usr/bin/podman").exists():
+        containers = root / "etc/containers"
+        containers.mkdir(parents=True, exist_ok=True)
+        (containers / "containers.conf").write_text(CONTAINERS_CONF)
+        (containers / "storage.conf").write_text(STORAGE_CONF)
+        (containers / "nodocker").write_text("")  # podman-docker: no notice on every call
+        (root / IMAGE_STORE.lstrip("/")).mkdir(parents=True, exist_ok=True)

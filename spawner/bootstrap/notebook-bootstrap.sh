@@ -79,7 +79,7 @@ die() {
 cleanup() {
   # The env file is only needed by `docker run`; the raw parameter values not even that long.
   rm -f "$RUN_DIR/jupyterhub.env" "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/config.json" \
-    "$RUN_DIR/imds-header" "$RUN_DIR/aws-error" "$RUN_DIR"/*.tmp
+    "$RUN_DIR/imds-header" "$RUN_DIR/aws-error" "$RUN_DIR/config-error" "$RUN_DIR"/*.tmp
 }
 
 require_commands() {
@@ -126,7 +126,8 @@ prepare_run_dir() {
 imds_token() {
   local token
   token=$(curl -fsS --retry 10 --retry-connrefused --max-time 5 -X PUT \
-    -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/api/token")
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/api/token") ||
+    die "the instance metadata service gave no IMDSv2 token"
   # In a header file, so the token is not in curl's arguments (printf is a builtin).
   printf 'X-aws-ec2-metadata-token: %s\n' "$token" >"$RUN_DIR/imds-header"
 }
@@ -138,7 +139,8 @@ imds_get() {
 
 read_instance_identity() {
   imds_token
-  INSTANCE_ID=$(imds_get instance-id)
+  INSTANCE_ID=$(imds_get instance-id) ||
+    die "the instance metadata service did not say the instance id"
   [[ $INSTANCE_ID =~ ^i-[0-9a-f]+$ ]] || die "unexpected instance id from the metadata service"
   if [[ -z $REGION ]]; then
     REGION=$(imds_get placement/region)
@@ -177,7 +179,7 @@ read_parameters() {
   install -d -m 0755 "$RUN_DIR/ssh"
   fields=$(
     python3 - "$RUN_DIR/config.json" "$RUN_DIR/ssh/authorized_keys" \
-      "$CONTAINER_PORT" "$SSH_CONTAINER_PORT" "$PORT" <<'PY'
+      "$CONTAINER_PORT" "$SSH_CONTAINER_PORT" "$PORT" 2>"$RUN_DIR/config-error" <<'PY'
 import json, os, re, sys
 source, keys_file = sys.argv[1], sys.argv[2]
 notebook_port, ssh_port, instance_port = map(int, sys.argv[3:6])
@@ -207,7 +209,7 @@ print(kind)
 taken = {22, notebook_port, ssh_port, instance_port}  # published already, or the host's
 print(" ".join(["ports", *(str(p) for p in sorted(set(ports) - taken))]))
 PY
-  )
+  ) || die "$(tail -n 1 "$RUN_DIR/config-error")"
   IMAGE=${fields%%$'\n'*}
   fields=${fields#*$'\n'}
   IMAGE_KIND=${fields%%$'\n'*}

@@ -22,6 +22,8 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,10 +31,18 @@ import pytest
 import pytest_asyncio
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from localcloud.aws.front import instance_app
 from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
-from localcloud.machines.links import LinkDirectory, install_links, serve_aws, serve_metadata
+from localcloud.machines.links import (
+    HUB_NAME,
+    LinkDirectory,
+    install_links,
+    serve_aws,
+    serve_metadata,
+)
 from localcloud.machines.machine import REBOOT_STATUS, Machine, require_tools
 from localcloud.machines.rootfs import (
     INSTANCE_PACKAGES,
@@ -46,6 +56,7 @@ from localcloud.machines.tls import ensure_authority
 from localcloud.stack import start_aws
 from spawner.bootstrap import BootstrapConfig, bootstrap_failure, render_user_data, server_conf
 from spawner.ssm.tunnel import Tunnel
+from tests.localcloud.fake_hub import FakeHubApi
 
 CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
 BOOT_UNIT = """\
@@ -338,12 +349,12 @@ async def test_cloud_init_runs_the_real_user_data_and_the_bootstrap_runs_at_ever
 ) -> None:
     """The instance's user data, as the hub renders it, processed by Debian's cloud-init:
     ``server.conf``, the script and the units are written and enabled, the bootstrap unit runs
-    at this boot and at the next, and when it cannot go on (here: no container engine in the
-    machine) it says why on the console, which is what ``GetConsoleOutput`` shows."""
+    at this boot and at the next (here it finds no metadata service, and says so on the
+    console, which is what ``GetConsoleOutput`` shows)."""
     config = BootstrapConfig(parameter_path="/notebook-hub/h/alice/_/", region="us-east-1")
     machine = Machine("i-0aaaaaaaaaaaaaaa7", rootfs, tmp_path / "m")
     seed_user_data(machine.upper, machine.name, "ip-10-0-0-7", render_user_data(config).encode())
-    failure = "required command docker is not installed"
+    failure = "Failed to connect to 169.254.169.254 port 80"
     try:
         await machine.boot()
         ran = await machine.run("cloud-init", "status", "--wait", timeout=180)
@@ -354,7 +365,7 @@ async def test_cloud_init_runs_the_real_user_data_and_the_bootstrap_runs_at_ever
             if failure in machine.console_output():
                 break
             await asyncio.sleep(0.1)
-        assert failure in machine.console_output()
+        assert failure in machine.console_output(), machine.console_output()[-6000:]
         assert await machine.poweroff() == 0
         await machine.boot()
         for _ in range(600):
@@ -399,7 +410,9 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
 ) -> None:
     """Real-boot mode (``start_aws(real_boot=True)``): RunInstances through the AWS front
     boots a machine with the instance's user data as the hub renders it; the instance
-    profile's role reaches the AWS CLI inside through the metadata service; StopInstances
+    profile's role reaches the AWS CLI inside through the metadata service, and the bootstrap
+    reads the server's parameters with it (here a config whose image is not an image
+    reference: it gives up and says why on the console, GetConsoleOutput); StopInstances
     powers the machine off and StartInstances boots it again (a new boot id, the bootstrap
     again); ``shutdown -h now`` inside stops the instance with EC2's guest-shutdown reason
     ("Client.InstanceInitiatedShutdown", EC2 User Guide: instance-initiated shutdown
@@ -407,11 +420,16 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
     aws = await start_aws(tmp_path / "cloud", boot_delay=0, real_boot=True)
     simulator, ec2 = aws.simulator, aws.client("ec2")
     assert simulator.machines is not None
-    path = "/notebook-hub/h/alice/_/"
+    path = "/notebook-hub/h/bob/_/"  # moto's state is the process's: a name of this test's
     community = aws.ids.communities["ad-portal"]
-    missing = "required command docker is not installed"
+    missing = "config: 'image' is missing or not an image reference"
     launched_at = dt.datetime.now(dt.UTC)
+    ssm = aws.client("ssm")
     try:
+        for name, value in (("config", '{"image": "not an image!"}'), ("jupyterhub-env", "{}")):
+            await asyncio.to_thread(
+                ssm.put_parameter, Name=f"{path}{name}", Value=value, Type="SecureString"
+            )
         answer = await asyncio.to_thread(
             ec2.run_instances,
             ImageId=aws.ids.ami,
@@ -448,7 +466,6 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
 
         # Session Manager reaches the machine's own loopback through its agent, which only
         # ever connected out; nothing listening there is a refused connection, not a hang
-        ssm = aws.client("ssm")
         info = await asyncio.to_thread(
             ssm.describe_instance_information,
             Filters=[{"Key": "InstanceIds", "Values": [iid]}],
@@ -503,3 +520,99 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
         assert not machine.dir.exists() and simulator.machines.get(iid) is None
     finally:
         await aws.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_real_bootstrap_runs_the_notebook_image_in_the_machine(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """The bootstrap, unchanged, in a machine: it reads the server's parameters with the
+    instance role, finds its home volume mounted, runs the locally built notebook image with
+    its real ``docker run`` line (podman, no registry: the image is in the shared store), and
+    the notebook answers through Session Manager and asks its hub who a token belongs to.
+    The hub API token is in none of the machine's journal, its root volume, or the home
+    volume."""
+    tokens: dict[str, str] = {}
+    app = tornado.web.Application([(r"/hub/api(.*)", FakeHubApi, {"tokens": tokens})])
+    sockets = bind_sockets(0, "127.0.0.1")
+    hub = HTTPServer(app)
+    hub.add_sockets(sockets)
+    hub_port = sockets[0].getsockname()[1]
+    aws = await start_aws(
+        tmp_path / "cloud", boot_delay=0, real_boot=True, hub_url=f"http://127.0.0.1:{hub_port}"
+    )
+    simulator, ssm = aws.simulator, aws.client("ssm")
+    assert simulator.machines is not None and simulator.machines.image is not None
+    path = "/notebook-hub/h/alice/_"
+    token = f"hubtoken-{secrets.token_hex(16)}"
+    tokens[token] = "alice"
+    config = {"image": simulator.machines.image.name, "image_kind": "jupyter", "port": 8888}
+    prefix = "/user/alice/"
+    env = {
+        "JUPYTERHUB_API_TOKEN": token,
+        "JUPYTERHUB_API_URL": f"http://{HUB_NAME}:{hub_port}/hub/api",
+        "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-alice",
+        "JUPYTERHUB_USER": "alice",
+        "JUPYTERHUB_SERVER_NAME": "",
+        "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_SERVICE_PREFIX": prefix,
+        "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:8888{prefix}",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{prefix}oauth_callback",
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps(["access:servers!user=alice"]),
+    }
+    try:
+        for name, value, kind in (
+            ("config", json.dumps(config), "String"),
+            ("jupyterhub-env", json.dumps(env), "SecureString"),
+        ):
+            await asyncio.to_thread(
+                ssm.put_parameter, Name=f"{path}/{name}", Value=value, Type=kind
+            )
+        answer = await asyncio.to_thread(
+            aws.client("ec2").run_instances,
+            ImageId=aws.ids.ami,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="t3.large",
+            SubnetId=aws.ids.subnets[0],
+            UserData=render_user_data(BootstrapConfig(parameter_path=path, region="us-east-1")),
+            IamInstanceProfile={"Arn": aws.ids.communities["ad-portal"].instance_profile_arn},
+            BlockDeviceMappings=[
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 50, "DeleteOnTermination": True}}
+            ],
+        )
+        iid = answer["Instances"][0]["InstanceId"]
+        await simulator.wait_for(iid, "running", within=180)
+        machine = simulator.machines.get(iid)
+        assert machine is not None
+        for _ in range(3000):  # until the agent is online (the machine's unit connected)
+            if simulator.get(iid) is not None and simulator.get(iid).registered:
+                break
+            await asyncio.sleep(0.1)
+        async with Tunnel(iid, 8888, ssm_client=ssm) as tunnel:
+            client = AsyncHTTPClient(force_instance=True)
+            version = b""
+            try:
+                for _ in range(1800):  # the bootstrap, the container, the server's start
+                    with contextlib.suppress(OSError, HTTPClientError):
+                        version = (await client.fetch(f"{tunnel.url}{prefix}api")).body
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                client.close()
+        assert b'"version"' in version, machine.console_output(4096)
+        ran = await machine.run("docker", "ps", "--format", "{{.Names}} {{.Image}}")
+        assert ran.stdout.split() == ["notebook", simulator.machines.image.name], ran
+        journal = await machine.run("journalctl", "--no-pager", "-o", "cat")
+        assert "notebook container started" in journal.stdout
+        assert token not in journal.stdout
+        home = simulator.get(iid).volume_dir
+        assert home is not None and home.stat().st_uid == 1000
+        for where in (machine.upper, home):
+            found = await asyncio.to_thread(
+                subprocess.run, ["grep", "-rl", token, str(where)], capture_output=True
+            )
+            assert found.stdout == b"", (where, found.stdout)
+    finally:
+        await aws.close()
+        hub.stop()

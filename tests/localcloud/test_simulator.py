@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import jupyterhub
 import pytest
 import pytest_asyncio
 import tornado.web
@@ -37,6 +36,7 @@ from localcloud.aws.moto_setup import CloudIds
 from localcloud.instances.userdata import UserDataError, parse_user_data, read_server_conf
 from localcloud.stack import LocalAws, start_aws
 from spawner.ssm.tunnel import Tunnel
+from tests.localcloud.fake_hub import FakeHubApi
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -55,35 +55,6 @@ write_files:
 runcmd:
   - [systemctl, enable, --now, --no-block, notebook-bootstrap.service]
 """
-
-
-class FakeHubApi(tornado.web.RequestHandler):
-    """What ``jupyterhub-singleuser`` asks its hub: the version, and who owns a token."""
-
-    def initialize(self, tokens: dict[str, str]) -> None:
-        self.tokens = tokens
-
-    def get(self, path: str) -> None:
-        self.set_header("X-JupyterHub-Version", jupyterhub.__version__)
-        if path in ("", "/"):
-            self.finish({"version": jupyterhub.__version__})
-        elif path == "/user":
-            token = self.request.headers.get("Authorization", "").removeprefix("token ").strip()
-            name = self.tokens.get(token)
-            if name is None:
-                raise tornado.web.HTTPError(403)
-            self.finish(
-                {
-                    "kind": "user",
-                    "name": name,
-                    "admin": False,
-                    "groups": [],
-                    "scopes": [f"access:servers!user={name}"],
-                    "session_id": None,
-                }
-            )
-        else:
-            raise tornado.web.HTTPError(404)
 
 
 @dataclass
