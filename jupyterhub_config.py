@@ -118,6 +118,8 @@ c.JupyterHub.named_server_limit_per_user = server_api.named_server_limit(communi
 # Instances call the hub's API (activity, OAuth) over the VPC, never through the proxy.
 c.JupyterHub.hub_bind_url = settings.hub_bind_url
 c.JupyterHub.hub_connect_url = settings.hub_connect_url
+if settings.instance_hub_url:  # the instances' own way to it (local cloud's real boot)
+    c.EC2Spawner.hub_connect_url = settings.instance_hub_url
 # Stopping or restarting the hub must never stop users' instances.
 c.JupyterHub.cleanup_servers = False
 

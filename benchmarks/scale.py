@@ -157,8 +157,14 @@ def server_states(hub: Hub) -> dict[str, str]:
 
 
 def server_state(hub: Hub, user: str) -> str | None:
-    """ "ready", "pending", or None (no server: its start failed) for one user's server."""
-    r = hub.api("GET", f"/users/{user}")
+    """ "ready", "pending", or None (no server: its start failed) for one user's server; a
+    hub that does not answer now says "pending" (asked again at the next round)."""
+    try:
+        r = hub.api("GET", f"/users/{user}")
+    except requests.RequestException:
+        return "pending"
+    if r.status_code >= 500:
+        return "pending"
     r.raise_for_status()
     server = (r.json().get("servers") or {}).get("")
     if not server:

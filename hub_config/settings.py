@@ -64,6 +64,12 @@ VARIABLES: dict[str, tuple[bool, str]] = {
         "how notebook instances reach the hub's API, e.g. http://10.0.1.5:8081 "
         "(default: SNH_HUB_BIND_URL)",
     ),
+    "SNH_INSTANCE_HUB_URL": (
+        False,
+        "how notebook instances reach the hub's API when that differs from how the hub's "
+        "proxy and services do (the local cloud's real-boot machines: their hub link's name; "
+        "default: SNH_HUB_CONNECT_URL)",
+    ),
     "SNH_AWS_ENDPOINT_URL": (
         False,
         "one endpoint for every AWS service; only for the local cloud, unset on AWS",
@@ -165,6 +171,7 @@ class HubSettings:
     hub_id: str = DEFAULT_HUB_ID
     hub_bind_url: str = "http://127.0.0.1:8081"
     hub_connect_url: str = ""
+    instance_hub_url: str = ""
     aws_endpoint_url: str | None = None
     parameter_prefix: str = DEFAULT_PARAMETER_PREFIX
     parameter_kms_key_id: str | None = None
@@ -257,6 +264,9 @@ class HubSettings:
         hub_connect_url = get("SNH_HUB_CONNECT_URL")
         if hub_connect_url:
             hub_connect_url = _url("SNH_HUB_CONNECT_URL", hub_connect_url, problems)
+        instance_hub_url = get("SNH_INSTANCE_HUB_URL")
+        if instance_hub_url:
+            instance_hub_url = _url("SNH_INSTANCE_HUB_URL", instance_hub_url, problems)
         aws_endpoint_url = get("SNH_AWS_ENDPOINT_URL")
         if aws_endpoint_url:
             aws_endpoint_url = _url("SNH_AWS_ENDPOINT_URL", aws_endpoint_url, problems)
@@ -313,6 +323,7 @@ class HubSettings:
             hub_id=hub_id,
             hub_bind_url=hub_bind_url,
             hub_connect_url=hub_connect_url or hub_bind_url,
+            instance_hub_url=instance_hub_url or "",
             aws_endpoint_url=aws_endpoint_url or None,
             parameter_prefix=parameter_prefix,
             parameter_kms_key_id=kms_key or None,

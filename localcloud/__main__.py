@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated instances run no notebook process: one shared responder answers for "
         "all of them (benchmarks with hundreds of servers)",
     )
+    parser.add_argument(
+        "--real-boot",
+        action="store_true",
+        help="each instance is a booted Debian machine that runs the user data, the bootstrap "
+        "and the notebook image itself (needs root; builds its root file system and image "
+        "once, a few minutes)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the stand-ins until interrupted")
     sub.add_parser("hub", help="run JupyterHub against running stand-ins")

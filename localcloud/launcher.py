@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from tornado.httpclient import AsyncHTTPClient
 from . import demo_history
 from .instances.simulator import DEFAULT_BOOT_DELAY
 from .instances.sshd import local_user
+from .machines.links import HUB_NAME
 from .stack import start_aws
 from .synapse import serve as serve_synapse
 from .synapse.directory import OAuthClient
@@ -87,10 +89,15 @@ async def start_standins(
     aws_port: int = 0,
     boot_delay: float = DEFAULT_BOOT_DELAY,
     light_instances: bool = False,
+    real_boot: bool = False,
 ) -> LocalCloud:
     """Start the stand-ins on this loop; the endpoints are also written to disk.
     ``light_instances``: simulated instances boot without a notebook process of their own
-    (``localcloud.instances.light``), for benchmarks with hundreds of servers."""
+    (``localcloud.instances.light``), for benchmarks with hundreds of servers.
+    ``real_boot``: each instance a booted machine (``localcloud.instances.realboot``), whose
+    notebook reaches the hub's API through the machine's hub link: the hub's API then
+    listens on a port chosen here (``endpoints["real_boot"]``)."""
+    hub_api_url = f"http://127.0.0.1:{_free_port()}" if real_boot else None
     client = OAuthClient(
         client_id=DEMO_CLIENT_ID,
         client_secret=DEMO_CLIENT_SECRET,
@@ -105,6 +112,8 @@ async def start_standins(
             synapse_base_url=base_url,
             boot_delay=boot_delay,
             light_instances=light_instances,
+            real_boot=real_boot,
+            hub_url=hub_api_url,
         )
     except BaseException:
         synapse_server.stop()
@@ -122,10 +131,17 @@ async def start_standins(
         "aws": aws.endpoints(),
         "hub": {"public_url": hub_url.rstrip("/")},
         "light_instances": light_instances,
+        "real_boot": {"hub_api_url": hub_api_url} if hub_api_url else None,
         "pid": os.getpid(),
     }
     endpoints_path(state_dir).write_text(json.dumps(endpoints, indent=2) + "\n")
     return LocalCloud(endpoints, aws, synapse_server)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str]:
@@ -165,6 +181,13 @@ def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str
                 "SNH_SSH_USER": local_user(),
             }
         )
+    real_boot = endpoints.get("real_boot")
+    if real_boot:
+        # the machines reach the hub's API through their hub link, by the link's name
+        api = urlparse(real_boot["hub_api_url"])
+        env["SNH_HUB_BIND_URL"] = real_boot["hub_api_url"]
+        env["SNH_INSTANCE_HUB_URL"] = f"http://{HUB_NAME}:{api.port}"
+        env["SNH_SSH_USER"] = "jovyan"
     return env
 
 
@@ -224,6 +247,8 @@ def _print_endpoints(endpoints: dict[str, Any]) -> None:
     print(f"Simulated instances: {aws['instances_log']}")
     if endpoints.get("light_instances"):
         print("Light instances: one shared responder instead of a notebook process each")
+    if endpoints.get("real_boot"):
+        print("Real-boot instances: each a booted Debian machine running the bootstrap")
 
 
 async def _standins_of(args: argparse.Namespace, state_dir: Path) -> LocalCloud:
@@ -235,6 +260,7 @@ async def _standins_of(args: argparse.Namespace, state_dir: Path) -> LocalCloud:
         aws_port=args.aws_port,
         boot_delay=args.boot_delay,
         light_instances=args.light_instances,
+        real_boot=args.real_boot,
     )
 
 

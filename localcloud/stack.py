@@ -163,6 +163,7 @@ async def start_aws(
             region=region,
             parameter_prefix=parameter_prefix,
             subnet_cidrs=LIGHT_SUBNETS if light_instances else SUBNETS,
+            images=machines.images() if machines is not None else None,
         )
         await simulator.start()
     except BaseException:

@@ -494,6 +494,8 @@ class EC2Spawner(Spawner):
         #: snapshot (``spawner.zone_move``), removed once the moved server has answered
         self.moved_from: dict[str, str] | None = None
         self.tunnel: Tunnel | None = None
+        #: whether GetConsoleOutput's Latest works for this instance (Nitro types only)
+        self._console_latest = True
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._token_written: str | None = None
@@ -815,7 +817,9 @@ class EC2Spawner(Spawner):
         ``start_timeout`` for nothing."""
         self._emit(40, "Instance is booting…")
         await self._wait_running(poller)
-        since = dt.datetime.now(dt.UTC)
+        # EC2 sets LaunchTime at every start: a failure stamped before it is an earlier boot's
+        view = poller.get(self.instance_id) if self.instance_id else None
+        since = getattr(view, "launch_time", None) or dt.datetime.now(dt.UTC)
         reach = asyncio.ensure_future(self._wait_connected(image, aws))
         watch = asyncio.ensure_future(self._watch_bootstrap(aws, since))
         try:
@@ -832,28 +836,30 @@ class EC2Spawner(Spawner):
         """Read the instance's console every ``bootstrap_check_interval`` until the start is
         over; raise `StartFailed` with the bootstrap's reason once it says it gave up."""
         while True:
-            await asyncio.sleep(self.bootstrap_check_interval)
+            # jittered: hundreds of starts at once must not read their consoles in step
+            await asyncio.sleep(self.bootstrap_check_interval * random.uniform(0.75, 1.25))
             reason = await self._bootstrap_failure(aws, since)
             if reason is not None:
                 self.log.error(
                     "%s: the bootstrap on %s gave up: %s", self._log_name, self.instance_id, reason
                 )
                 raise StartFailed(
-                    f"Your server's instance could not start the notebook: {reason}. It has "
-                    "been stopped; an admin can see its console output."
+                    f"Your server's instance could not start the notebook: {reason}. An admin "
+                    "can find the details in the hub's log."
                 )
 
     async def _bootstrap_failure(self, aws: Aws, since: dt.datetime) -> str | None:
         """The bootstrap's failure on the console since ``since``, if any. ``Latest`` (the
         serial console's newest output) exists on Nitro instances only: others answer
         ``UnsupportedOperation``, and get the buffered output instead."""
-        for latest in (True, False):
+        for latest in (True, False) if self._console_latest else (False,):
             try:
                 answer = await aws.call(
                     "ec2", "get_console_output", InstanceId=self.instance_id, Latest=latest
                 )
             except AwsError as e:
                 if latest and e.code == "UnsupportedOperation":
+                    self._console_latest = False  # this instance type: not asked again
                     continue
                 self.log.info("%s: cannot read the console: %s", self._log_name, e)
                 return None

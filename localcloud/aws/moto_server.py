@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +81,16 @@ class MotoServer:
     _saved: dict[str, Any] = field(default_factory=dict)
 
     def stop(self) -> None:
-        """Stop serving and put back the moto settings ``start_moto`` changed."""
+        """Stop serving and put back the moto settings ``start_moto`` changed. moto keeps its
+        state in the process: it is reset too, so that a local cloud started after this one
+        in the same process begins as a new account (no access keys, instances or
+        parameters of this one's)."""
         from moto import settings
 
+        with contextlib.suppress(Exception):
+            urllib.request.urlopen(
+                urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30
+            ).close()
         with contextlib.suppress(Exception):
             self._server.stop()
         for name, value in self._saved.items():

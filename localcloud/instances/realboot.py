@@ -25,8 +25,11 @@ machine's agent unit connects out and dials the instance's ports from inside
 (`localcloud.machines.agent`); the instance is online from then until the boot ends. The
 data channel's agent half is still the SSM stand-in's, on the host.
 
-Still missing (see the README's "Real-boot machines"): the rootfs has no container engine, so
-the bootstrap stops at ``docker``, saying so on the console, and no notebook answers.
+The container engine is podman (``docker run`` as the bootstrap writes it), the notebook image
+is built here (`localcloud.machines.image`) into a store every machine has read-only, the
+home volume's directory is mounted where the bootstrap mounts the volume, and the hub is
+reachable from the machine and its containers through the machine's hub link. What still
+stands in is in the README's "Real-boot machines".
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from ..machines.links import (
     serve_hub,
     serve_metadata,
 )
-from ..machines.machine import REBOOT_STATUS, Bind, Machine, MachineError
+from ..machines.machine import REBOOT_STATUS, STARTED, Bind, Machine, MachineError
 from ..machines.rootfs import IMAGE_STORE, INSTANCE_PACKAGES, RootfsSpec, ensure_rootfs
 from ..machines.seed import seed_user_data
 from ..machines.tls import Authority, ensure_authority
@@ -112,6 +115,10 @@ class MachineHost:
             ensure_authority, self.cache_dir / "authority", self.region
         )
         self.image = await asyncio.to_thread(ensure_image, self.cache_dir, self.rootfs)
+
+    def images(self) -> dict[str, str]:
+        """Image kind -> the locally built image of that kind (the communities' choices)."""
+        return {"jupyter": self.image.name} if self.image is not None else {}
 
     def _hub(self) -> tuple[str, int] | None:
         if not self.hub_url:
@@ -198,19 +205,21 @@ class MachineHost:
         )
         machine.binds = self._binds(machine, facts)
         while True:
-            servers = self._serve(facts, links)
-            hub_link = await serve_hub(links, *hub) if hub else None
+            servers: list[HTTPServer] = []
+            hub_link = None
             agent = AgentLink(links.agent_socket, online=online)
-            await agent.start()
             try:
-                await machine.boot()
+                servers = self._serve(facts, links)
+                hub_link = await serve_hub(links, *hub) if hub else None
+                await agent.start()
+                await machine.boot(until=STARTED)  # EC2's running: units may still work
                 booted(machine)
                 status = await machine.wait()
             finally:
                 if machine.running:
                     await asyncio.shield(machine.poweroff())
+                offline()  # before the link goes: no session is placed on a dead link
                 await agent.close()
-                offline()
                 for server in servers:
                     server.stop()
                 if hub_link is not None:

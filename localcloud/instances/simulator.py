@@ -582,7 +582,11 @@ class InstanceSimulator:
 
     async def _boot_facts(self, sim: SimulatedInstance) -> BootFacts:
         """The user data, identity and role a machine of this instance gets from EC2."""
-        iid, info = sim.instance_id, sim.info
+        iid = sim.instance_id
+        # a look taken while moto was still in RunInstances may lack the instance's profile
+        # and volumes: wait for the profile as a boot does (`_instance_profile`)
+        profile = await self._instance_profile(sim)
+        info = sim.info
         user_data, home = b"", None
         try:  # it boots all the same, with nothing to do
             user_data = await self._in_thread(self.reader.user_data, iid)
@@ -600,7 +604,6 @@ class InstanceSimulator:
             private_ip=str(info.get("PrivateIpAddress") or "10.0.0.10"),
             launched_at=info.get("LaunchTime") or dt.datetime.now(dt.UTC),
         )
-        profile = await self._instance_profile(sim)
         if not profile:
             self.activity.write(iid, "no instance profile: the metadata service has no role")
             return BootFacts(identity, user_data, home=home)

@@ -47,8 +47,11 @@ RestartSec=1
 [Install]
 WantedBy=multi-user.target
 """
-#: How long a dial waits for the machine to offer a connection.
+#: How long a dial waits for the machine to offer a connection, and an offer may take to
+#: say it is one; how many waiting connections a machine may hold on the host at most.
 DIAL_WAIT = 10.0
+HELLO_WAIT = 10.0
+MAX_SPARES = 16
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -81,6 +84,7 @@ class AgentLink:
         self.socket_path = socket_path
         self._online = online
         self._said_online = False
+        self._closed = False
         self._spares: deque[Pair] = deque()
         self._offered = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
@@ -98,6 +102,8 @@ class AgentLink:
         """Where the stand-in's agent dials for ``remote_port`` of the instance (a resolver,
         `localcloud.ssm.registry.Resolver`): a listener on the host's loopback, bound now and
         served from the next loop iteration (the kernel queues what arrives before)."""
+        if self._closed:
+            raise LookupError("the machine's boot is over")
         listener = self._listeners.get(remote_port)
         if listener is None:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -117,12 +123,12 @@ class AgentLink:
         self._servers.append(await asyncio.start_server(dial, sock=listener))
 
     async def _offer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A waiting connection from the machine's agent unit."""
+        """A waiting connection from the machine's agent unit (at most ``MAX_SPARES``)."""
         try:
-            hello = await reader.readline()
-        except (ConnectionError, OSError):
+            hello = await asyncio.wait_for(reader.readline(), HELLO_WAIT)
+        except (ConnectionError, OSError, TimeoutError):
             hello = b""
-        if hello != b"READY\n":
+        if hello != b"READY\n" or self._closed or len(self._spares) >= MAX_SPARES:
             writer.close()
             return
         self._spares.append((reader, writer))
@@ -137,8 +143,9 @@ class AgentLink:
         while True:
             while self._spares:
                 pair = self._spares.popleft()
-                if not pair[1].is_closing():
-                    return pair
+                if not pair[1].is_closing() and not pair[0].at_eof():
+                    return pair  # (one whose unit restarted has been closed from inside)
+                pair[1].close()
             self._offered.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -173,6 +180,7 @@ class AgentLink:
 
     async def close(self) -> None:
         """The boot is over: stop serving; the connections still open end."""
+        self._closed = True
         if self._server is not None:
             self._server.close()
         for server in self._servers:

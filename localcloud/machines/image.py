@@ -106,15 +106,13 @@ def _build_env() -> dict[str, str]:
 def _build_command(engine_root: Path, base: Path, store: Path, name: str) -> list[str]:
     """One throwaway container over the engine's root (a tmpfs overlay keeps it clean): the
     base imported, then ``podman build`` of ``images/local``."""
-    pip_index = os.environ.get("PIP_INDEX_URL", "")
     script = (
         "set -e; "
         f"tar -C /srv/base --exclude=./{COMPLETE} -c . | "
         f"podman import --quiet - {BASE_NAME}:bookworm >/dev/null; "
         "podman build --quiet --isolation chroot --network host "
         "-v /srv/host-ca.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt "
-        + (f"--build-arg PIP_INDEX_URL={pip_index} " if pip_index else "")
-        + f"--build-arg BASE_IMAGE={BASE_NAME}:bookworm -t {name} /srv/context"
+        f"--build-arg BASE_IMAGE={BASE_NAME}:bookworm -t {name} /srv/context"
     )
     trust = HOST_TRUST if HOST_TRUST.exists() else Path("/dev/null")
     return [

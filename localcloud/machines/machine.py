@@ -43,6 +43,9 @@ BOOT_SECONDS = 120.0
 #: What ``systemctl is-system-running`` says once the boot is over (degraded: a unit failed,
 #: which a test of a failing bootstrap wants to see, not to wait on).
 BOOTED = frozenset({"running", "degraded"})
+#: ... and once systemd runs and starts the units: what EC2's "running" means (an instance
+#: is running while its user data and units are still at work, for as long as they take).
+STARTED = BOOTED | {"starting"}
 
 
 class MachineError(Exception):
@@ -129,8 +132,9 @@ class Machine:
         return self._process is not None and self._process.returncode is None
 
     # -- life --------------------------------------------------------------------------------
-    async def boot(self, within: float = BOOT_SECONDS) -> None:
-        """Boot, and return once systemd inside says the boot is over."""
+    async def boot(self, within: float = BOOT_SECONDS, *, until: frozenset[str] = BOOTED) -> None:
+        """Boot, and return once systemd inside says one of ``until`` (by default: the boot
+        is over; `STARTED`: systemd is starting the units)."""
         if self.running:
             raise MachineError(f"{self.name} is already running")
         await asyncio.to_thread(self._mount)
@@ -156,12 +160,12 @@ class Machine:
             )
         self._leader = None
         try:
-            await self._wait_booted(within)
+            await self._wait_booted(within, until)
         except BaseException:
             await self.kill()
             raise
 
-    async def _wait_booted(self, within: float) -> None:
+    async def _wait_booted(self, within: float, until: frozenset[str]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         said = ""
@@ -177,7 +181,7 @@ class Machine:
                 with contextlib.suppress(MachineError):  # it may have just gone again
                     ran = await self.run("systemctl", "is-system-running", timeout=10)
                     said = ran.stdout.strip()
-                    if said in BOOTED:
+                    if said in until:
                         return
             await asyncio.sleep(0.1)
         raise MachineError(

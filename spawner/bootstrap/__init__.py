@@ -53,9 +53,12 @@ BOOTSTRAP_FAILED = re.compile(
     r"^notebook-bootstrap: failed at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ): (.{1,500})$",
     re.MULTILINE,
 )
-#: How much earlier than the hub's own clock says a failure may be stamped and still count
-#: (instance clocks are synchronised on EC2, but not to the millisecond).
-CLOCK_SKEW = dt.timedelta(seconds=60)
+#: How much earlier than the instance's LaunchTime a failure may be stamped and still count
+#: (instance clocks are synchronised on EC2, but not to the millisecond; a boot takes longer).
+CLOCK_SKEW = dt.timedelta(seconds=5)
+#: What of a console line may reach the user and the log: printable text only (the line
+#: comes from the instance, which may write anything on its console).
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
 
 # SSM parameter names: letters, digits and _ . - / (no spaces, no quotes). Restricting values
 # to such characters keeps server.conf plain KEY=value lines that the script parses (it never
@@ -262,11 +265,11 @@ _Dumper.add_representer(str, _represent_str)
 
 def bootstrap_failure(console: str, since: dt.datetime) -> str | None:
     """Why the bootstrap gave up, from the instance's console (``GetConsoleOutput``), if it
-    did at or after ``since`` (the start's own time: an earlier boot's failure is not this
-    start's); the newest such line."""
+    did at or after ``since`` (the instance's LaunchTime: an earlier boot's failure is not
+    this start's); the newest such line, printable characters only."""
     found = None
     for match in BOOTSTRAP_FAILED.finditer(console):
         at = dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
         if at >= since - CLOCK_SKEW:
-            found = match.group(2).strip()
+            found = _UNPRINTABLE.sub("", match.group(2)).strip()
     return found

@@ -968,8 +968,9 @@ class Tunnel:
 
     def _rest(self) -> bool:
         """Whether lane 0 may wait for a connection before its next session (and then arm
-        that wait): only with ``idle_release`` and while no connection is waiting."""
-        if self.settings.idle_release is None or self._waiting:
+        that wait): only with ``idle_release``, while no connection waits and no other
+        session carries one."""
+        if self.settings.idle_release is None or self._waiting or not self._idle():
             return False
         self._demand = asyncio.Event()
         return True
@@ -1003,9 +1004,10 @@ class Tunnel:
                 attempt += 1
                 log.warning("%r: %s; retrying in %.1fs", self, exc, delay)
                 await self._sleep(delay)
-                # nobody waits any more (their wait timed out): stop trying until someone does
-                if self._first.done():
-                    self._rest()
+                # nobody waits any more (their wait timed out): stop trying until someone does,
+                # and then try at once
+                if self._first.done() and self._rest():
+                    attempt = 0
                 continue
             self._install(lane, dc)
             reason = await dc.wait_closed()
@@ -1017,6 +1019,7 @@ class Tunnel:
                 attempt = 0
             if idle and self._rest():
                 log.info("%r: session ended (%s); the next opens on first use", self, reason)
+                attempt = 0
                 continue
             if released:  # our own choice, and a connection came meanwhile: no backoff
                 continue
@@ -1174,6 +1177,19 @@ class Tunnel:
             return
         if lane.load == 0 and self._waiting:
             self._place_waiting()
+        primary = self._primary
+        if (
+            lane.index
+            and lane.load == 0
+            and primary is not None
+            and primary is not lane
+            and primary.up
+            and primary.load == 0
+            and self._idle()
+        ):
+            # the last connection of the tunnel ended on an extra session: the first one's
+            # idle time counts from now
+            self._rearm(primary)
         idle_for = self.settings.extra_session_idle if lane.index else self.settings.idle_release
         if idle_for is None:
             return
@@ -1189,15 +1205,20 @@ class Tunnel:
     def _idle(self) -> bool:
         return all(lane.load == 0 for lane in self._lanes)
 
+    def _rearm(self, lane: _Lane) -> None:
+        if self.settings.idle_release is None:
+            return
+        if lane.idle_timer is not None:
+            lane.idle_timer.cancel()
+        lane.idle_timer = asyncio.get_running_loop().call_later(
+            self.settings.idle_release, self._close_if_idle, lane
+        )
+
     def _close_if_idle(self, lane: _Lane) -> None:
         lane.idle_timer = None
         if lane.index == 0 and lane.up and not self._idle():
             # the first session goes only with the last connection: extra sessions still
-            # carry some, and they close on their own timers
-            assert self.settings.idle_release is not None
-            lane.idle_timer = asyncio.get_running_loop().call_later(
-                self.settings.idle_release, self._close_if_idle, lane
-            )
+            # carry some (when the last of them ends, `_load_changed` arms this again)
             return
         if lane.up and lane.load == 0 and lane.dc is not None:
             what = "extra session" if lane.index else "session, until the next connection"
@@ -1243,10 +1264,13 @@ class Tunnel:
         self._grow_for_waiting()
 
     def _park(self, conn: _Local) -> None:
-        """Hold a connection until a session takes it, at most ``wait_timeout``."""
+        """Hold a connection until a session takes it, at most ``wait_timeout`` (waking a
+        first session that rests)."""
         assert conn.transport is not None
         conn.transport.pause_reading()
         self._waiting[conn] = None
+        if self._demand is not None:
+            self._demand.set()
         if conn.wait_timer is None:
             conn.wait_timer = asyncio.get_running_loop().call_later(
                 self.settings.wait_timeout, conn.wait_expired

@@ -283,12 +283,17 @@ def hub_env(cloud: LocalCloud, state_dir: Path, **overrides: str) -> dict[str, s
     return env
 
 
-def hub_test_config(state_dir: Path, refresh_age: int = 1, extra: str = "") -> Path:
+def hub_test_config(
+    state_dir: Path, refresh_age: int = 1, extra: str = "", *, hub_api: bool = True
+) -> Path:
+    """The tests' additions to the hub's configuration. ``hub_api=False``: the hub's API
+    where the environment says (a real-boot local cloud chose it for its machines' links)."""
     hub_api_port, proxy_api_port = free_port(), free_port()
+    api = f"http://127.0.0.1:{hub_api_port}"
     path = state_dir / "hub_test_config.py"
     path.write_text(
-        f"""
-c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = "http://127.0.0.1:{hub_api_port}"
+        (f'c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = "{api}"\n' if hub_api else "")
+        + f"""
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.services.append({{"name": "integration-tests", "api_token": "{SERVICE_TOKEN}"}})
 c.JupyterHub.load_roles.append({{

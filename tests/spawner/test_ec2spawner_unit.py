@@ -264,7 +264,7 @@ async def test_a_bootstrap_that_gave_up_fails_the_start_with_its_reason():
     s = console_spawner(aws, asyncio.Event())
     with pytest.raises(StartFailed) as info:
         async with asyncio.timeout(30):
-            await s._wait_reachable(None, aws, None)
+            await s._wait_reachable(None, aws, FakePoller(view("running")))
     assert "parameter /hub/alice/_/config not found" in str(info.value)
     assert "old image" not in str(info.value)
     assert aws.asked[:2] == [True, False]
@@ -274,7 +274,7 @@ async def test_an_old_failure_on_the_console_does_not_stop_a_start_that_connects
     aws = ConsoleAws("notebook-bootstrap: failed at 2020-01-01T00:00:00Z: gone\n")
     connected = asyncio.Event()
     s = console_spawner(aws, connected)
-    started = asyncio.ensure_future(s._wait_reachable(None, aws, None))
+    started = asyncio.ensure_future(s._wait_reachable(None, aws, FakePoller(view("running"))))
     for _ in range(2000):
         if len(aws.asked) >= 3:
             break
