@@ -106,8 +106,10 @@ bench: deps openssh postgresql
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m benchmarks.relay; d=$$?; \
 	exit $$((a || b || c || d))
 
-demo: deps openssh
-	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m localcloud demo
+# REAL_BOOT=1: each instance a booted Debian machine running the bootstrap and the notebook
+# image itself (README, "Real-boot machines"; root, and a few minutes' build the first time).
+demo: deps openssh $(if $(REAL_BOOT),machines)
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(PY) -m localcloud $(if $(REAL_BOOT),--real-boot) demo
 
 clean:
 	rm -rf $(VENV) node_modules .localcloud .pytest_cache .hypothesis
