@@ -15,7 +15,8 @@ class TunnelMetrics:
 
     #: sessions whose handshake completed (the first one included)
     sessions_opened: int = 0
-    #: sessions opened after the first one, i.e. recoveries by the supervisor
+    #: sessions opened after the first one to recover (not those opened on demand after the
+    #: tunnel let an unused one go: ``idle_release``)
     reconnects: int = 0
     #: lost websockets whose session was resumed (ResumeSession): connections kept
     resumes: int = 0

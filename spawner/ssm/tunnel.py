@@ -740,6 +740,7 @@ class Tunnel:
         self._ever_connected = False
         self._stopping = False
         self._demand: asyncio.Event | None = None  # lazy start: set by the first connection
+        self._woken = False  # lane 0 rests: its next session is not a recovery
         self._grow_after = 0.0  # no extra session before this loop time (after a failure)
         self._spread_timer: asyncio.TimerHandle | None = None
 
@@ -973,6 +974,7 @@ class Tunnel:
         if self.settings.idle_release is None or self._waiting or not self._idle():
             return False
         self._demand = asyncio.Event()
+        self._woken = True  # the next first session is opened on demand
         return True
 
     async def _supervise(self, lane: _Lane) -> None:
@@ -1087,9 +1089,10 @@ class Tunnel:
         self.metrics.sessions_open += 1
         if lane.index == 0:
             self.session_id, self.agent_version = dc.session_id, dc.agent_version
-            if self._ever_connected:
-                self.metrics.reconnects += 1
+            if self._ever_connected and not self._woken:
+                self.metrics.reconnects += 1  # a recovery; not a session opened on demand
             self._ever_connected = True
+            self._woken = False
             assert self._first is not None
             if not self._first.done():
                 self._first.set_result(None)

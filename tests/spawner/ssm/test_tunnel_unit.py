@@ -858,6 +858,7 @@ async def test_an_idle_first_session_is_let_go_and_the_next_connection_opens_one
     writer.close()
     await until(lambda: script.made[1].closed and resting(tunnel))
     assert tunnel.metrics.connections_reset == 0
+    assert tunnel.metrics.reconnects == 0  # opened on demand: not a recovery
     await tunnel.stop()
 
 
