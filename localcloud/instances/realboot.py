@@ -37,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
+import shutil
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,6 +67,8 @@ from ..ssm.registry import Resolver
 
 log = logging.getLogger(__name__)
 
+#: Where the machines' link directories are (see `MachineHost.links`).
+LINKS_ROOT = Path("/tmp/snh-links")
 #: Where the bootstrap mounts the home volume (``notebook-bootstrap.sh``'s ``HOME_MOUNT``):
 #: a mount there already is the home volume, and the bootstrap uses it as it is.
 HOME_MOUNT = "/srv/notebook-home"
@@ -142,7 +146,11 @@ class MachineHost:
         return tuple(binds)
 
     def links(self, instance_id: str) -> LinkDirectory:
-        return LinkDirectory(self.state_dir / "links" / instance_id)
+        """The machine's link directory: under a short path, since a Unix socket's path may
+        not exceed 107 bytes (a test's state directory under pytest-xdist already comes close),
+        one per local cloud (named after its state directory)."""
+        local_cloud = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
+        return LinkDirectory(LINKS_ROOT / local_cloud / instance_id)
 
     def machine(self, instance_id: str) -> Machine:
         """The instance's machine (one object for its whole life, over its root volume)."""
@@ -242,10 +250,11 @@ class MachineHost:
         return [serve_metadata(metadata, links), serve_aws(self.aws_app, links)]
 
     async def remove(self, instance_id: str) -> None:
-        """Termination: the machine and its root volume go."""
+        """Termination: the machine, its root volume and its links go."""
         machine = self._machines.pop(instance_id, None)
         if machine is not None:
             await machine.remove()
+        await asyncio.to_thread(shutil.rmtree, self.links(instance_id).path, True)
 
     async def close(self) -> None:
         """Pull every plug (the local cloud is going away; instances do not outlive it)."""
@@ -253,6 +262,7 @@ class MachineHost:
         for machine in machines:
             with contextlib.suppress(Exception):
                 await machine.kill()
+            await asyncio.to_thread(shutil.rmtree, self.links(machine.name).path, True)
 
 
 def session_from_sts(credentials: dict) -> RoleSession:

@@ -534,7 +534,6 @@ class InstanceSimulator:
         what EC2 shows."""
         iid = sim.instance_id
         self.activity.write(iid, "running: booting its machine (real boot)")
-        facts = await self._boot_facts(sim)
 
         def booted(machine: Machine) -> None:
             sim.phase, sim.detail = "running", f"machine booted (boot {machine.boots})"
@@ -557,11 +556,14 @@ class InstanceSimulator:
                 self.activity.write(iid, "agent offline (the boot ended)")
 
         try:
+            facts = await self._boot_facts(sim)
             status = await machines.run(
                 facts, booted=booted, rebooted=rebooted, online=online, offline=offline
             )
-        except MachineError as exc:
-            sim.phase, sim.detail = "failed", str(exc).splitlines()[0]
+        except Exception as exc:  # the machine cannot run (a link, nspawn, moto): say why
+            if not isinstance(exc, MachineError | OSError):
+                log.exception("%s: the machine failed", iid)
+            sim.phase, sim.detail = "failed", (str(exc).splitlines() or [repr(exc)])[0]
             self.activity.write(iid, f"machine failed: {sim.detail}")
             return
         if status != 0:

@@ -35,6 +35,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from localcloud.aws.front import instance_app
+from localcloud.instances.realboot import MachineHost
 from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
 from localcloud.machines.links import (
     HUB_NAME,
@@ -616,3 +617,14 @@ async def test_the_real_bootstrap_runs_the_notebook_image_in_the_machine(
     finally:
         await aws.close()
         hub.stop()
+
+
+def test_link_sockets_fit_a_unix_socket_path_however_deep_the_state_dir(tmp_path: Path) -> None:
+    """A Unix socket's path has at most 107 bytes (``sun_path``); under pytest-xdist a test's
+    state directory alone came close, and a machine's links then could not be served. Each
+    local cloud has links of its own."""
+    deep = MachineHost(tmp_path / ("d" * 200), "us-east-1").links("i-0123456789abcdef0")
+    other = MachineHost(tmp_path / "other", "us-east-1").links("i-0123456789abcdef0")
+    for socket_path in (deep.agent_socket, deep.imds_socket, deep.aws_socket, deep.hub_socket):
+        assert len(str(socket_path).encode()) <= 107
+    assert deep.path != other.path
