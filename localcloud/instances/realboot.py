@@ -41,7 +41,7 @@ import hashlib
 import logging
 import shutil
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,7 +51,7 @@ from tornado.httpserver import HTTPServer
 
 from ..machines.agent import AgentLink, install_agent
 from ..machines.image import BuiltImage, ensure_image
-from ..machines.imds import InstanceIdentity, MetadataService, RoleSession
+from ..machines.imds import CredentialProvider, InstanceIdentity, MetadataService, RoleSession
 from ..machines.links import (
     LinkDirectory,
     install_links,
@@ -75,8 +75,6 @@ HOME_MOUNT = "/srv/notebook-home"
 
 #: Where the root file systems and the local cloud's authority are kept between runs.
 DEFAULT_CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
-
-CredentialProvider = Callable[[], Awaitable[RoleSession]]
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ from .notebook import (
 )
 from .realboot import BootFacts, MachineHost, session_from_sts
 from .sshd import SshDaemon
-from .userdata import UserDataError
+from .userdata import UserDataError, read_server_conf, user_data_text
 
 if TYPE_CHECKING:
     from ..ssm import SsmStandIn
@@ -571,16 +571,10 @@ class InstanceSimulator:
             self.activity.write(iid, f"{sim.detail}: the instance is left running, impaired")
             return
         # ``shutdown -h now`` inside, with InstanceInitiatedShutdownBehavior=stop: EC2 stops it
-        self._generation += 1
-        sim.halted_at = self._generation  # a look at moto begun before must not restart it
-        try:
-            code = await self._in_thread(self.reader.guest_shutdown, iid)
-        except Exception as exc:
-            self.activity.write(iid, f"the machine powered off; the stop failed in moto: {exc}")
-            return
-        sim.guest_stopped = code == INSTANCE_INITIATED
-        self.activity.write(iid, f"the machine powered itself off: the instance stops ({code})")
-        self.poke([iid])
+        code = await self._stop_by_guest(sim, "the machine powered off;")
+        if code is not None:
+            self.activity.write(iid, f"the machine powered itself off: the instance stops ({code})")
+            self.poke([iid])
 
     async def _boot_facts(self, sim: SimulatedInstance) -> BootFacts:
         """The user data, identity and role a machine of this instance gets from EC2."""
@@ -592,7 +586,7 @@ class InstanceSimulator:
         user_data, home = b"", None
         try:  # it boots all the same, with nothing to do
             user_data = await self._in_thread(self.reader.user_data, iid)
-            conf = await self._in_thread(self.reader.server_conf, iid)
+            conf = read_server_conf(user_data_text(user_data))
             home = await self._home_volume(sim, conf["HOME_DEVICE"], owner=(1000, 100))
         except (BootError, UserDataError, KeyError) as exc:
             self.activity.write(iid, f"the machine boots without user data or home: {exc}")
@@ -609,9 +603,12 @@ class InstanceSimulator:
         if not profile:
             self.activity.write(iid, "no instance profile: the metadata service has no role")
             return BootFacts(identity, user_data, home=home)
-        role_arn, _ = await self._in_thread(self.reader.role_session, iid, profile)
+        role_arn, first = await self._in_thread(self.reader.role_session, iid, profile)
+        sessions = [session_from_sts(first)]  # the first ask gets these: one AssumeRole less
 
         async def credentials() -> RoleSession:
+            if sessions:
+                return sessions.pop()
             _arn, creds = await self._in_thread(self.reader.role_session, iid, profile)
             return session_from_sts(creds)
 
@@ -891,15 +888,23 @@ class InstanceSimulator:
         iid = sim.instance_id
         self.activity.write(iid, f"notebook-backstop: {reason}")
         self.activity.write(iid, "notebook-backstop: shutdown -h now (the instance stops)")
+        code = await self._stop_by_guest(sim, "notebook-backstop:")
+        if code is not None:
+            self._start_halt(sim, f"instance-initiated shutdown ({code})")
+
+    async def _stop_by_guest(self, sim: SimulatedInstance, who: str) -> str | None:
+        """What EC2 does when the guest shuts down: the instance stops in moto, with the
+        guest-shutdown state reason; returns that reason's code (None: moto refused, which
+        ``who`` reports in the activity log)."""
         self._generation += 1
         sim.halted_at = self._generation  # a look at moto begun before must not restart it
         try:
-            code = await self._in_thread(self.reader.guest_shutdown, iid)
+            code = await self._in_thread(self.reader.guest_shutdown, sim.instance_id)
         except Exception as exc:
-            self.activity.write(iid, f"notebook-backstop: the stop failed in moto: {exc}")
-            return
+            self.activity.write(sim.instance_id, f"{who} the stop failed in moto: {exc}")
+            return None
         sim.guest_stopped = code == INSTANCE_INITIATED
-        self._start_halt(sim, f"instance-initiated shutdown ({code})")
+        return str(code)
 
     # -- stopping --------------------------------------------------------------------------------
     def _start_halt(self, sim: SimulatedInstance, reason: str) -> None:

@@ -37,7 +37,13 @@ def decode_user_data(raw: str | bytes) -> str:
         data = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise UserDataError("user data is not base64") from exc
-    if data[:2] == b"\x1f\x8b":  # cloud-init accepts gzip-compressed user data
+    return user_data_text(data)
+
+
+def user_data_text(data: bytes) -> str:
+    """The text of user data as the instance gets it (maybe gzip-compressed: cloud-init
+    accepts that)."""
+    if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     return data.decode("utf-8", "replace")
 

@@ -12,7 +12,7 @@ import requests
 
 from hub_config.settings import HubSettings
 
-from .harness import Hub, LocalCloud
+from .harness import SERVICE_TOKEN, Hub, LocalCloud
 
 #: A Jupyter server in the ad-portal community, as the spawn form sends it.
 JUPYTER = {
@@ -105,6 +105,26 @@ def stop_server(hub: Hub, user: str, name: str = "", timeout: float = 60) -> Non
             return
         time.sleep(0.5)
     raise AssertionError("stop did not finish")
+
+
+def contents(
+    hub, user: str, path: str, *, method: str = "GET", body: dict | None = None, server: str = ""
+):
+    """A user's server's contents API, through the proxy, with the tests' service token."""
+    prefix = f"/user/{user}/{server + '/' if server else ''}"
+    return requests.request(
+        method,
+        f"{hub.url}{prefix}api/contents/{path}",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"token {SERVICE_TOKEN}"},
+    )
+
+
+def simulated(cloud: LocalCloud, instance_id: str) -> dict[str, Any]:
+    """The simulator's record of an instance (``GET /_control/instances`` of the front)."""
+    listed = front_control(cloud, "GET", "/instances")
+    return next(i for i in listed["instances"] if i["instanceId"] == instance_id)
 
 
 def instances_of(

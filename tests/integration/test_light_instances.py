@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from .harness import sign_in, start_localcloud, wait_until
-from .spawn_harness import front_control, instances_of, start_server, stop_server
+from .spawn_harness import front_control, instances_of, simulated, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +30,17 @@ def cloud(tmp_path_factory, hub_url):
     cloud.stop()
 
 
-def simulated(cloud, instance_id: str) -> dict:
-    listed = front_control(cloud, "GET", "/instances")
-    assert listed["lightInstances"] is True
-    return next(i for i in listed["instances"] if i["instanceId"] == instance_id)
+def light(cloud, instance_id: str) -> dict:
+    """The instance's record; the simulator says its instances are light."""
+    assert front_control(cloud, "GET", "/instances")["lightInstances"] is True
+    return simulated(cloud, instance_id)
 
 
 def test_a_light_instance_is_started_reached_and_stopped_by_the_hub(cloud, hub):
     sign_in(hub, "alice")
     start_server(hub, "alice", {"community": "ad-portal", "image": "jupyter"}, timeout=90)
     (instance,) = instances_of(cloud, "alice")
-    sim = simulated(cloud, instance["InstanceId"])
+    sim = light(cloud, instance["InstanceId"])
     # Booted the real way, but without a process of its own.
     assert sim["phase"] == "running" and sim["agentOnline"] and sim["light"]
     assert sim["pid"] is None and sim["volumeDir"]
@@ -55,7 +55,5 @@ def test_a_light_instance_is_started_reached_and_stopped_by_the_hub(cloud, hub):
     assert "last_activity" in status
 
     stop_server(hub, "alice")
-    wait_until(
-        lambda: simulated(cloud, instance["InstanceId"])["phase"] == "stopped", 30, "the stop"
-    )
+    wait_until(lambda: light(cloud, instance["InstanceId"])["phase"] == "stopped", 30, "the stop")
     assert instances_of(cloud, "alice")[0]["State"]["Name"] == "stopped"

@@ -18,7 +18,6 @@ import pytest
 import requests
 
 from .harness import (
-    SERVICE_TOKEN,
     hub_env,
     hub_test_config,
     sign_in,
@@ -26,7 +25,7 @@ from .harness import (
     start_localcloud,
     wait_until,
 )
-from .spawn_harness import front_control, instances_of, start_server, stop_server
+from .spawn_harness import contents, instances_of, simulated, start_server, stop_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,22 +56,6 @@ def hub(cloud, tmp_path_factory):
     hub.stop()
 
 
-def simulated(cloud, instance_id: str) -> dict:
-    listed = front_control(cloud, "GET", "/instances")
-    return next(i for i in listed["instances"] if i["instanceId"] == instance_id)
-
-
-def contents(hub, path: str, **kwargs) -> requests.Response:
-    """alice's server's contents API, through the proxy, with the tests' service token."""
-    return requests.request(
-        kwargs.pop("method", "GET"),
-        f"{hub.url}/user/alice/api/contents/{path}",
-        headers={"Authorization": f"token {SERVICE_TOKEN}"},
-        timeout=60,
-        **kwargs,
-    )
-
-
 def test_alices_server_is_a_real_machine_that_stops_and_starts_with_her_files(cloud, hub):
     sign_in(hub, "alice")
     started = time.monotonic()
@@ -86,9 +69,10 @@ def test_alices_server_is_a_real_machine_that_stops_and_starts_with_her_files(cl
     assert answer.status_code == 200 and "version" in answer.json()
     saved = contents(
         hub,
+        "alice",
         "kept.txt",
         method="PUT",
-        json={"type": "file", "format": "text", "content": "on the home volume"},
+        body={"type": "file", "format": "text", "content": "on the home volume"},
     )
     assert saved.status_code in (200, 201), saved.text
 
@@ -100,7 +84,7 @@ def test_alices_server_is_a_real_machine_that_stops_and_starts_with_her_files(cl
     start_server(hub, "alice", OPTIONS, timeout=600)
     again = simulated(cloud, iid)
     assert again["boots"] == 2 and again["volumeDir"] == volume
-    kept = contents(hub, "kept.txt")
+    kept = contents(hub, "alice", "kept.txt")
     assert kept.status_code == 200 and kept.json()["content"] == "on the home volume"
     log = (cloud.state_dir / "instances.log").read_text()
     assert log.count(f"{iid} machine booted") == 2  # the bootstrap ran at each boot

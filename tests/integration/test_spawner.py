@@ -16,6 +16,7 @@ from spawner.launch import ServerIdentity, subnet_order
 from .harness import SERVICE_TOKEN, sign_in, wait_until
 from .spawn_harness import (
     JUPYTER,
+    contents,
     front_control,
     instances_of,
     moto,
@@ -42,19 +43,6 @@ def users(hub):
 
 def live(instances: list[dict]) -> list[dict]:
     return [i for i in instances if i["State"]["Name"] not in ("terminated", "shutting-down")]
-
-
-def contents(
-    hub, user: str, path: str, *, method: str = "GET", body: dict | None = None, server: str = ""
-):
-    prefix = f"/user/{user}/{server + '/' if server else ''}"
-    return requests.request(
-        method,
-        f"{hub.url}{prefix}api/contents/{path}",
-        json=body,
-        timeout=30,
-        headers={"Authorization": f"token {SERVICE_TOKEN}"},
-    )
 
 
 def parameters_of(cloud, user: str, server: str = "_") -> dict[str, str]:

@@ -35,7 +35,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from localcloud.aws.front import instance_app
-from localcloud.instances.realboot import MachineHost
+from localcloud.instances.realboot import DEFAULT_CACHE, MachineHost
 from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
 from localcloud.machines.links import (
     HUB_NAME,
@@ -59,7 +59,6 @@ from spawner.bootstrap import BootstrapConfig, bootstrap_failure, render_user_da
 from spawner.ssm.tunnel import Tunnel
 from tests.localcloud.fake_hub import FakeHubApi
 
-CACHE = Path.home() / ".cache" / "synapse-notebook-hub" / "machines"
 BOOT_UNIT = """\
 [Unit]
 Description=what the bootstrap does at every boot: note this boot
@@ -78,7 +77,9 @@ async def rootfs() -> AsyncIterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("real-boot machines need root (overlay mounts and namespaces)")
     require_tools()
-    yield await asyncio.to_thread(ensure_rootfs, CACHE, RootfsSpec(packages=INSTANCE_PACKAGES))
+    yield await asyncio.to_thread(
+        ensure_rootfs, DEFAULT_CACHE, RootfsSpec(packages=INSTANCE_PACKAGES)
+    )
 
 
 def with_boot_unit(machine: Machine) -> Machine:
