@@ -121,13 +121,14 @@ async def start_aws(
     subnets, with moto's tag and instance lookups indexed — for benchmarks with thousands of
     servers. ``real_boot``: each instance a booted machine (`localcloud.instances.realboot`;
     needs root, and builds the machines' root file system and notebook image the first
-    time), whose notebooks reach the hub at ``hub_url``."""
+    time), whose notebooks reach the hub at ``hub_url`` and Synapse (the stand-in at
+    ``synapse_base_url``) at its public names."""
     if light_instances:
         index_moto_tags()
         index_moto_instances()
     machines = None
     if real_boot:
-        machines = MachineHost(state_dir, region, hub_url=hub_url)
+        machines = MachineHost(state_dir, region, hub_url=hub_url, synapse_url=synapse_base_url)
         await machines.prepare()
     moto = await asyncio.to_thread(start_moto)
     started: list[Any] = []

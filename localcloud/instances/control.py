@@ -5,6 +5,8 @@ method  path                                    body / answer
 ======  ======================================  ===============================================
 GET     /_control/instances                     ``{"instances": [...], "bootDelay": s}``: id,
                                                 state, phase, port, pid, volume directory, ...
+                                                (real boot: ``machine``, its directory and
+                                                PID 1 on the host)
 PUT     /_control/simulator                     ``{"bootDelay": s, "backstopIdleSeconds": s |
                                                 null, "backstopCheckSeconds": s,
                                                 "lightInstances": bool}`` (any of them) ->

@@ -10,7 +10,8 @@ that outlives stops) with what EC2 gives an instance and nothing more:
 - its **metadata service** at ``169.254.169.254`` (IMDSv2 only), with the instance profile's
   role credentials from moto's STS, renewed before they expire;
 - **AWS at its public names** over HTTPS, answered by the local cloud's AWS front through the
-  machine's own link (without the stand-ins' control routes);
+  machine's own link (without the stand-ins' control routes); and **Synapse at its public
+  names**, answered by the Synapse stand-in, so that synapseclient's defaults reach it;
 - **no inbound path**: the machine has only its loopback.
 
 What the machine's life means for EC2 (moto): the hub's StopInstances powers the machine off
@@ -56,7 +57,7 @@ from ..machines.links import (
     LinkDirectory,
     install_links,
     serve_aws,
-    serve_hub,
+    serve_forward,
     serve_metadata,
 )
 from ..machines.machine import REBOOT_STATUS, STARTED, Bind, Machine, MachineError
@@ -104,6 +105,8 @@ class MachineHost:
     aws_app: tornado.web.Application | None = None
     #: the hub the machines' notebooks call (its URL's port is the hub link's), if any
     hub_url: str | None = None
+    #: the Synapse stand-in the machines reach at Synapse's names, if any
+    synapse_url: str | None = None
     rootfs: Path | None = None
     authority: Authority | None = None
     image: BuiltImage | None = None
@@ -123,10 +126,10 @@ class MachineHost:
         return {"jupyter": self.image.name} if self.image is not None else {}
 
     def _hub(self) -> tuple[str, int] | None:
-        if not self.hub_url:
-            return None
-        url = urllib.parse.urlsplit(self.hub_url)
-        return url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+        return _address(self.hub_url)
+
+    def _synapse(self) -> tuple[str, int] | None:
+        return _address(self.synapse_url)
 
     def _binds(self, machine: Machine, facts: BootFacts) -> tuple[Bind, ...]:
         """The machine's links, its own container storage (a plain directory: podman's
@@ -191,7 +194,7 @@ class MachineHost:
         iid = facts.identity.instance_id
         machine = self.machine(iid)
         links = self.links(iid)
-        hub = self._hub()
+        hub, synapse = self._hub(), self._synapse()
         if machine.boots == 0 and not (machine.upper / "etc/hosts").exists():
             assert self.rootfs is not None and self.authority is not None
             await asyncio.to_thread(
@@ -203,6 +206,7 @@ class MachineHost:
                     self.authority,
                     self.region,
                     hub_port=hub[1] if hub else None,
+                    synapse=synapse is not None,
                 )
             )
             await asyncio.to_thread(install_agent, machine.upper)
@@ -212,11 +216,14 @@ class MachineHost:
         machine.binds = self._binds(machine, facts)
         while True:
             servers: list[HTTPServer] = []
-            hub_link = None
+            forwards: list[asyncio.AbstractServer] = []
             agent = AgentLink(links.agent_socket, online=online)
             try:
                 servers = self._serve(facts, links)
-                hub_link = await serve_hub(links, *hub) if hub else None
+                if hub:
+                    forwards.append(await serve_forward(links.hub_socket, *hub))
+                if synapse:
+                    forwards.append(await serve_forward(links.synapse_socket, *synapse))
                 await agent.start()
                 await machine.boot(until=STARTED)  # EC2's running: units may still work
                 booted(machine)
@@ -228,8 +235,8 @@ class MachineHost:
                 await agent.close()
                 for server in servers:
                     server.stop()
-                if hub_link is not None:
-                    hub_link.close()
+                for forward in forwards:
+                    forward.close()
             if status != REBOOT_STATUS:
                 return status
             rebooted(machine, status)
@@ -261,6 +268,14 @@ class MachineHost:
             with contextlib.suppress(Exception):
                 await machine.kill()
             await asyncio.to_thread(shutil.rmtree, self.links(machine.name).path, True)
+
+
+def _address(url: str | None) -> tuple[str, int] | None:
+    """Where on the host a link forwards to: ``url``'s host and port."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def session_from_sts(credentials: dict) -> RoleSession:

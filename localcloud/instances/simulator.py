@@ -310,8 +310,17 @@ class InstanceSimulator:
         self._wake.set()
 
     def instances(self) -> list[dict[str, Any]]:
-        """The simulated instances (id, states, port, pid, volume directory, ...)."""
-        return [sim.to_json() for sim in self._instances.values()]
+        """The simulated instances (id, states, port, pid, volume directory, ...); a real-boot
+        instance's machine too (its directory on the host and its PID 1 there), which tests
+        look into as one looks at an instance's root volume and console."""
+        return [self._describe(sim) for sim in self._instances.values()]
+
+    def _describe(self, sim: SimulatedInstance) -> dict[str, Any]:
+        info = sim.to_json()
+        machine = self.machines.get(sim.instance_id) if self.machines is not None else None
+        if machine is not None:
+            info["machine"] = {"dir": str(machine.dir), "leader": machine.leader}
+        return info
 
     def get(self, instance_id: str) -> SimulatedInstance | None:
         return self._instances.get(instance_id)

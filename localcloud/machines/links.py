@@ -14,6 +14,9 @@ local cloud's ("the hypervisor's"), not of the project's user data:
   with a certificate of the local cloud's authority (`localcloud.machines.tls`, added to the
   machine's trust store) and passes the plain HTTP on to ``aws.sock``, served on the host by
   the local cloud's AWS front;
+- ``https://repo-prod.prod.sagebase.org`` and Synapse's other names, when the local cloud has
+  a Synapse stand-in: as AWS's, at ``SYNAPSE_ADDRESS`` and ``synapse.sock``, so that
+  synapseclient in a notebook logs in with its default endpoints and no configuration;
 - the hub, when the local cloud has one (``HUB_NAME`` at ``HUB_ADDRESS``, the port of the
   hub's own URL): the notebook server calls the hub's API as it would over a VPC, through
   ``hub.sock``, which the host forwards to the hub.
@@ -25,6 +28,7 @@ by the host and dialled from inside, as an instance's traffic leaves it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,7 @@ from tornado.netutil import bind_unix_socket
 
 from .imds import MetadataService, metadata_app
 from .machine import Bind
-from .tls import Authority
+from .tls import SYNAPSE_NAMES, Authority
 
 #: Where the link directory appears inside the machine.
 INSIDE = "/run/localcloud"
@@ -45,6 +49,7 @@ IMDS_ADDRESS = "169.254.169.254"
 #: AWS endpoints' HTTPS and the hub.
 AWS_ADDRESS = "169.254.169.250"
 HUB_ADDRESS = "169.254.169.251"
+SYNAPSE_ADDRESS = "169.254.169.252"
 #: The hub's name inside a machine (the hub's ``hub_connect_url`` for real-boot instances).
 HUB_NAME = "hub.localcloud.internal"
 #: The AWS names the machine resolves to its link: the services instance software calls
@@ -104,6 +109,43 @@ RestartSec=1
 [Install]
 WantedBy=multi-user.target
 """
+SYNAPSE_UNIT_NAME = "localcloud-synapse-link.service"
+SYNAPSE_TLS_LISTEN = (
+    f"OPENSSL-LISTEN:443,bind={SYNAPSE_ADDRESS},fork,reuseaddr,verify=0,"
+    f"cert={INSIDE}/tls/synapse.pem"
+)
+SYNAPSE_UNIT = f"""\
+# The local cloud's Synapse: HTTPS on the loopback, where /etc/hosts sends Synapse's names.
+[Unit]
+Description=Synapse link (local cloud)
+DefaultDependencies=no
+Before=network-online.target multi-user.target
+
+[Service]
+ExecStartPre=/usr/sbin/ip address replace {SYNAPSE_ADDRESS}/32 dev lo
+ExecStart=/usr/bin/socat {SYNAPSE_TLS_LISTEN} UNIX-CONNECT:{INSIDE}/synapse.sock
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+#: podman's drop-in (``containers.conf.d``, read after the root file system's own): every
+#: container the machine runs trusts what the machine trusts, as a container on EC2 trusts
+#: AWS's and Synapse's public certificates with its image's own store. The SDKs in an image
+#: bring their own bundles (botocore's, certifi's), hence the variables.
+CONTAINER_TRUST_NAME = "etc/containers/containers.conf.d/50-localcloud-trust.conf"
+CONTAINER_TRUST = f"""\
+# Synapse Notebook Hub's local cloud: containers trust the machine's store, which has the
+# local cloud's authority (its AWS and Synapse endpoints' certificates).
+[containers]
+volumes = ["/{TRUST_BUNDLE}:/{TRUST_BUNDLE}:ro"]
+env = [
+  "AWS_CA_BUNDLE=/{TRUST_BUNDLE}",
+  "REQUESTS_CA_BUNDLE=/{TRUST_BUNDLE}",
+  "SSL_CERT_FILE=/{TRUST_BUNDLE}",
+]
+"""
 HUB_UNIT_NAME = "localcloud-hub-link.service"
 HUB_UNIT = """\
 # The local cloud's hub, at {name}:{port} for the machine and its containers.
@@ -147,6 +189,10 @@ class LinkDirectory:
         return self.path / "hub.sock"
 
     @property
+    def synapse_socket(self) -> Path:
+        return self.path / "synapse.sock"
+
+    @property
     def agent_socket(self) -> Path:
         """Where the machine's agent unit connects out to (`localcloud.machines.agent`)."""
         return self.path / "agent.sock"
@@ -167,8 +213,9 @@ async def copy_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         writer.close()
 
 
-async def serve_hub(links: LinkDirectory, host: str, port: int) -> asyncio.AbstractServer:
-    """Forward the machine's hub link to the hub at ``host:port`` (owner-only socket)."""
+async def serve_forward(socket: Path, host: str, port: int) -> asyncio.AbstractServer:
+    """Forward a machine's link socket (owner-only) to ``host:port`` on the host: the hub,
+    or the Synapse stand-in (whose TLS the machine's own link unit ends)."""
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -180,11 +227,12 @@ async def serve_hub(links: LinkDirectory, host: str, port: int) -> asyncio.Abstr
         hub_writer.close()
         writer.close()
 
-    links.path.mkdir(parents=True, exist_ok=True)
-    os.chmod(links.path, 0o700)
-    links.hub_socket.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(forward, path=str(links.hub_socket))
-    os.chmod(links.hub_socket, 0o600)
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(socket.parent, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket)
+    server = await asyncio.start_unix_server(forward, path=str(socket))
+    os.chmod(socket, 0o600)
     return server
 
 
@@ -214,11 +262,13 @@ def install_links(
     region: str,
     *,
     hub_port: int | None = None,
+    synapse: bool = False,
 ) -> None:
     """Prepare a machine's root volume before its first boot (what the hypervisor provides
     is there from the first instant, unlike user data): the link units, enabled (the hub's
-    with ``hub_port``); the AWS names (and the hub's) in ``/etc/hosts``; the authority in the
-    trust store; the TLS key and certificate in the link directory."""
+    with ``hub_port``, Synapse's with ``synapse``); the AWS names (and the hub's, Synapse's)
+    in ``/etc/hosts``; the authority in the trust store, the containers' too; the TLS keys
+    and certificates in the link directory."""
     units = upper / "etc/systemd/system"
     wants = units / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
@@ -226,6 +276,8 @@ def install_links(
     if hub_port is not None:
         hub = HUB_UNIT.format(name=HUB_NAME, port=hub_port, address=HUB_ADDRESS, inside=INSIDE)
         enabled.append((HUB_UNIT_NAME, hub))
+    if synapse:
+        enabled.append((SYNAPSE_UNIT_NAME, SYNAPSE_UNIT))
     for name, text in enabled:
         (units / name).write_text(text)
         link = wants / name
@@ -235,14 +287,20 @@ def install_links(
     hosts += [f"{AWS_ADDRESS} {name}" for name in aws_hosts(region)]
     if hub_port is not None:
         hosts.append(f"{HUB_ADDRESS} {HUB_NAME}")
+    if synapse:
+        hosts += [f"{SYNAPSE_ADDRESS} {name}" for name in SYNAPSE_NAMES]
     (upper / "etc/hosts").write_text("\n".join(hosts) + "\n")
     bundle = upper / TRUST_BUNDLE
     bundle.parent.mkdir(parents=True, exist_ok=True)
     system = (rootfs / TRUST_BUNDLE).read_bytes() if (rootfs / TRUST_BUNDLE).exists() else b""
     bundle.write_bytes(system + authority.ca_cert.read_bytes())
+    trust = upper / CONTAINER_TRUST_NAME
+    trust.parent.mkdir(parents=True, exist_ok=True)
+    trust.write_text(CONTAINER_TRUST)
     tls = links.path / "tls"
     tls.mkdir(parents=True, exist_ok=True)
     os.chmod(links.path, 0o700)
-    pem = tls / "aws.pem"
-    pem.touch(mode=0o600)
-    pem.write_bytes(authority.server_pem.read_bytes())
+    for name, source in (("aws.pem", authority.server_pem), ("synapse.pem", authority.synapse_pem)):
+        pem = tls / name
+        pem.touch(mode=0o600)
+        pem.write_bytes(source.read_bytes())

@@ -131,6 +131,11 @@ class Machine:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def leader(self) -> int | None:
+        """The host's pid of the machine's PID 1 while it runs (``nsenter -t``'s target)."""
+        return self._leader if self.running else None
+
     # -- life --------------------------------------------------------------------------------
     async def boot(self, within: float = BOOT_SECONDS, *, until: frozenset[str] = BOOTED) -> None:
         """Boot, and return once systemd inside says one of ``until`` (by default: the boot

@@ -1,12 +1,14 @@
-"""The local cloud's certificate authority: HTTPS to "AWS" from inside a real-boot machine.
+"""The local cloud's certificate authority: HTTPS to "AWS" and "Synapse" from inside a
+real-boot machine.
 
 Instance software calls AWS at its public names over HTTPS (``https://ssm.us-east-1.
-amazonaws.com``: the AWS CLI in the bootstrap, the SDK in the notebook container) and checks
-the certificate against the system's trust store. To answer those calls from the local cloud
-with nothing changed in that software, a machine resolves the AWS names to its loopback
+amazonaws.com``: the AWS CLI in the bootstrap, the SDK in the notebook container), and
+synapseclient calls Synapse at its (``https://repo-prod.prod.sagebase.org``); both check the
+certificate against the system's trust store. To answer those calls from the local cloud
+with nothing changed in that software, a machine resolves those names to its loopback
 (``links``), where the local cloud's link terminates TLS with a certificate for them signed by
-this authority, which is added to the machine's trust store — only the machine's: the host
-and the hub never trust it.
+this authority, which is added to the machine's trust store (and its containers') — only the
+machine's: the host and the hub never trust it.
 
 The authority is made once and kept beside the cached root file systems (a new one at every
 run would be as good, but slower); its key never leaves the host's cache and the links.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,14 +36,27 @@ def aws_names(region: str) -> list[str]:
     return [f"*.{region}.amazonaws.com", "*.amazonaws.com"]
 
 
+#: Synapse's public names that synapseclient calls with its default endpoints
+#: (``synapseclient.client.PRODUCTION_ENDPOINTS``: repo, auth and file services and the
+#: portal, each of which it asks for a redirect when it starts).
+SYNAPSE_NAMES = (
+    "repo-prod.prod.sagebase.org",
+    "auth-prod.prod.sagebase.org",
+    "file-prod.prod.sagebase.org",
+    "www.synapse.org",
+)
+
+
 @dataclass(frozen=True)
 class Authority:
-    """The PEM files of the authority and of one server certificate it signed."""
+    """The PEM files of the authority and of the server certificates it signed."""
 
     ca_cert: Path
     server_cert: Path
     #: the server certificate's key followed by the certificate (socat's ``cert=``)
     server_pem: Path
+    #: the same for Synapse's names
+    synapse_pem: Path
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -58,8 +74,8 @@ def _name(common_name: str) -> x509.Name:
 
 
 def ensure_authority(directory: Path, region: str) -> Authority:
-    """The authority in ``directory`` (made the first time) and its certificate for the AWS
-    names of ``region``."""
+    """The authority in ``directory`` (made the first time) and its certificates for the AWS
+    names of ``region`` and for Synapse's."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key_path, ca_cert_path = directory / "ca.key", directory / "ca.pem"
     now = dt.datetime.now(dt.UTC)
@@ -102,35 +118,48 @@ def ensure_authority(directory: Path, region: str) -> Authority:
             ),
         )
         ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    server_cert_path = directory / f"aws-{region}.pem"
-    server_pem_path = directory / f"aws-{region}.key+cert.pem"
-    if not (server_cert_path.exists() and server_pem_path.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(f"*.{region}.amazonaws.com"))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=VALID_DAYS - 30))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in aws_names(region)]),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    aws = _server_certificate(directory / f"aws-{region}", aws_names(region), ca_key, ca_cert)
+    synapse = _server_certificate(directory / "synapse", list(SYNAPSE_NAMES), ca_key, ca_cert)
+    return Authority(ca_cert_path, aws[0], aws[1], synapse[1])
+
+
+def _server_certificate(
+    stem: Path, names: list[str], ca_key: Any, ca_cert: x509.Certificate
+) -> tuple[Path, Path]:
+    """A certificate for ``names`` signed by the authority (made the first time): its PEM
+    file and the key-and-certificate file socat serves."""
+    cert_path, pem_path = (
+        stem.with_name(stem.name + ".pem"),
+        stem.with_name(stem.name + ".key+cert.pem"),
+    )
+    if cert_path.exists() and pem_path.exists():
+        return cert_path, pem_path
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS - 30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
         )
-        pem = cert.public_bytes(serialization.Encoding.PEM)
-        server_cert_path.write_bytes(pem)
-        _write_private(
-            server_pem_path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            + pem,
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_path.write_bytes(pem)
+    _write_private(
+        pem_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
-    return Authority(ca_cert_path, server_cert_path, server_pem_path)
+        + pem,
+    )
+    return cert_path, pem_path

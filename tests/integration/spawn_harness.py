@@ -4,11 +4,16 @@ behind the hub's back (moto directly, so these looks are not counted as the hub'
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import time
+import uuid
+from datetime import datetime
 from typing import Any
 
 import boto3
 import requests
+import websocket
 
 from hub_config.settings import HubSettings
 
@@ -21,6 +26,8 @@ JUPYTER = {
     "instance_type": "t3.xlarge",
     "disk_gb": 40,
 }
+
+AUTH = {"Authorization": f"token {SERVICE_TOKEN}"}
 
 #: The hub id of hubs started without SNH_HUB_ID (the shared `hub` fixture's).
 DEFAULT_HUB_ID = HubSettings.hub_id
@@ -147,3 +154,61 @@ def user_data(cloud: LocalCloud, instance_id: str) -> str:
         InstanceId=instance_id, Attribute="userData"
     )
     return base64.b64decode(answer["UserData"]["Value"]).decode()
+
+
+class Kernel:
+    """A kernel on a server, driven as JupyterLab does: REST to start it, its websocket
+    (through the proxy) to run code."""
+
+    def __init__(self, hub: Hub, user: str) -> None:
+        base = f"{hub.url}/user/{user}/api/kernels"
+        r = requests.post(base, json={"name": "python3"}, headers=AUTH, timeout=60)
+        assert r.status_code == 201, r.text
+        self.url = f"{base}/{r.json()['id']}"
+        self.session = uuid.uuid4().hex
+        self.ws = websocket.create_connection(
+            self.url.replace("http", "ws", 1) + "/channels",
+            header=[f"Authorization: token {SERVICE_TOKEN}"],
+            timeout=30,
+        )
+
+    def run(self, code: str, *, timeout: float = 30) -> str:
+        """Run ``code`` and wait for its end (``timeout``: for each message); what it printed
+        (stdout and stderr)."""
+        self.ws.settimeout(timeout)
+        msg_id = self.submit(code)
+        printed: list[str] = []
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply["parent_header"].get("msg_id") != msg_id:
+                continue
+            if reply.get("msg_type") == "stream":
+                printed.append(reply["content"]["text"])
+            elif reply.get("msg_type") == "execute_reply":
+                assert reply["content"]["status"] == "ok", (reply["content"], printed)
+                return "".join(printed)
+
+    def submit(self, code: str) -> str:
+        """Send ``code`` to run, as a notebook cell; its message id (nothing awaited)."""
+        msg_id = uuid.uuid4().hex
+        message = {
+            "header": {
+                "msg_id": msg_id,
+                "msg_type": "execute_request",
+                "session": self.session,
+                "username": "test",
+                "version": "5.3",
+                "date": datetime.now().astimezone().isoformat(),
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": {"code": code, "silent": False, "store_history": False},
+            "channel": "shell",
+            "buffers": [],
+        }
+        self.ws.send(json.dumps(message))
+        return msg_id
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()

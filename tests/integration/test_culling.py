@@ -7,19 +7,15 @@ only its community's group; and an instance stops itself (the backstop) when lef
 
 from __future__ import annotations
 
-import contextlib
-import json
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime
 from typing import Any
 
 import pytest
 import requests
-import websocket
 
 from hub_config.culling import culler_scopes
 
@@ -32,7 +28,7 @@ from .harness import (
     start_hub,
     wait_until,
 )
-from .spawn_harness import front_control, moto, server_model
+from .spawn_harness import Kernel, front_control, moto, server_model
 
 pytestmark = pytest.mark.integration
 
@@ -148,57 +144,6 @@ class Loop(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join(30)
-
-
-class Kernel:
-    """A kernel on a server, driven as JupyterLab does: REST to start it, its websocket
-    (through the proxy) to run code."""
-
-    def __init__(self, hub, user: str) -> None:
-        base = f"{hub.url}/user/{user}/api/kernels"
-        r = requests.post(base, json={"name": "python3"}, headers=AUTH, timeout=60)
-        assert r.status_code == 201, r.text
-        self.url = f"{base}/{r.json()['id']}"
-        self.session = uuid.uuid4().hex
-        self.ws = websocket.create_connection(
-            self.url.replace("http", "ws", 1) + "/channels",
-            header=[f"Authorization: token {SERVICE_TOKEN}"],
-            timeout=30,
-        )
-
-    def run(self, code: str) -> None:
-        msg_id = self.submit(code)
-        while True:
-            reply = json.loads(self.ws.recv())
-            if reply.get("msg_type") == "execute_reply":
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    assert reply["content"]["status"] == "ok", reply["content"]
-                    return
-
-    def submit(self, code: str) -> str:
-        """Send ``code`` to run, as a notebook cell; its message id (nothing awaited)."""
-        msg_id = uuid.uuid4().hex
-        message = {
-            "header": {
-                "msg_id": msg_id,
-                "msg_type": "execute_request",
-                "session": self.session,
-                "username": "test",
-                "version": "5.3",
-                "date": datetime.now().astimezone().isoformat(),
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {"code": code, "silent": False, "store_history": False},
-            "channel": "shell",
-            "buffers": [],
-        }
-        self.ws.send(json.dumps(message))
-        return msg_id
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.close()
 
 
 # --------------------------------------------------------------------------------------------

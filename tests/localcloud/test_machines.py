@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import subprocess
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -38,10 +39,13 @@ from localcloud.aws.front import instance_app
 from localcloud.instances.realboot import DEFAULT_CACHE, MachineHost
 from localcloud.machines.imds import InstanceIdentity, MetadataService, RoleSession
 from localcloud.machines.links import (
+    CONTAINER_TRUST_NAME,
     HUB_NAME,
+    TRUST_BUNDLE,
     LinkDirectory,
     install_links,
     serve_aws,
+    serve_forward,
     serve_metadata,
 )
 from localcloud.machines.machine import REBOOT_STATUS, Machine, require_tools
@@ -104,12 +108,14 @@ def identity_of(instance_id: str) -> InstanceIdentity:
     )
 
 
-def linked_machine(rootfs: Path, tmp_path: Path, instance_id: str) -> tuple[Machine, LinkDirectory]:
+def linked_machine(
+    rootfs: Path, tmp_path: Path, instance_id: str, *, synapse: bool = False
+) -> tuple[Machine, LinkDirectory]:
     """A machine with the local cloud's links prepared in its root volume (not yet served)."""
     links = LinkDirectory(tmp_path / "links")
     machine = Machine(instance_id, rootfs, tmp_path / "m", binds=(links.bind(),))
     authority = ensure_authority(tmp_path / "ca", "us-east-1")
-    install_links(machine.upper, rootfs, links, authority, "us-east-1")
+    install_links(machine.upper, rootfs, links, authority, "us-east-1", synapse=synapse)
     return machine, links
 
 
@@ -215,13 +221,31 @@ async def test_the_machine_calls_aws_by_its_names_over_https(rootfs: Path, tmp_p
     """Instance software calls ``https://<service>.<region>.amazonaws.com`` and checks the
     certificate against the system's trust store: inside the machine those names reach what
     the local cloud serves on the AWS link, over TLS that curl verifies (no ``-k``), with the
-    Host header as sent; other names do not resolve (the machine has no DNS)."""
-    machine, links = linked_machine(rootfs, tmp_path, "i-0aaaaaaaaaaaaaaa5")
+    Host header as sent; Synapse's names (synapseclient's default endpoints) reach what the
+    Synapse link forwards to on the host the same way; other names do not resolve (the
+    machine has no DNS). Containers trust the same store (podman's drop-in)."""
+    machine, links = linked_machine(rootfs, tmp_path, "i-0aaaaaaaaaaaaaaa5", synapse=True)
     authority = ensure_authority(tmp_path / "ca", "us-east-1")  # the one the machine trusts
-    server = serve_aws(tornado.web.Application([(r"/(.*)", Echo)]), links)
+    app = tornado.web.Application([(r"/(.*)", Echo)])
+    server = serve_aws(app, links)
+    [listening] = bind_sockets(0, "127.0.0.1")
+    synapse = HTTPServer(app)
+    synapse.add_sockets([listening])
+    forward = await serve_forward(links.synapse_socket, "127.0.0.1", listening.getsockname()[1])
     try:
         await machine.boot()
-        for host in ("ssm.us-east-1.amazonaws.com", "sts.amazonaws.com"):
+        # podman's drop-in (TOML, as containers.conf); that a container uses it,
+        # synapseclient's login in tests/integration/test_real_boot.py shows
+        conf = await machine.run("cat", f"/{CONTAINER_TRUST_NAME}")
+        trust = tomllib.loads(conf.stdout)["containers"]
+        assert "AWS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt" in trust["env"], conf
+        assert trust["volumes"] == [f"/{TRUST_BUNDLE}:/{TRUST_BUNDLE}:ro"]
+        for host, path in (
+            ("ssm.us-east-1.amazonaws.com", "x"),
+            ("sts.amazonaws.com", "x"),
+            ("repo-prod.prod.sagebase.org", "repo/v1/x"),
+            ("www.synapse.org", "x"),
+        ):
             ran = await machine.run(
                 "curl",
                 "-fsS",
@@ -232,9 +256,9 @@ async def test_the_machine_calls_aws_by_its_names_over_https(rootfs: Path, tmp_p
                 "--retry-delay",
                 "1",
                 "--retry-connrefused",
-                f"https://{host}/x?y=1",
+                f"https://{host}/{path}?y=1",
             )
-            assert (ran.status, ran.stdout) == (0, f"{host} /x"), ran
+            assert (ran.status, ran.stdout) == (0, f"{host} /{path}"), ran
         ran = await machine.run("curl", "-sS", "--max-time", "5", "https://example.com/")
         assert ran.status != 0
         host_bundle = await asyncio.to_thread(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes)
@@ -242,6 +266,8 @@ async def test_the_machine_calls_aws_by_its_names_over_https(rootfs: Path, tmp_p
     finally:
         await machine.remove()
         server.stop()
+        synapse.stop()
+        forward.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")
