@@ -64,7 +64,15 @@ log() {
   printf '%s\n' "$*" >&2
 }
 
-die() {
+# What start() is doing, named when a command fails under `set -e` without a message of its
+# own (cleanup() then reports it as die() would).
+STEP="starting"
+# Whether die() has said why already (in this shell; a subshell's die leaves a mark in
+# RUN_DIR): then cleanup() does not say it again less precisely.
+GAVE_UP=""
+
+# say_failed WHY: why the start failed, where the hub and an admin look.
+say_failed() {
   # <3> is journald's "error" priority.
   printf '<3>%s\n' "$*" >&2
   # And on the serial console, which GetConsoleOutput shows: the hub reads it to tell the user
@@ -73,13 +81,26 @@ die() {
   [[ ! -c ${ROOT}/dev/console ]] ||
     printf 'notebook-bootstrap: failed at %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" \
       >"${ROOT}/dev/console" 2>/dev/null || :
+}
+
+die() {
+  say_failed "$*"
+  GAVE_UP=1
+  [[ ! -d $RUN_DIR ]] || : >"$RUN_DIR/gave-up" 2>/dev/null || :
   exit 1
 }
 
 cleanup() {
+  local status=$?
   # The env file is only needed by `docker run`; the raw parameter values not even that long.
   rm -f "$RUN_DIR/jupyterhub.env" "$RUN_DIR/jupyterhub-env.json" "$RUN_DIR/config.json" \
-    "$RUN_DIR/imds-header" "$RUN_DIR/aws-error" "$RUN_DIR/config-error" "$RUN_DIR"/*.tmp
+    "$RUN_DIR/imds-header" "$RUN_DIR/aws-error" "$RUN_DIR/config-error" \
+    "$RUN_DIR/docker-error" "$RUN_DIR"/*.tmp
+  if ((status != 0)) && [[ -z $GAVE_UP && ! -e $RUN_DIR/gave-up ]]; then
+    say_failed "$STEP failed (exit status $status);" \
+      "the unit notebook-bootstrap's journal has the rest"
+  fi
+  rm -f "$RUN_DIR/gave-up"
 }
 
 require_commands() {
@@ -349,12 +370,13 @@ pull_image() {
   fi
   for attempt in 1 2 3 4 5; do
     log "pulling $IMAGE (attempt $attempt)"
-    if docker pull --quiet "$IMAGE" >/dev/null; then
+    if docker pull --quiet "$IMAGE" >/dev/null 2>"$RUN_DIR/docker-error"; then
       return 0
     fi
-    sleep $((attempt * 10))
+    log "$(tail -n 1 "$RUN_DIR/docker-error")"
+    ((attempt == 5)) || sleep $((attempt * 10))
   done
-  die "cannot pull $IMAGE"
+  die "cannot pull $IMAGE: $(tail -n 1 "$RUN_DIR/docker-error" | cut -c1-300)"
 }
 
 run_container() {
@@ -383,23 +405,36 @@ run_container() {
     # jupyter-rsession-proxy serves RStudio under /rstudio; open it instead of Jupyter.
     args+=(--ServerApp.default_url=/rstudio)
   fi
-  docker "${args[@]}" >/dev/null
+  # its error names the cause (an image without jupyterhub-singleuser, a port in use)
+  docker "${args[@]}" >/dev/null 2>"$RUN_DIR/docker-error" ||
+    die "cannot run the notebook container of $IMAGE: $(tail -n 1 "$RUN_DIR/docker-error" |
+      cut -c1-300)"
   log "notebook container started, listening on 127.0.0.1:$PORT"
 }
 
 start() {
   trap cleanup EXIT
+  STEP="checking the commands it needs"
   require_commands
+  STEP="reading $CONF"
   read_conf
+  STEP="preparing $RUN_DIR"
   prepare_run_dir
+  rm -f "$RUN_DIR/gave-up"
   # First, before the home volume is mounted: a container docker restarted at boot (after an
   # unclean shutdown) would write to the empty mount point, with a token no longer valid. The
   # server may also have been switched to another image while stopped.
+  STEP="removing the previous notebook container"
   remove_container "left from the previous start"
+  STEP="reading the instance's identity"
   read_instance_identity
+  STEP="reading the server's parameters"
   read_parameters
+  STEP="mounting the home volume"
   mount_home
+  STEP="pulling the image $IMAGE"
   pull_image
+  STEP="running the notebook container"
   run_container
 }
 

@@ -8,7 +8,8 @@ through the proxy; synapseclient in the container logs in with no arguments (the
 from the server's parameter with the instance role, Synapse at its public names), and the
 Synapse token is nowhere on the machine; after a stop the machine is off and the instance
 stopped; after a start it booted again (the bootstrap ran a second time) with the same home
-volume and its files.
+volume and its files. A start whose bootstrap gives up (an image that is not a notebook
+image) fails with the bootstrap's reason, which the instance's console shows too.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
+
+from localcloud.machines.image import BASE_NAME
 
 from .harness import (
     hub_env,
@@ -37,6 +41,7 @@ from .spawn_harness import (
     instances_of,
     moto,
     simulated,
+    spawn_error,
     start_server,
     stop_server,
 )
@@ -49,6 +54,26 @@ pytestmark = [
     ),
 ]
 OPTIONS = {"community": "ad-portal", "image": "jupyter"}
+#: nf-osc's images, in this hub: the machines' Debian base (in their image store, so there is
+#: nothing to pull), which has no jupyterhub-singleuser: a bad image, found out at once.
+NOT_A_NOTEBOOK = f"{BASE_NAME}:bookworm"
+HUB_CONFIG = f"""
+import dataclasses, os
+from hub_config import load_communities
+_loaded = load_communities(os.environ["SNH_COMMUNITIES_FILE"])
+c.EC2Spawner.communities = dataclasses.replace(
+    _loaded,
+    communities=tuple(
+        dataclasses.replace(
+            x, images=tuple(dataclasses.replace(i, image={NOT_A_NOTEBOOK!r}) for i in x.images)
+        )
+        if x.id == "nf-osc"
+        else x
+        for x in _loaded.communities
+    ),
+)
+c.EC2Spawner.bootstrap_check_interval = 2
+"""
 PARAMETERS = "/synapse-notebook-hub/synapse-notebook-hub/alice/_/"
 #: What a user types in a notebook (synapseclient's documented "login with no arguments":
 #: its credential chain reads SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME with the AWS SDK).
@@ -73,7 +98,7 @@ def cloud(tmp_path_factory, hub_url):
 def hub(cloud, tmp_path_factory):
     """The hub's API where the local cloud's machines reach it (``hub_api=False``)."""
     state = tmp_path_factory.mktemp("hub")
-    config = hub_test_config(state, hub_api=False)
+    config = hub_test_config(state, hub_api=False, extra=HUB_CONFIG)
     hub = start_hub(hub_env(cloud, state, SNH_EXTRA_CONFIG=str(config)), state / "hub.log")
     yield hub
     hub.stop()
@@ -134,6 +159,32 @@ def test_alices_server_is_a_real_machine_that_stops_and_starts_with_her_files(cl
     assert log.count(f"{iid} machine booted") == 2  # the bootstrap ran at each boot
     print(f"boot to notebook through the hub: {boot_to_notebook:.1f} s")
     stop_server(hub, "alice", timeout=300)
+
+
+def test_a_start_the_bootstrap_gives_up_fails_with_its_reason(cloud, hub):
+    """The bootstrap's ``docker run`` of an image without ``jupyterhub-singleuser`` fails;
+    the bootstrap says so on the console, and the hub, which reads the console
+    (``GetConsoleOutput``) while it waits, fails the start with that reason at once instead
+    of at its start timeout."""
+    sign_in(hub, "bob")
+    started = time.monotonic()
+    message = spawn_error(hub, "bob", {"community": "nf-osc", "image": "jupyter"})
+    failed_after = time.monotonic() - started
+    reason = f"cannot run the notebook container of {NOT_A_NOTEBOOK}: "
+    assert f"could not start the notebook: {reason}" in message, message
+    assert "jupyterhub-singleuser" in message, message
+    (instance,) = instances_of(cloud, "bob")
+    aws = cloud.endpoints["aws"]
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=aws["endpoint_url"],
+        region_name=aws["region"],
+        aws_access_key_id=aws["access_key_id"],
+        aws_secret_access_key=aws["secret_access_key"],
+    )
+    console = ec2.get_console_output(InstanceId=instance["InstanceId"], Latest=True)["Output"]
+    assert "notebook-bootstrap: failed at " in console and reason in console
+    print(f"a start the bootstrap gave up failed after {failed_after:.1f} s")
 
 
 def places_on_the_machine(machine: dict, volume_dir: str) -> dict[str, bytes]:

@@ -326,7 +326,10 @@ case $1 in
     [[ -f $state/container ]] || exit 1
     cat "$state/container" ;;
   image) [[ -f $state/image-present ]] ;;
-  pull) [[ ! -f $state/pull-fails ]] ;;
+  pull)
+    [[ ! -f $state/pull-fails ]] && exit 0
+    echo "Error: initializing source docker://$2: pinging container registry: no such host" >&2
+    exit 125 ;;
   login) cat >"$state/login-stdin"; printf '%s' "${DOCKER_CONFIG:-}" >"$state/login-config" ;;
   exec)
     cat >"$state/exec-stdin"
@@ -335,6 +338,10 @@ case $1 in
   stop) ;;
   rm) rm -f "$state/container" ;;
   run)
+    if [[ -f $state/run-fails ]]; then
+      echo 'Error: crun: executable file `jupyterhub-singleuser` not found in $PATH' >&2
+      exit 127
+    fi
     prev=""
     for arg in "$@"; do
       if [[ $prev == --env-file ]]; then
@@ -361,7 +368,7 @@ sys.stdout.buffer.write(b"\x01" * 3072 + name.ljust(32, b" ") + b"\x02" * 992)
 """,
     "findmnt": "echo ext4\n",
     "mountpoint": "[[ -f $state/mounted ]]\n",
-    "mount": 'touch "$state/mounted"\n',
+    "mount": '[[ ! -f $state/mount-fails ]] || exit 32\ntouch "$state/mounted"\n',
     "stat": 'cat "$state/run-fstype" 2>/dev/null || echo tmpfs\n',
     "mkfs.ext4": "",
     "resize2fs": "",
@@ -660,11 +667,18 @@ def test_the_volume_is_found_by_its_attachment_name_without_asking_ec2(machine) 
     assert run.commands("mount")[0][2] == str(machine.root / "dev" / "xvdf")
 
 
+def failures(run: Run) -> list[str]:
+    """What the bootstrap said when it gave up (journald's error priority, as ``die``
+    writes it; on an instance the same line goes to the console)."""
+    return [line[3:] for line in run.stderr.splitlines() if line.startswith("<3>")]
+
+
 def test_a_home_volume_that_never_appears_is_reported(machine) -> None:
     (machine.state / "nvme" / "nvme0n1").write_text("sdg")
     run = machine()
     assert run.returncode == 1
-    assert "home volume /dev/sdf is not attached" in run.stderr
+    # said once, by the subshell that looked (not again, less precisely, by the script)
+    assert failures(run) == ["home volume /dev/sdf is not attached"]
     assert run.commands("mkfs.ext4") == [] and run.commands("mount") == []
     # The root volume was looked at and left alone.
     assert [c[-1].rsplit("/", 1)[-1] for c in run.commands("nvme")][:2] == ["nvme0n1", "nvme1n1"]
@@ -689,6 +703,44 @@ def test_a_missing_server_conf_is_reported(machine) -> None:
     run = machine()
     assert run.returncode == 1 and "NOTEBOOK_PARAMETER_PATH" in run.stderr
     assert run.commands("aws") == []
+
+
+def test_an_image_that_cannot_run_is_reported_with_the_engines_reason(machine) -> None:
+    """A bad image (here one without ``jupyterhub-singleuser``) fails the start at once with
+    the container engine's reason, which the hub shows the user."""
+    (machine.state / "run-fails").touch()
+    run = machine()
+    assert run.returncode == 1
+    assert failures(run) == [
+        f"cannot run the notebook container of {JUPYTER_IMAGE}: Error: crun: executable file "
+        "`jupyterhub-singleuser` not found in $PATH"
+    ]
+    _no_secret_anywhere(run)
+
+
+def test_an_image_that_cannot_be_pulled_is_reported_after_five_attempts(machine) -> None:
+    (machine.state / "pull-fails").touch()
+    run = machine()
+    assert run.returncode == 1
+    assert len([c for c in run.commands("docker") if c[0] == "pull"]) == 5
+    assert run.commands("sleep") == [["10"], ["20"], ["30"], ["40"]]  # none after the last
+    [failure] = failures(run)
+    assert failure.startswith(f"cannot pull {JUPYTER_IMAGE}: Error: initializing source")
+    assert not any(c[0] == "run" for c in run.commands("docker"))
+
+
+def test_a_command_that_fails_without_a_message_is_reported_with_its_step(machine) -> None:
+    """Under ``set -e`` a failing command ends the script; the start must still fail with a
+    reason (the hub reads it from the console), naming what the bootstrap was doing."""
+    (machine.state / "mount-fails").touch()
+    run = machine()
+    assert run.returncode == 32  # mount's own
+    assert failures(run) == [
+        "mounting the home volume failed (exit status 32); the unit notebook-bootstrap's "
+        "journal has the rest"
+    ]
+    assert not any(c[0] == "run" for c in run.commands("docker"))
+    _no_secret_anywhere(run)
 
 
 def test_private_ecr_images_log_in_through_stdin_on_tmpfs(machine) -> None:
