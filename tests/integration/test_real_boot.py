@@ -9,7 +9,9 @@ from the server's parameter with the instance role, Synapse at its public names)
 Synapse token is nowhere on the machine; after a stop the machine is off and the instance
 stopped; after a start it booted again (the bootstrap ran a second time) with the same home
 volume and its files. A start whose bootstrap gives up (an image that is not a notebook
-image) fails with the bootstrap's reason, which the instance's console shows too.
+image) fails with the bootstrap's reason, which the instance's console shows too. A reboot
+behind the hub's back brings the notebook back through the hub's tunnel; the idle backstop
+inside the machine powers it off, and the hub sees the instance stopped by its guest.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .spawn_harness import (
     contents,
     instances_of,
     moto,
+    server_model,
     simulated,
     spawn_error,
     start_server,
@@ -57,6 +60,9 @@ OPTIONS = {"community": "ad-portal", "image": "jupyter"}
 #: nf-osc's images, in this hub: the machines' Debian base (in their image store, so there is
 #: nothing to pull), which has no jupyterhub-singleuser: a bad image, found out at once.
 NOT_A_NOTEBOOK = f"{BASE_NAME}:bookworm"
+#: ad-portal's backstop limit in this hub (its timer first fires 5 minutes after a boot:
+#: the test starts its service as the timer would, once the limit can have passed)
+BACKSTOP_SECONDS = 15
 HUB_CONFIG = f"""
 import dataclasses, os
 from hub_config import load_communities
@@ -73,6 +79,7 @@ c.EC2Spawner.communities = dataclasses.replace(
     ),
 )
 c.EC2Spawner.bootstrap_check_interval = 2
+c.EC2Spawner.backstop_idle_seconds = {{"ad-portal": {BACKSTOP_SECONDS}}}
 """
 PARAMETERS = "/synapse-notebook-hub/synapse-notebook-hub/alice/_/"
 #: What a user types in a notebook (synapseclient's documented "login with no arguments":
@@ -174,27 +181,104 @@ def test_a_start_the_bootstrap_gives_up_fails_with_its_reason(cloud, hub):
     assert f"could not start the notebook: {reason}" in message, message
     assert "jupyterhub-singleuser" in message, message
     (instance,) = instances_of(cloud, "bob")
+    console = aws_api(cloud, "ec2").get_console_output(
+        InstanceId=instance["InstanceId"], Latest=True
+    )["Output"]
+    assert "notebook-bootstrap: failed at " in console and reason in console
+    print(f"a start the bootstrap gave up failed after {failed_after:.1f} s")
+
+
+def test_a_reboot_behind_the_hubs_back_brings_the_notebook_back(cloud, hub):
+    """Someone reboots alice's instance in the EC2 console (RebootInstances, not through
+    the hub): the machine boots again and the bootstrap runs again with the server's
+    parameters; the hub's tunnel, whose agent went away and came back, carries her requests
+    again, and the hub still shows her server running."""
+    start_server(hub, "alice", OPTIONS, timeout=600)
+    (instance,) = instances_of(cloud, "alice")
+    iid = instance["InstanceId"]
+    boots = simulated(cloud, iid)["boots"]
+    aws_api(cloud, "ec2").reboot_instances(InstanceIds=[iid])
+
+    def back() -> bool:
+        now = simulated(cloud, iid)
+        return now["boots"] > boots and now["phase"] == "running" and now["agentOnline"]
+
+    wait_until(back, 300, "the machine's new boot", interval=0.5)
+    wait_until(
+        lambda: contents(hub, "alice", "kept.txt").status_code == 200,
+        300,
+        "her notebook through the hub after the reboot",
+        interval=1,
+    )
+    assert contents(hub, "alice", "kept.txt").json()["content"] == "on the home volume"
+    assert (server_model(hub, "alice") or {}).get("ready")
+    log = (cloud.state_dir / "instances.log").read_text()
+    assert f"{iid} machine booted (boot {boots + 1} " in log
+
+
+def test_the_backstop_inside_the_machine_stops_an_idle_server(cloud, hub):
+    """The bootstrap's backstop (``notebook-bootstrap backstop``, its timer's service) in the
+    machine finds the notebook idle past the limit the hub wrote into ``server.conf``, says
+    so on the console and shuts the machine down; EC2 stops the instance with the guest's
+    reason (``Client.InstanceInitiatedShutdown``) and the hub sees the server stopped."""
+    if not (server_model(hub, "alice") or {}).get("ready"):
+        start_server(hub, "alice", OPTIONS, timeout=600)
+    (instance,) = instances_of(cloud, "alice")
+    iid = instance["InstanceId"]
+    conf = inside(simulated(cloud, iid)["machine"], "cat", "/etc/notebook-hub/server.conf")
+    assert f"BACKSTOP_IDLE_SECONDS={BACKSTOP_SECONDS}".encode() in conf
+
+    def powered_off() -> bool:
+        machine = simulated(cloud, iid).get("machine") or {}
+        if machine.get("leader") is None:
+            return True
+        # as the timer would: it says how long the notebook has been idle, or stops it
+        subprocess.run(
+            ["nsenter", f"--target={machine['leader']}", "--all", "systemctl", "start",
+             "--no-block", "notebook-backstop.service"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        return False
+
+    wait_until(powered_off, BACKSTOP_SECONDS + 240, "the backstop's shutdown", interval=5)
+    wait_until(
+        lambda: not (server_model(hub, "alice") or {}).get("ready"),
+        240,
+        "the hub to see alice's server stopped",
+        interval=1,
+    )
+    (instance,) = instances_of(cloud, "alice")
+    assert instance["State"]["Name"] == "stopped"
+    assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+    console = aws_api(cloud, "ec2").get_console_output(InstanceId=iid, Latest=True)["Output"]
+    assert "notebook-backstop: stopping this instance: no notebook activity" in console
+
+
+def aws_api(cloud, service: str):
+    """A client of the local cloud's AWS front, where the hub's calls go (not moto's own
+    endpoint: the front answers GetConsoleOutput and tells the simulator of reboots)."""
     aws = cloud.endpoints["aws"]
-    ec2 = boto3.client(
-        "ec2",
+    return boto3.client(
+        service,
         endpoint_url=aws["endpoint_url"],
         region_name=aws["region"],
         aws_access_key_id=aws["access_key_id"],
         aws_secret_access_key=aws["secret_access_key"],
     )
-    console = ec2.get_console_output(InstanceId=instance["InstanceId"], Latest=True)["Output"]
-    assert "notebook-bootstrap: failed at " in console and reason in console
-    print(f"a start the bootstrap gave up failed after {failed_after:.1f} s")
+
+
+def inside(machine: dict, *command: str) -> bytes:
+    """Run ``command`` in the machine (as root, in all its namespaces); its output."""
+    return run(["nsenter", f"--target={machine['leader']}", "--all", *command])
 
 
 def places_on_the_machine(machine: dict, volume_dir: str) -> dict[str, bytes]:
     """Where a secret must not be: the machine's journal (all boots), what ``podman
     inspect`` shows of the notebook container, and every file of the machine's root volume
     (its overlay's upper directory and container storage) and of the home volume."""
-    inside = ["nsenter", f"--target={machine['leader']}", "--all"]
     places = {
-        "journal": run([*inside, "journalctl", "--no-pager", "--output=cat"]),
-        "podman inspect": run([*inside, "podman", "container", "inspect", "notebook"]),
+        "journal": inside(machine, "journalctl", "--no-pager", "--output=cat"),
+        "podman inspect": inside(machine, "podman", "container", "inspect", "notebook"),
     }
     roots = [("root volume", Path(machine["dir"]) / d) for d in ("upper", "containers")]
     for name, root in [*roots, ("home volume", Path(volume_dir))]:
