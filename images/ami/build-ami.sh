@@ -102,6 +102,8 @@ check_platform() {
 install_docker() {
   log "installing Docker and nvme-cli"
   # nvme-cli: the bootstrap reads the home volume's attachment name from its NVMe controller.
+  # The packages the bootstrap needs that AL2023 lacks: spawner/bootstrap/platforms.py (the
+  # Amazon Linux / Debian switch) lists them, and a test holds this line to it.
   dnf install --assumeyes --quiet docker nvme-cli
   systemctl enable --now docker.service
   docker version --format 'build-ami: docker {{.Server.Version}}' >&2

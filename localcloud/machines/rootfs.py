@@ -35,22 +35,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spawner.bootstrap.platforms import packages
+
 #: The packages a machine needs to boot and run units.
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
-#: An instance's: what an AMI brings that the bootstrap and the links use (``curl`` for the
-#: metadata service, the AWS CLI for the parameters, ``ca-certificates``; ``iproute2`` and
-#: ``socat`` for the local cloud's links, ``localcloud.machines.links``).
-INSTANCE_PACKAGES = (
-    *BASE_PACKAGES,
-    "awscli",
-    "ca-certificates",
-    "cloud-init",
-    "curl",
-    "e2fsprogs",
-    "iproute2",
-    "podman",
-    "podman-docker",
-    "socat",
+#: An instance's: what the notebook AMI brings for the bootstrap, in Debian's packages (the
+#: bootstrap's platform switch, `spawner.bootstrap.platforms`: podman as its ``docker``), and
+#: what the local cloud's links use (``iproute2``, ``socat``, ``ca-certificates``;
+#: ``localcloud.machines.links``).
+INSTANCE_PACKAGES = tuple(
+    dict.fromkeys(
+        (*BASE_PACKAGES, *packages("debian"), "ca-certificates", "iproute2", "podman", "socat")
+    )
 )
 #: Bumped when ``configure`` changes, so that a cached build made before is not used.
 CONFIGURE_VERSION = 3

@@ -60,6 +60,7 @@ from localcloud.machines.seed import seed_user_data
 from localcloud.machines.tls import ensure_authority
 from localcloud.stack import start_aws
 from spawner.bootstrap import BootstrapConfig, bootstrap_failure, render_user_data, server_conf
+from spawner.bootstrap.platforms import commands
 from spawner.ssm.tunnel import Tunnel
 from tests.localcloud.fake_hub import FakeHubApi
 
@@ -84,6 +85,19 @@ async def rootfs() -> AsyncIterator[Path]:
     yield await asyncio.to_thread(
         ensure_rootfs, DEFAULT_CACHE, RootfsSpec(packages=INSTANCE_PACKAGES)
     )
+
+
+def test_the_root_file_system_has_every_command_the_bootstrap_needs(rootfs: Path) -> None:
+    """The Debian column of the bootstrap's platform switch (`spawner.bootstrap.platforms`)
+    brings every command it names (``docker`` is podman's)."""
+    places = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin")
+    missing = [
+        command
+        for command in commands()
+        if not any(os.path.lexists(rootfs / place / command) for place in places)
+    ]
+    assert missing == []
+    assert "podman" in (rootfs / "usr/bin/docker").read_text(errors="replace")
 
 
 def with_boot_unit(machine: Machine) -> Machine:
