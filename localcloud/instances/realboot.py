@@ -90,6 +90,9 @@ class BootFacts:
     hostname: str = ""
     #: the home volume's directory, mounted where the bootstrap mounts the volume
     home: Path | None = None
+    #: the instance's metadata options (EC2's defaults: a hop limit of 1, tokens optional)
+    hop_limit: int = 1
+    tokens_required: bool = False
 
 
 @dataclass
@@ -249,10 +252,13 @@ class MachineHost:
             role_name=facts.role_name,
             credentials=facts.credentials,
             user_data=facts.user_data,
+            hop_limit=facts.hop_limit,
+            tokens_required=facts.tokens_required,
         )
-        for stale in (links.imds_socket, links.aws_socket):  # left by a previous boot
-            stale.unlink(missing_ok=True)
-        return [serve_metadata(metadata, links), serve_aws(self.aws_app, links)]
+        stale = (links.imds_socket, links.bridged_imds_socket, links.aws_socket)
+        for socket in stale:  # left by a previous boot
+            socket.unlink(missing_ok=True)
+        return [*serve_metadata(metadata, links), serve_aws(self.aws_app, links)]
 
     async def remove(self, instance_id: str) -> None:
         """Termination: the machine, its root volume and its links go."""

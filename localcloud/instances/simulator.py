@@ -609,9 +609,14 @@ class InstanceSimulator:
             private_ip=str(info.get("PrivateIpAddress") or "10.0.0.10"),
             launched_at=info.get("LaunchTime") or dt.datetime.now(dt.UTC),
         )
+        options = info.get("MetadataOptions") or {}
+        metadata = {
+            "hop_limit": int(options.get("HttpPutResponseHopLimit") or 1),
+            "tokens_required": options.get("HttpTokens") == "required",
+        }
         if not profile:
             self.activity.write(iid, "no instance profile: the metadata service has no role")
-            return BootFacts(identity, user_data, home=home)
+            return BootFacts(identity, user_data, home=home, **metadata)
         role_arn, first = await self._in_thread(self.reader.role_session, iid, profile)
         sessions = [session_from_sts(first)]  # the first ask gets these: one AssumeRole less
 
@@ -628,6 +633,7 @@ class InstanceSimulator:
             credentials=credentials,
             hostname="ip-" + identity.private_ip.replace(".", "-"),
             home=home,
+            **metadata,
         )
 
     async def _prepare(self, sim: SimulatedInstance) -> BootPlan:

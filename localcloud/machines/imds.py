@@ -4,13 +4,20 @@ On EC2 an instance asks ``http://169.254.169.254`` who it is and for its role's 
 the bootstrap does (``imds_token``, ``imds_get``), and so does every AWS SDK in the instance,
 the notebook container's included. This is that service for one instance, answering as the
 EC2 User Guide documents it ("Use the Instance Metadata Service to access instance metadata",
-"Instance metadata categories") with ``HttpTokens=required``, as the hub launches instances:
+"Instance metadata categories") with the instance's metadata options (``HttpTokens=required``
+and ``HttpPutResponseHopLimit=2``, as the hub launches instances):
 
 - ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` from 1 to 21600
   answers a session token; a missing or out-of-range TTL is 400; a PUT that carries
   ``X-Forwarded-For`` is refused (403: "IMDS rejects requests with an X-Forwarded-For header",
   so that a misconfigured proxy on the instance cannot hand out tokens);
-- every ``GET`` needs a valid, unexpired token in ``X-aws-ec2-metadata-token``: 401 otherwise;
+- every ``GET`` needs a valid, unexpired token in ``X-aws-ec2-metadata-token``: 401 otherwise
+  (with ``HttpTokens=optional`` a GET without a token is answered, IMDSv1; one with an invalid
+  token is still 401);
+- the token's answer travels at most ``HttpPutResponseHopLimit`` hops (its IP TTL): the
+  instance itself is one hop away, a container on its bridge two, so with a limit of 1 a
+  container's PUT gets no answer at all and its SDK times out ("Configure the instance
+  metadata options": the hop limit of 2 that containers need);
 - answers are ``text/plain``; a directory lists its entries one per line (subdirectories with
   a trailing ``/``); an unknown path is 404; other methods are 405;
 - ``meta-data/iam/security-credentials/`` names the instance profile's role, and
@@ -23,12 +30,14 @@ EC2 User Guide documents it ("Use the Instance Metadata Service to access instan
 
 It listens on a Unix socket that the machine's runtime binds in (the machine has no network
 but its loopback: ``localcloud.machines.machine``), and on loopback TCP for tests, which drive
-it with botocore's own IMDS client. The hop limit (``HttpPutResponseHopLimit``, the token
-response's IP TTL) has no meaning over a Unix socket and is not modelled.
+it with botocore's own IMDS client. A Unix socket carries no TTL, so the machine's link says
+how far the asker is: it serves the machine's own processes and its containers on two
+sockets (``localcloud.machines.links``), and each answers with its hop count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import secrets
@@ -47,6 +56,11 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 #: Credentials are fetched again this long before they expire (SDKs refresh 5-15 min before).
 REFRESH_MARGIN = 15 * 60
+#: ``issue_token``'s status for a token whose answer dies on the way (past the hop limit)
+LOST = 0
+#: How long a lost answer's connection is held before it is closed, unanswered: longer than
+#: any SDK waits for the token (botocore: 1 s; the bootstrap's curl: 5 s).
+LOST_ANSWER_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,8 +125,13 @@ class MetadataService:
         credentials: CredentialProvider | None,
         user_data: bytes = b"",
         clock: Callable[[], float] = time.time,
+        hop_limit: int = 1,
+        tokens_required: bool = True,
     ) -> None:
         self.identity = identity
+        #: the instance's ``MetadataOptions`` (EC2's defaults when launched without them)
+        self.hop_limit = hop_limit
+        self.tokens_required = tokens_required
         self.role_name = role_name
         self._credentials = credentials
         self.user_data = user_data
@@ -122,8 +141,13 @@ class MetadataService:
         self._session_at: dt.datetime | None = None
 
     # -- tokens -----------------------------------------------------------------------------
-    def issue_token(self, ttl_header: str | None, forwarded: bool) -> tuple[int, str]:
-        """(status, body) of ``PUT /latest/api/token``."""
+    def issue_token(
+        self, ttl_header: str | None, forwarded: bool, hops: int = 1
+    ) -> tuple[int, str]:
+        """(status, body) of ``PUT /latest/api/token`` from ``hops`` hops away (``LOST``: the
+        answer would not reach the asker)."""
+        if hops > self.hop_limit:
+            return LOST, ""
         if forwarded:
             return 403, "Forbidden"
         try:
@@ -141,6 +165,12 @@ class MetadataService:
     def token_valid(self, token: str | None) -> bool:
         until = self._tokens.get(token or "")
         return until is not None and until > self.clock()
+
+    def may_get(self, token: str | None) -> bool:
+        """Whether a GET with ``token`` (None: no token header) is answered."""
+        if token is None and not self.tokens_required:
+            return True  # IMDSv1
+        return self.token_valid(token)
 
     # -- answers -----------------------------------------------------------------------------
     async def get(self, path: str) -> tuple[int, str | bytes]:
@@ -240,8 +270,9 @@ def _404() -> tuple[int, str]:
 class MetadataHandler(tornado.web.RequestHandler):
     """The HTTP face of one `MetadataService`."""
 
-    def initialize(self, service: MetadataService) -> None:
+    def initialize(self, service: MetadataService, hops: int = 1) -> None:
         self.service = service
+        self.hops = hops
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
@@ -252,17 +283,24 @@ class MetadataHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(body)
 
-    def put(self, version: str, path: str) -> None:
+    async def put(self, version: str, path: str) -> None:
         if version != "latest" or path != "api/token":
             return self._answer(405 if path else 404, "Method Not Allowed")
         forwarded = "X-Forwarded-For" in self.request.headers
-        status, body = self.service.issue_token(self.request.headers.get(TTL_HEADER), forwarded)
+        status, body = self.service.issue_token(
+            self.request.headers.get(TTL_HEADER), forwarded, self.hops
+        )
+        if status == LOST:  # its packets die on the way: the asker hears nothing
+            stream = self.detach()
+            await asyncio.sleep(LOST_ANSWER_SECONDS)
+            stream.close()
+            return None
         if status == 200:
             self.set_header(TTL_HEADER, self.request.headers[TTL_HEADER])
         self._answer(status, body)
 
     async def get(self, version: str, path: str) -> None:
-        if not self.service.token_valid(self.request.headers.get(TOKEN_HEADER)):
+        if not self.service.may_get(self.request.headers.get(TOKEN_HEADER)):
             return self._answer(401, "Unauthorized")
         status, body = await self.service.get(path)
         self._answer(status, body)
@@ -277,17 +315,19 @@ class VersionsHandler(MetadataHandler):
     """``GET /``: the API versions (a token needed, as for every GET)."""
 
     async def get(self) -> None:  # type: ignore[override]
-        if not self.service.token_valid(self.request.headers.get(TOKEN_HEADER)):
+        if not self.service.may_get(self.request.headers.get(TOKEN_HEADER)):
             return self._answer(401, "Unauthorized")
         self._answer(200, "\n".join(API_VERSIONS))
 
 
-def metadata_app(service: MetadataService) -> tornado.web.Application:
+def metadata_app(service: MetadataService, hops: int = 1) -> tornado.web.Application:
+    """The service's HTTP face for askers ``hops`` hops away (1: the instance itself)."""
     versions = r"(latest|1\.0|\d{4}-\d\d-\d\d)"
+    args = {"service": service, "hops": hops}
     return tornado.web.Application(
         [
-            (r"/", VersionsHandler, {"service": service}),
-            (rf"/{versions}/?(.*)", MetadataHandler, {"service": service}),
+            (r"/", VersionsHandler, args),
+            (rf"/{versions}/?(.*)", MetadataHandler, args),
         ],
         log_function=lambda handler: None,  # a machine's asking is not the local cloud's news
     )

@@ -6,8 +6,10 @@ socket in a directory of its own on the host (``LinkDirectory``), bound into the
 local cloud's ("the hypervisor's"), not of the project's user data:
 
 - ``169.254.169.254:80``, the instance metadata service: the link-local address on the
-  machine's loopback, and ``socat`` from there to ``imds.sock``, served on the host by the
-  instance's `localcloud.machines.imds.MetadataService`;
+  machine's loopback, and ``socat`` from there to ``imds.sock`` for the machine's own
+  processes, ``imds-bridged.sock`` for its containers (a peer on their bridge, one hop
+  further: the metadata service applies the instance's hop limit to them), both served on
+  the host by the instance's `localcloud.machines.imds.MetadataService`;
 - ``https://<service>.<region>.amazonaws.com``, AWS: the machine's ``/etc/hosts`` sends the
   AWS names its software uses to a link-local address on its loopback (``AWS_ADDRESS``, which
   the machine's containers reach through their bridge too), where ``socat`` terminates TLS
@@ -69,6 +71,18 @@ REGIONAL_SERVICES = (
 )
 GLOBAL_NAMES = ("sts.amazonaws.com", "iam.amazonaws.com")
 TRUST_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+#: Each metadata connection's socket, by who asks: socat runs it with the peer's address in
+#: ``SOCAT_PEERADDR``. The machine's own processes reach 169.254.169.254 from its loopback or
+#: that address itself; anything else came in over the containers' bridge.
+METADATA_CONNECTION_PATH = "usr/local/lib/localcloud/imds-connection"
+METADATA_CONNECTION = f"""\
+#!/bin/sh
+# The local cloud's instance metadata link, one connection (see localcloud-metadata-link).
+case ${{SOCAT_PEERADDR:-}} in
+  127.* | {IMDS_ADDRESS}) exec /usr/bin/socat STDIO UNIX-CONNECT:{INSIDE}/imds.sock ;;
+  *) exec /usr/bin/socat STDIO UNIX-CONNECT:{INSIDE}/imds-bridged.sock ;;
+esac
+"""
 METADATA_UNIT_NAME = "localcloud-metadata-link.service"
 METADATA_UNIT = f"""\
 # The local cloud's EC2: the instance metadata service at {IMDS_ADDRESS}, as on an instance.
@@ -81,7 +95,7 @@ Before=network-online.target multi-user.target
 [Service]
 ExecStartPre=/usr/sbin/ip address replace {IMDS_ADDRESS}/32 dev lo
 ExecStart=/usr/bin/socat TCP-LISTEN:80,bind={IMDS_ADDRESS},fork,reuseaddr \\
-  UNIX-CONNECT:{INSIDE}/imds.sock
+  EXEC:/{METADATA_CONNECTION_PATH}
 Restart=always
 RestartSec=1
 
@@ -181,6 +195,11 @@ class LinkDirectory:
         return self.path / "imds.sock"
 
     @property
+    def bridged_imds_socket(self) -> Path:
+        """The metadata service for the machine's containers."""
+        return self.path / "imds-bridged.sock"
+
+    @property
     def aws_socket(self) -> Path:
         return self.path / "aws.sock"
 
@@ -236,13 +255,17 @@ async def serve_forward(socket: Path, host: str, port: int) -> asyncio.AbstractS
     return server
 
 
-def serve_metadata(service: MetadataService, links: LinkDirectory) -> HTTPServer:
-    """Serve the instance's metadata on its link socket (owner-only: root in the machine)."""
+def serve_metadata(service: MetadataService, links: LinkDirectory) -> list[HTTPServer]:
+    """Serve the instance's metadata on its link sockets (owner-only: root in the machine):
+    to the machine itself, and to its containers one hop further."""
     links.path.mkdir(parents=True, exist_ok=True)
     os.chmod(links.path, 0o700)
-    server = HTTPServer(metadata_app(service))
-    server.add_socket(bind_unix_socket(str(links.imds_socket), mode=0o600))
-    return server
+    servers = []
+    for hops, socket in ((1, links.imds_socket), (2, links.bridged_imds_socket)):
+        server = HTTPServer(metadata_app(service, hops))
+        server.add_socket(bind_unix_socket(str(socket), mode=0o600))
+        servers.append(server)
+    return servers
 
 
 def serve_aws(app: tornado.web.Application, links: LinkDirectory) -> HTTPServer:
@@ -278,6 +301,10 @@ def install_links(
         enabled.append((HUB_UNIT_NAME, hub))
     if synapse:
         enabled.append((SYNAPSE_UNIT_NAME, SYNAPSE_UNIT))
+    connection = upper / METADATA_CONNECTION_PATH
+    connection.parent.mkdir(parents=True, exist_ok=True)
+    connection.write_text(METADATA_CONNECTION)
+    connection.chmod(0o755)
     for name, text in enabled:
         (units / name).write_text(text)
         link = wants / name

@@ -3,12 +3,14 @@ by botocore's own IMDS client (what the AWS CLI in the bootstrap and every SDK i
 container use) and by raw requests for the rules the EC2 User Guide states for IMDSv2 with
 ``HttpTokens=required``: a token from ``PUT /latest/api/token`` with a TTL of 1-21600 s (400
 otherwise), no token PUT through a proxy (``X-Forwarded-For``: 403), no GET without a valid
-token (401), unknown paths 404.
+token (401), unknown paths 404; the hop limit of the token's answer, and IMDSv1 GETs when
+tokens are optional.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gzip
 import json
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import botocore.utils
 import pytest_asyncio
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -174,3 +176,58 @@ async def test_no_instance_profile_no_credentials() -> None:
     service = MetadataService(IDENTITY, role_name=None, credentials=None)
     assert (await service.get("meta-data/iam/security-credentials/")) == (404, "Not Found")
     assert "iam/" not in (await service.get("meta-data"))[1]
+
+
+@contextlib.asynccontextmanager
+async def served(service: MetadataService, hops: int) -> AsyncIterator[str]:
+    [sock] = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(metadata_app(service, hops))
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.stop()
+
+
+async def test_a_token_answer_travels_no_further_than_the_hop_limit() -> None:
+    """EC2 User Guide, "Configure the instance metadata options": the token's answer has an
+    IP TTL of ``HttpPutResponseHopLimit``; a container on the instance's bridge is a hop
+    further than the instance, so with a limit of 1 its PUT is never answered (the SDK times
+    out and finds no credentials), with 2 it is. The instance itself gets its token either
+    way."""
+    clock = Clock()
+    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+    for limit in (1, 2):
+        service = MetadataService(
+            IDENTITY, role_name="notebook-role", credentials=Sts(clock), hop_limit=limit
+        )
+        async with served(service, 1) as instance, served(service, 2) as container:
+            assert len(await token(instance)) > 20
+            try:
+                answer = await AsyncHTTPClient().fetch(
+                    f"{container}latest/api/token",
+                    method="PUT",
+                    headers=ttl,
+                    body=b"",
+                    request_timeout=3,
+                )
+            except HTTPClientError as exc:
+                assert limit == 1 and exc.code == 599, exc  # a timeout: nothing came back
+            else:
+                assert limit == 2 and answer.code == 200
+            fetcher = botocore.utils.InstanceMetadataFetcher(base_url=container, timeout=1)
+            creds = await asyncio.to_thread(fetcher.retrieve_iam_role_credentials)
+            assert bool(creds) == (limit == 2)
+
+
+async def test_tokens_optional_answer_a_get_without_one_but_not_with_a_bad_one() -> None:
+    """``HttpTokens=optional`` (EC2's default for a launch without metadata options): IMDSv1
+    GETs are answered; a GET with an invalid token is still refused (401)."""
+    service = MetadataService(IDENTITY, role_name=None, credentials=None, tokens_required=False)
+    async with served(service, 1) as base:
+        url = f"{base}latest/meta-data/instance-id"
+        answer = await fetch(url)
+        assert (answer.code, answer.body) == (200, b"i-0123456789abcdef0")
+        assert (await fetch(url, **{"X-aws-ec2-metadata-token": "made-up"})).code == 401
+        good = {"X-aws-ec2-metadata-token": await token(base)}
+        assert (await fetch(url, **good)).code == 200

@@ -203,7 +203,7 @@ async def test_the_machine_reaches_its_metadata_at_the_link_local_address(
     169.254.169.254, the way the bootstrap asks (curl); 401 without the token."""
     identity = identity_of("i-0aaaaaaaaaaaaaaa4")
     machine, links = linked_machine(rootfs, tmp_path, identity.instance_id)
-    server = serve_metadata(MetadataService(identity, role_name=None, credentials=None), links)
+    servers = serve_metadata(MetadataService(identity, role_name=None, credentials=None), links)
     imds = "http://169.254.169.254/latest"
     try:
         await machine.boot()
@@ -220,9 +220,11 @@ async def test_the_machine_reaches_its_metadata_at_the_link_local_address(
         )
         assert ran.stdout == "401"
         assert oct(links.imds_socket.stat().st_mode & 0o777) == "0o600"
+        assert oct(links.bridged_imds_socket.stat().st_mode & 0o777) == "0o600"
     finally:
         await machine.remove()
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 class Echo(tornado.web.RequestHandler):
@@ -332,7 +334,7 @@ async def test_the_aws_cli_in_the_machine_uses_the_instance_role_through_the_lin
 
         identity = identity_of(instance_id)
         service = MetadataService(identity, role_name="machine-test-role", credentials=assume)
-        servers = [serve_metadata(service, links), serve_aws(instance_app(aws.front), links)]
+        servers = [*serve_metadata(service, links), serve_aws(instance_app(aws.front), links)]
         try:
             await machine.boot()
             cli = ("aws", "--region", "us-east-1", "--output", "text")
@@ -564,6 +566,63 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
                 break
             await asyncio.sleep(0.1)
         assert not machine.dir.exists() and simulator.machines.get(iid) is None
+    finally:
+        await aws.close()
+
+
+#: A token PUT from inside a container, as an SDK makes it (urllib: the image's own Python).
+PUT_TOKEN = """
+import urllib.request as u
+r = u.Request("http://169.254.169.254/latest/api/token", method="PUT",
+              headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+try:
+    print("token" if len(u.urlopen(r, timeout=3).read()) > 20 else "empty")
+except OSError as e:
+    print("no answer" if isinstance(getattr(e, "reason", e), TimeoutError) else repr(e))
+"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_container_gets_a_metadata_token_only_within_the_hop_limit(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """EC2 User Guide, "Configure the instance metadata options": ``HttpPutResponseHopLimit``
+    is the token answer's IP TTL, and a container on the instance's bridge is one hop
+    further than the instance. With a limit of 1 the machine itself gets a token and a
+    container's PUT goes unanswered (a timeout); with 2, which the hub launches with, the
+    container gets one too."""
+    aws = await start_aws(tmp_path / "cloud", boot_delay=0, real_boot=True)
+    simulator, ec2 = aws.simulator, aws.client("ec2")
+    assert simulator.machines is not None and simulator.machines.image is not None
+    heard: dict[int, str] = {}
+    try:
+        for limit in (1, 2):
+            answer = await asyncio.to_thread(
+                ec2.run_instances,
+                ImageId=aws.ids.ami,
+                MinCount=1,
+                MaxCount=1,
+                InstanceType="t3.large",
+                SubnetId=aws.ids.subnets[0],
+                MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": limit},
+            )
+            iid = answer["Instances"][0]["InstanceId"]
+            await simulator.wait_for(iid, "running", within=180)
+            machine = simulator.machines.get(iid)
+            assert machine is not None
+            ran = await machine.run(
+                "curl", "-fsS", "--retry", "30", "--retry-delay", "1", "--retry-connrefused",
+                "--max-time", "5", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60",
+                "http://169.254.169.254/latest/api/token",
+            )  # fmt: skip
+            assert ran.status == 0 and len(ran.stdout) > 20, ran
+            ran = await machine.run(
+                "podman", "run", "--rm", simulator.machines.image.name, "python3", "-c",
+                PUT_TOKEN, timeout=180,
+            )  # fmt: skip
+            assert ran.status == 0, ran
+            heard[limit] = ran.stdout.strip()
+        assert heard == {1: "no answer", 2: "token"}
     finally:
         await aws.close()
 
