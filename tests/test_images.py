@@ -505,21 +505,52 @@ def test_the_bootstrap_gives_sshd_its_keys_and_publishes_it_on_loopback() -> Non
     assert '--publish "127.0.0.1:$SSH_INSTANCE_PORT:$SSH_CONTAINER_PORT"' in script
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_both_images_install_sshd_and_its_start_hook(kind: str) -> None:
-    instructions = parse_dockerfile(DOCKERFILES[kind])
-    copies = {tuple(i.args.split()) for i in instructions if i.keyword == "COPY"}
-    assert ("--from=shared", "sshd_config", "/etc/notebook-ssh/sshd_config") in copies
-    assert (
-        "--from=shared",
-        "60-notebook-sshd.sh",
-        "/usr/local/bin/before-notebook.d/",
-    ) in copies
-    runs_ = [i.args for i in instructions if i.keyword == "RUN"]
-    assert any("openssh-server" in r and "/etc/ssh/ssh_host_*" in r for r in runs_), (
-        f"{kind}: installs openssh-server without deleting the package's shared host keys"
+#: Where each image's Python environment is (the Jupyter stacks' conda, the local image's venv).
+PREFIX = {"jupyter": "${CONDA_DIR}", "rstudio": "${CONDA_DIR}", "local": "/opt/notebook"}
+
+
+def shared_copies(kind: str) -> set[tuple[str, str]]:
+    """(file of ``images/shared``, destination) of each COPY from the shared context: the
+    Jupyter stacks' images name it as a build context (``--from=shared``), the local image is
+    built with ``images/`` as its context (``shared/...``)."""
+    found = set()
+    for instruction in parse_dockerfile(DOCKERFILES[kind]):
+        if instruction.keyword != "COPY":
+            continue
+        words = [w for w in instruction.args.split() if not w.startswith("--chown=")]
+        if words[0] == "--from=shared":
+            sources = words[1:-1]
+        elif all(w.startswith("shared/") for w in words[:-1]):
+            sources = [w.removeprefix("shared/") for w in words[:-1]]
+        else:
+            continue
+        found |= {(source, words[-1]) for source in sources}
+    return found
+
+
+@pytest.mark.parametrize("kind", CONTRACT)
+def test_every_image_installs_sshd_and_its_start_hook(kind: str) -> None:
+    copies = shared_copies(kind)
+    assert ("sshd_config", "/etc/notebook-ssh/sshd_config") in copies
+    assert ("60-notebook-sshd.sh", "/usr/local/bin/before-notebook.d/") in copies
+    runs_ = [i.args for i in parse_dockerfile(DOCKERFILES[kind]) if i.keyword == "RUN"]
+    assert any("/etc/ssh/ssh_host_*" in r and "sshd -V" in r for r in runs_), (
+        f"{kind}: keeps the package's shared host keys, or does not check sshd runs"
     )
     assert (SSH_DIR / "60-notebook-sshd.sh").is_file()
+
+
+def test_the_local_images_entrypoint_runs_the_hooks_as_the_stacks_start_does() -> None:
+    """The Jupyter stacks' start.sh sources each ``before-notebook.d/*.sh`` hook and then runs
+    the command; the local image has no start.sh, so its entrypoint does the same."""
+    instructions = parse_dockerfile(DOCKERFILES["local"])
+    assert [i.args for i in instructions if i.keyword == "ENTRYPOINT"] == [
+        '["/usr/local/bin/snh-start"]'
+    ]
+    entrypoint = (IMAGES / "local" / "snh-start").read_text(encoding="utf-8")
+    assert "/usr/local/bin/before-notebook.d/*.sh" in entrypoint and 'source "$hook"' in entrypoint
+    assert entrypoint.rstrip().endswith('exec "$@"')
+    assert (IMAGES / "local" / "snh-start").stat().st_mode & 0o111
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,27 +560,30 @@ def test_both_images_install_sshd_and_its_start_hook(kind: str) -> None:
 STOP_NOTICE_EXTENSION = SSH_DIR / "jupyter" / "labextensions" / "snh-stop-notice"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_both_images_install_the_stop_notice_and_its_jupyterlab_extension(kind: str) -> None:
-    """The server extension as the busy-activity one (site-packages, enabled by its
-    jupyter_server_config.d file, checked at build), and the prebuilt JupyterLab extension
-    where JupyterLab finds prebuilt extensions; the build checks both are enabled."""
+@pytest.mark.parametrize("kind", CONTRACT)
+def test_every_image_installs_the_stop_notice_and_its_jupyterlab_extension(kind: str) -> None:
+    """The server extensions (busy activity, stop notice) in site-packages, enabled by their
+    jupyter_server_config.d files, and the prebuilt JupyterLab extension where JupyterLab
+    finds prebuilt extensions; the build checks each is enabled."""
     config = json.loads((SSH_DIR / "notebook_stop_notice.json").read_text(encoding="utf-8"))
     assert config["ServerApp"]["jpserver_extensions"] == {"notebook_stop_notice": True}
-    instructions = parse_dockerfile(DOCKERFILES[kind])
-    copies = {tuple(i.args.split()[-2:]) for i in instructions if i.keyword == "COPY"}
-    assert ("notebook_stop_notice.py", "/tmp/") in copies
-    assert (
-        "notebook_stop_notice.json",
-        "${CONDA_DIR}/etc/jupyter/jupyter_server_config.d/notebook_stop_notice.json",
-    ) in copies
+    prefix = PREFIX[kind]
+    copies = shared_copies(kind)
+    config_dir = f"{prefix}/etc/jupyter/jupyter_server_config.d"
+    for name in ("notebook_busy_activity", "notebook_stop_notice"):
+        assert (f"{name}.py", "/tmp/") in copies
+        assert (f"{name}.json", f"{config_dir}/{name}.json") in copies or (
+            f"{name}.json",
+            f"{config_dir}/",
+        ) in copies
     assert (
         "jupyter/labextensions/snh-stop-notice",
-        "${CONDA_DIR}/share/jupyter/labextensions/snh-stop-notice",
+        f"{prefix}/share/jupyter/labextensions/snh-stop-notice",
     ) in copies
-    runs_ = [i.args for i in instructions if i.keyword == "RUN"]
-    assert any("mv /tmp/notebook_stop_notice.py" in r and "purelib" in r for r in runs_)
-    assert any("notebook_stop_notice.*enabled" in r for r in runs_)
+    runs_ = [i.args for i in parse_dockerfile(DOCKERFILES[kind]) if i.keyword == "RUN"]
+    assert any("/tmp/notebook_stop_notice.py" in r and "purelib" in r for r in runs_)
+    for enabled in ("notebook_busy_activity.*enabled", "notebook_stop_notice.*enabled"):
+        assert any(enabled in r for r in runs_), enabled
     assert any("snh-stop-notice.*enabled" in r for r in runs_)
 
 

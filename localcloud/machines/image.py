@@ -3,13 +3,15 @@
 ``images/local/Dockerfile`` (the same contract as ``images/jupyter``, which
 ``tests/test_images.py`` checks for both) is built with podman on a Debian base made from the
 machines' own suite (``IMAGE_PACKAGES``, by ``localcloud.machines.rootfs``) and imported with
-``podman import``. The build runs once per content (the Dockerfile, the base, the engine's
-root) in a throwaway systemd-nspawn container over the machines' root file system, with the
-host's network for PyPI and the host's trust store for it (an egress proxy may sign PyPI's
-certificates), and writes a podman image store in the cache. Every machine has that store
-bound read-only as an additional image store (``rootfs.STORAGE_CONF``): the bootstrap's
-``docker image inspect`` finds the image there and nothing is pulled, and no machine keeps a
-copy of its 700 MB.
+``podman import``. Its build context is ``images/``, for the parts it shares with the other
+images (``images/shared``: sshd's configuration and start hook, the busy-activity and
+stop-notice extensions). The build runs once per content (``images/local`` and
+``images/shared``, the base, the engine's root) in a throwaway systemd-nspawn container over
+the machines' root file system, with the host's network for PyPI and the host's trust store
+for it (an egress proxy may sign PyPI's certificates), and writes a podman image store in the
+cache. Every machine has that store bound read-only as an additional image store
+(``rootfs.STORAGE_CONF``): the bootstrap's ``docker image inspect`` finds the image there and
+nothing is pulled, and no machine keeps a copy of its 700 MB.
 
 What the build needs that a machine's units may not have: buildah's RUN steps in chroot
 isolation (no cgroups to create in nspawn) and the kernel keyring (allowed for this container
@@ -36,12 +38,16 @@ from .rootfs import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-CONTEXT = REPO / "images" / "local"
+#: The build context, and the parts of it the image is made of (the cache key's content).
+CONTEXT = REPO / "images"
+PARTS = (CONTEXT / "local", CONTEXT / "shared")
 IMAGE_NAME = "localhost/snh-notebook"
 BASE_NAME = "localhost/snh-debian"
 #: The image's base: Python with venv for the pinned packages, sshd for the relay.
 IMAGE_PACKAGES = (*BASE_PACKAGES, "ca-certificates", "openssh-server", "python3", "python3-venv")
 BUILD_TIMEOUT = 1800.0
+#: Bumped when the build command changes, so that an image built before is not used.
+BUILD_VERSION = 2
 HOST_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -55,12 +61,13 @@ class BuiltImage:
 
 def _key(base: Path, engine_root: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(CONTEXT.rglob("*")):
-        if path.is_file():
+    for path in sorted(p for part in PARTS for p in part.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
             digest.update(path.relative_to(CONTEXT).as_posix().encode())
             digest.update(path.read_bytes())
     digest.update(base.name.encode())
     digest.update(engine_root.name.encode())
+    digest.update(f"build {BUILD_VERSION}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -110,9 +117,11 @@ def _build_command(engine_root: Path, base: Path, store: Path, name: str) -> lis
         "set -e; "
         f"tar -C /srv/base --exclude=./{COMPLETE} -c . | "
         f"podman import --quiet - {BASE_NAME}:bookworm >/dev/null; "
-        "podman build --quiet --isolation chroot --network host "
+        # docker's format: OCI's has no SHELL, and RUN steps would lose bash's pipefail
+        "podman build --quiet --format docker --isolation chroot --network host "
         "-v /srv/host-ca.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt "
-        f"--build-arg BASE_IMAGE={BASE_NAME}:bookworm -t {name} /srv/context"
+        f"--build-arg BASE_IMAGE={BASE_NAME}:bookworm -t {name} "
+        "-f /srv/context/local/Dockerfile /srv/context"
     )
     trust = HOST_TRUST if HOST_TRUST.exists() else Path("/dev/null")
     return [

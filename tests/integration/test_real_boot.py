@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,7 +28,9 @@ import boto3
 import pytest
 import requests
 
-from localcloud.machines.image import BASE_NAME
+from localcloud.instances.realboot import DEFAULT_CACHE
+from localcloud.machines.image import BASE_NAME, ensure_image
+from localcloud.machines.rootfs import INSTANCE_PACKAGES, RootfsSpec, ensure_rootfs
 
 from .harness import (
     hub_env,
@@ -94,6 +97,11 @@ print("logged in as", syn.credentials.username)
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, hub_url):
+    # the machines' root file system and notebook image first (cached; minutes only the first
+    # time on a machine, with a lock shared by test workers), so that the cloud starts at once
+    ensure_image(
+        DEFAULT_CACHE, ensure_rootfs(DEFAULT_CACHE, RootfsSpec(packages=INSTANCE_PACKAGES))
+    )
     cloud = start_localcloud(
         tmp_path_factory.mktemp("localcloud"), hub_url, "--boot-delay", "0", "--real-boot"
     )
@@ -146,6 +154,14 @@ def test_alices_server_is_a_real_machine_that_stops_and_starts_with_her_files(cl
     token = synapse_token["Parameter"]["Value"].encode()
     assert len(token) > 20 and b"notebook container started" in where["journal"]
     assert b"SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME=" + PARAMETERS.encode() in where["podman inspect"]
+    # the image's contract as images/jupyter's: its entrypoint ran the sshd hook (alice has no
+    # SSH key: it says so, and starts none), and the server has the shared extensions
+    assert b"before-notebook.d: no SSH keys for this server" in where["journal"]
+    extensions = inside(
+        machine, "podman", "exec", "notebook", "jupyter", "server", "extension", "list"
+    )
+    for extension in (b"notebook_busy_activity", b"notebook_stop_notice"):
+        assert re.search(extension + rb".*enabled", extensions), extensions
     assert [place for place, text in where.items() if token in text] == []
     # the hub's API token reaches the container's environment (docker's --env-file), so the
     # container engine's records have it, as docker's have on AWS; never logs or the volume
