@@ -180,7 +180,8 @@ def test_alices_server_is_a_real_machine_that_stops_and_starts_with_her_files(cl
     assert kept.status_code == 200 and kept.json()["content"] == "on the home volume"
     log = (cloud.state_dir / "instances.log").read_text()
     assert log.count(f"{iid} machine booted") == 2  # the bootstrap ran at each boot
-    print(f"boot to notebook through the hub: {boot_to_notebook:.1f} s")
+    memory = machine_memory(simulated(cloud, iid)["machine"]["leader"])
+    print(f"boot to notebook through the hub: {boot_to_notebook:.1f} s; machine {memory}")
     stop_server(hub, "alice", timeout=300)
 
 
@@ -281,6 +282,25 @@ def aws_api(cloud, service: str):
         aws_access_key_id=aws["access_key_id"],
         aws_secret_access_key=aws["secret_access_key"],
     )
+
+
+def machine_memory(leader: int) -> str:
+    """The memory of every process in the machine's PID namespace (its systemd, units, the
+    SSM agent's unit, podman's conmon and the notebook container): their proportional set
+    sizes, summed (shared pages split), and their resident sizes."""
+    namespace = os.readlink(f"/proc/{leader}/ns/pid")
+    pss = rss = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != namespace:
+                continue
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in rollup.splitlines()[1:])
+        pss += int(fields["Pss"].split()[0])
+        rss += int(fields["Rss"].split()[0])
+    return f"PSS {pss / 1024:.0f} MiB, RSS {rss / 1024:.0f} MiB"
 
 
 def inside(machine: dict, *command: str) -> bytes:
