@@ -69,6 +69,7 @@ import requests
 from jupyterhub_idle_culler import cull_idle
 
 from hub_config.culling import CullPolicy, CullRule, arbiter
+from spawner.ec2spawner import EC2Spawner
 from spawner.poller import DEFAULT_PAGES_PER_MINUTE, PAGE_SIZE
 from tests.integration.harness import (
     SERVICE_TOKEN,
@@ -90,8 +91,11 @@ MAX_HUB_RSS_MB = 1024.0
 MAX_SWEEP_SECONDS = 30.0
 TEAM = "3500001"  # the ad-portal community's team in the stand-in
 OPTIONS = {"community": "ad-portal", "image": "jupyter"}
-#: one poller interval (EC2Spawner.instance_poll_interval) and a little more
-SETTLE_SECONDS = 35.0
+#: From the last spawn to the steady window: the spawn's transients end first. The tunnels'
+#: first sessions are held for ``tunnel_idle_release`` after their last connection (the
+#: spawn's readiness check) and then terminated, 52 TerminateSession a minute at the end of
+#: a 5,000-server spawn; then one poller interval (``instance_poll_interval``) and a little.
+SETTLE_SECONDS = EC2Spawner.tunnel_idle_release.default_value + 35.0
 RESTART_DEADLINE = 300.0
 PAGINATION = {"Accept": "application/jupyterhub-pagination+json"}
 #: The benchmark's hub: INFO logging (DEBUG lines for 500 servers would be most of the CPU

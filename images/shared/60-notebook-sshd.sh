@@ -18,7 +18,10 @@ __snh_sshd() {
     ssh-keygen -q -t ed25519 -N '' -C "notebook server" -f "$host_key" || return 1
   fi
   {
-    for name in SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME AWS_REGION AWS_DEFAULT_REGION; do
+    # Sessions get the names the notebook's SDKs read, and the trust store the container
+    # was given if any (the local cloud's real-boot machines give one), not its whole env.
+    for name in SYNAPSE_TOKEN_AWS_SSM_PARAMETER_NAME AWS_REGION AWS_DEFAULT_REGION \
+      AWS_CA_BUNDLE REQUESTS_CA_BUNDLE SSL_CERT_FILE; do
       value=${!name-}
       if [[ $value =~ ^[A-Za-z0-9_./-]{1,2048}$ ]]; then
         printf 'SetEnv %s=%s\n' "$name" "$value"

@@ -220,9 +220,10 @@ class MachineHost:
         while True:
             servers: list[HTTPServer] = []
             forwards: list[asyncio.AbstractServer] = []
+            metadata = None
             agent = AgentLink(links.agent_socket, online=online)
             try:
-                servers = self._serve(facts, links)
+                metadata, servers = self._serve(facts, links)
                 if hub:
                     forwards.append(await serve_forward(links.hub_socket, *hub))
                 if synapse:
@@ -238,13 +239,17 @@ class MachineHost:
                 await agent.close()
                 for server in servers:
                     server.stop()
+                if metadata is not None:
+                    metadata.close()
                 for forward in forwards:
                     forward.close()
             if status != REBOOT_STATUS:
                 return status
             rebooted(machine, status)
 
-    def _serve(self, facts: BootFacts, links: LinkDirectory) -> list[HTTPServer]:
+    def _serve(
+        self, facts: BootFacts, links: LinkDirectory
+    ) -> tuple[MetadataService, list[HTTPServer]]:
         if self.aws_app is None:
             raise MachineError("the machines have no AWS front to call")
         metadata = MetadataService(
@@ -258,7 +263,7 @@ class MachineHost:
         stale = (links.imds_socket, links.bridged_imds_socket, links.aws_socket)
         for socket in stale:  # left by a previous boot
             socket.unlink(missing_ok=True)
-        return [*serve_metadata(metadata, links), serve_aws(self.aws_app, links)]
+        return metadata, [*serve_metadata(metadata, links), serve_aws(self.aws_app, links)]
 
     async def remove(self, instance_id: str) -> None:
         """Termination: the machine, its root volume and its links go."""

@@ -129,9 +129,12 @@ class MetadataService:
         tokens_required: bool = True,
     ) -> None:
         self.identity = identity
-        #: the instance's ``MetadataOptions`` (EC2's defaults when launched without them)
+        #: the instance's ``MetadataOptions`` (the hub launches with tokens required and a hop
+        #: limit of 2; EC2's defaults, without options, are optional tokens and 1)
         self.hop_limit = hop_limit
         self.tokens_required = tokens_required
+        #: connections whose token answer was lost, held until they are closed unanswered
+        self._lost: dict[Any, asyncio.TimerHandle] = {}
         self.role_name = role_name
         self._credentials = credentials
         self.user_data = user_data
@@ -162,6 +165,23 @@ class MetadataService:
         self._tokens[token] = now + ttl
         return 200, token
 
+    def hold_unanswered(self, stream: Any, seconds: float = LOST_ANSWER_SECONDS) -> None:
+        """Keep a connection whose answer is lost open, unanswered, for ``seconds`` (its
+        client gives up first), then close it."""
+
+        def close() -> None:
+            self._lost.pop(stream, None)
+            stream.close()
+
+        self._lost[stream] = asyncio.get_running_loop().call_later(seconds, close)
+
+    def close(self) -> None:
+        """Close the connections held unanswered (the service is going away)."""
+        lost, self._lost = self._lost, {}
+        for stream, timer in lost.items():
+            timer.cancel()
+            stream.close()
+
     def token_valid(self, token: str | None) -> bool:
         until = self._tokens.get(token or "")
         return until is not None and until > self.clock()
@@ -174,7 +194,7 @@ class MetadataService:
 
     # -- answers -----------------------------------------------------------------------------
     async def get(self, path: str) -> tuple[int, str | bytes]:
-        """(status, body) of a GET of ``/latest/<path>`` with a valid token (the user data
+        """(status, body) of a GET of ``/latest/<path>`` that ``may_get`` (the user data
         as the bytes it is: EC2 does not decode it, and it may be gzip or MIME)."""
         path = path.strip("/")
         if path == "":
@@ -283,7 +303,7 @@ class MetadataHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(body)
 
-    async def put(self, version: str, path: str) -> None:
+    def put(self, version: str, path: str) -> None:
         if version != "latest" or path != "api/token":
             return self._answer(405 if path else 404, "Method Not Allowed")
         forwarded = "X-Forwarded-For" in self.request.headers
@@ -291,9 +311,7 @@ class MetadataHandler(tornado.web.RequestHandler):
             self.request.headers.get(TTL_HEADER), forwarded, self.hops
         )
         if status == LOST:  # its packets die on the way: the asker hears nothing
-            stream = self.detach()
-            await asyncio.sleep(LOST_ANSWER_SECONDS)
-            stream.close()
+            self.service.hold_unanswered(self.detach())
             return None
         if status == 200:
             self.set_header(TTL_HEADER, self.request.headers[TTL_HEADER])
@@ -312,7 +330,7 @@ class MetadataHandler(tornado.web.RequestHandler):
 
 
 class VersionsHandler(MetadataHandler):
-    """``GET /``: the API versions (a token needed, as for every GET)."""
+    """``GET /``: the API versions (a token needed unless tokens are optional)."""
 
     async def get(self) -> None:  # type: ignore[override]
         if not self.service.may_get(self.request.headers.get(TOKEN_HEADER)):

@@ -102,52 +102,43 @@ RestartSec=1
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def tls_link_unit(service: str, address: str, name: str) -> str:
+    """The unit of an HTTPS link: ``service``'s names resolve to ``address`` on the
+    machine's loopback, where socat ends TLS with ``tls/<name>.pem`` from the link
+    directory and passes the plain HTTP to ``<name>.sock``."""
+    # one socat address, no spaces (systemd splits a command line at them, continued or not)
+    listen = (
+        f"OPENSSL-LISTEN:443,bind={address},fork,reuseaddr,verify=0,cert={INSIDE}/tls/{name}.pem"
+    )
+    return f"""\
+# The local cloud's {service}: HTTPS on the loopback, where /etc/hosts sends its names.
+[Unit]
+Description={service} link (local cloud)
+DefaultDependencies=no
+Before=network-online.target multi-user.target
+
+[Service]
+ExecStartPre=/usr/sbin/ip address replace {address}/32 dev lo
+ExecStart=/usr/bin/socat {listen} UNIX-CONNECT:{INSIDE}/{name}.sock
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 AWS_UNIT_NAME = "localcloud-aws-link.service"
-#: One socat address, no spaces (systemd splits a command line at them, continued or not).
-TLS_LISTEN = (
-    f"OPENSSL-LISTEN:443,bind={AWS_ADDRESS},fork,reuseaddr,verify=0,cert={INSIDE}/tls/aws.pem"
-)
-AWS_UNIT = f"""\
-# The local cloud's AWS endpoints: HTTPS on the loopback, where /etc/hosts sends AWS's names.
-[Unit]
-Description=AWS endpoints link (local cloud)
-DefaultDependencies=no
-Before=network-online.target multi-user.target
-
-[Service]
-ExecStartPre=/usr/sbin/ip address replace {AWS_ADDRESS}/32 dev lo
-ExecStart=/usr/bin/socat {TLS_LISTEN} UNIX-CONNECT:{INSIDE}/aws.sock
-Restart=always
-RestartSec=1
-
-[Install]
-WantedBy=multi-user.target
-"""
+AWS_UNIT = tls_link_unit("AWS endpoints", AWS_ADDRESS, "aws")
 SYNAPSE_UNIT_NAME = "localcloud-synapse-link.service"
-SYNAPSE_TLS_LISTEN = (
-    f"OPENSSL-LISTEN:443,bind={SYNAPSE_ADDRESS},fork,reuseaddr,verify=0,"
-    f"cert={INSIDE}/tls/synapse.pem"
-)
-SYNAPSE_UNIT = f"""\
-# The local cloud's Synapse: HTTPS on the loopback, where /etc/hosts sends Synapse's names.
-[Unit]
-Description=Synapse link (local cloud)
-DefaultDependencies=no
-Before=network-online.target multi-user.target
-
-[Service]
-ExecStartPre=/usr/sbin/ip address replace {SYNAPSE_ADDRESS}/32 dev lo
-ExecStart=/usr/bin/socat {SYNAPSE_TLS_LISTEN} UNIX-CONNECT:{INSIDE}/synapse.sock
-Restart=always
-RestartSec=1
-
-[Install]
-WantedBy=multi-user.target
-"""
+SYNAPSE_UNIT = tls_link_unit("Synapse", SYNAPSE_ADDRESS, "synapse")
 #: podman's drop-in (``containers.conf.d``, read after the root file system's own): every
 #: container the machine runs trusts what the machine trusts, as a container on EC2 trusts
 #: AWS's and Synapse's public certificates with its image's own store. The SDKs in an image
-#: bring their own bundles (botocore's, certifi's), hence the variables.
+#: bring their own bundles (botocore's, certifi's), hence the variables; the list replaces
+#: podman's default one, whose two entries come first.
 CONTAINER_TRUST_NAME = "etc/containers/containers.conf.d/50-localcloud-trust.conf"
 CONTAINER_TRUST = f"""\
 # Synapse Notebook Hub's local cloud: containers trust the machine's store, which has the
@@ -155,6 +146,8 @@ CONTAINER_TRUST = f"""\
 [containers]
 volumes = ["/{TRUST_BUNDLE}:/{TRUST_BUNDLE}:ro"]
 env = [
+  "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  "TERM=xterm",
   "AWS_CA_BUNDLE=/{TRUST_BUNDLE}",
   "REQUESTS_CA_BUNDLE=/{TRUST_BUNDLE}",
   "SSL_CERT_FILE=/{TRUST_BUNDLE}",

@@ -17,14 +17,18 @@ run would be as good, but slower); its key never leaves the host's cache and the
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .rootfs import locked
 
 VALID_DAYS = 3650
 
@@ -59,9 +63,19 @@ class Authority:
     synapse_pem: Path
 
 
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Whole or not at all: a reader (another test worker, a machine's links) never sees a
+    file half written."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(partial, path)
+
+
 def _write_private(path: Path, data: bytes) -> None:
-    path.touch(mode=0o600)
-    path.write_bytes(data)
+    _write(path, data, 0o600)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -75,8 +89,14 @@ def _name(common_name: str) -> x509.Name:
 
 def ensure_authority(directory: Path, region: str) -> Authority:
     """The authority in ``directory`` (made the first time) and its certificates for the AWS
-    names of ``region`` and for Synapse's."""
+    names of ``region`` and for Synapse's. One maker at a time: test workers and local clouds
+    share the directory."""
     directory.mkdir(parents=True, exist_ok=True)
+    with locked(directory / "authority.lock"):
+        return _ensure_authority(directory, region)
+
+
+def _ensure_authority(directory: Path, region: str) -> Authority:
     ca_key_path, ca_cert_path = directory / "ca.key", directory / "ca.pem"
     now = dt.datetime.now(dt.UTC)
     if ca_key_path.exists() and ca_cert_path.exists():
@@ -117,7 +137,7 @@ def ensure_authority(directory: Path, region: str) -> Authority:
                 serialization.NoEncryption(),
             ),
         )
-        ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM))
     aws = _server_certificate(directory / f"aws-{region}", aws_names(region), ca_key, ca_cert)
     synapse = _server_certificate(directory / "synapse", list(SYNAPSE_NAMES), ca_key, ca_cert)
     return Authority(ca_cert_path, aws[0], aws[1], synapse[1])
@@ -126,15 +146,14 @@ def ensure_authority(directory: Path, region: str) -> Authority:
 def _server_certificate(
     stem: Path, names: list[str], ca_key: Any, ca_cert: x509.Certificate
 ) -> tuple[Path, Path]:
-    """A certificate for ``names`` signed by the authority (made the first time): its PEM
-    file and the key-and-certificate file socat serves."""
-    cert_path, pem_path = (
-        stem.with_name(stem.name + ".pem"),
-        stem.with_name(stem.name + ".key+cert.pem"),
-    )
-    if cert_path.exists() and pem_path.exists():
-        return cert_path, pem_path
+    """A certificate for ``names`` signed by the authority: its PEM file and the
+    key-and-certificate file socat serves. Made again unless the one there is this
+    authority's, for exactly these names, and valid for a month more."""
+    cert_path = stem.with_name(stem.name + ".pem")
+    pem_path = stem.with_name(stem.name + ".key+cert.pem")
     now = dt.datetime.now(dt.UTC)
+    if _usable(cert_path, pem_path, names, ca_cert, now):
+        return cert_path, pem_path
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -152,7 +171,6 @@ def _server_certificate(
         .sign(ca_key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_path.write_bytes(pem)
     _write_private(
         pem_path,
         key.private_bytes(
@@ -162,4 +180,24 @@ def _server_certificate(
         )
         + pem,
     )
+    _write(cert_path, pem)  # last: its presence is not taken for the pair's
     return cert_path, pem_path
+
+
+def _usable(
+    cert_path: Path, pem_path: Path, names: list[str], ca_cert: x509.Certificate, now: dt.datetime
+) -> bool:
+    if not (cert_path.exists() and pem_path.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        served = x509.load_pem_x509_certificate(pem_path.read_bytes())
+        cert.verify_directly_issued_by(ca_cert)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    return (
+        served == cert
+        and san.get_values_for_type(x509.DNSName) == names
+        and cert.not_valid_after_utc - now > dt.timedelta(days=30)
+    )

@@ -83,6 +83,9 @@ say_failed() {
       >"${ROOT}/dev/console" 2>/dev/null || :
 }
 
+# die WHY: give up the start. Only where giving up is meant: in a subshell it leaves a mark
+# that silences cleanup()'s report, so never where the caller goes on after a failure
+# (`x=$(f) || fallback` with a die in f).
 die() {
   say_failed "$*"
   GAVE_UP=1
@@ -413,6 +416,7 @@ run_container() {
 }
 
 start() {
+  rm -f "$RUN_DIR/gave-up" # a mark left by an earlier start of this boot
   trap cleanup EXIT
   STEP="checking the commands it needs"
   require_commands
@@ -420,7 +424,6 @@ start() {
   read_conf
   STEP="preparing $RUN_DIR"
   prepare_run_dir
-  rm -f "$RUN_DIR/gave-up"
   # First, before the home volume is mounted: a container docker restarted at boot (after an
   # unclean shutdown) would write to the empty mount point, with a token no longer valid. The
   # server may also have been switched to another image while stopped.

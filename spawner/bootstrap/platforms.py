@@ -5,10 +5,12 @@ The machine images under it differ. The notebook AMI is Amazon Linux 2023 with D
 (``images/ami/build-ami.sh``). The local cloud's real-boot machines are Debian with podman and
 its ``docker`` command (``localcloud.machines.rootfs``). The differences are package names,
 what the image already has, and the container engine. ``NEEDS`` is the one switch between
-them: one row per command the bootstrap or its units call, with the package that brings it
-on each platform. The AMI build installs the Amazon Linux column, the machines' root file
-system the Debian one, and tests hold the script, the AMI build and the root file system to
-this table (``tests/spawner/test_bootstrap_platforms.py``, ``tests/localcloud/test_machines.py``).
+them: one row per command the bootstrap or its units call beyond what every system has
+(coreutils' ``install`` and ``stat``, ``mount``; ``nvidia-smi`` only on GPU images), with the
+package that brings it on each platform. The AMI build installs the Amazon Linux column, the
+machines' root file system the Debian one, and tests hold the script, the AMI build and the
+root file system to this table (``tests/spawner/test_bootstrap_platforms.py``,
+``tests/localcloud/test_machines.py``).
 
 Where the engines differ in behaviour, the bootstrap relies on neither: ``docker run`` with
 ``--restart unless-stopped`` restarts a crashed notebook on both (podman through conmon); after

@@ -34,10 +34,21 @@ DEFAULT_HUB_ID = HubSettings.hub_id
 
 
 def moto(cloud: LocalCloud, service: str) -> Any:
+    """A client of moto itself: looks behind the hub's back, not counted as its calls."""
+    return _client(cloud, service, "moto_url")
+
+
+def front(cloud: LocalCloud, service: str) -> Any:
+    """A client of the local cloud's AWS front, where the hub's calls go (what the front
+    adds to moto, such as GetConsoleOutput and telling the simulator of a reboot)."""
+    return _client(cloud, service, "endpoint_url")
+
+
+def _client(cloud: LocalCloud, service: str, endpoint: str) -> Any:
     aws = cloud.endpoints["aws"]
     return boto3.client(
         service,
-        endpoint_url=aws["moto_url"],
+        endpoint_url=aws[endpoint],
         region_name=aws["region"],
         aws_access_key_id=aws["access_key_id"],
         aws_secret_access_key=aws["secret_access_key"],

@@ -187,6 +187,7 @@ async def served(service: MetadataService, hops: int) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
     finally:
         server.stop()
+        service.close()
 
 
 async def test_a_token_answer_travels_no_further_than_the_hop_limit() -> None:
@@ -209,13 +210,13 @@ async def test_a_token_answer_travels_no_further_than_the_hop_limit() -> None:
                     method="PUT",
                     headers=ttl,
                     body=b"",
-                    request_timeout=3,
+                    request_timeout=5,
                 )
             except HTTPClientError as exc:
                 assert limit == 1 and exc.code == 599, exc  # a timeout: nothing came back
             else:
                 assert limit == 2 and answer.code == 200
-            fetcher = botocore.utils.InstanceMetadataFetcher(base_url=container, timeout=1)
+            fetcher = botocore.utils.InstanceMetadataFetcher(base_url=container, timeout=5)
             creds = await asyncio.to_thread(fetcher.retrieve_iam_role_credentials)
             assert bool(creds) == (limit == 2)
 
