@@ -46,7 +46,12 @@ readonly HOME_UID=1000
 readonly HOME_GID=100
 # The hub writes the parameters before it launches the instance, but tags them with the
 # instance's ARN (which the instance role's policy requires) only once it knows the id.
-readonly PARAMETER_WAIT_SECONDS=600
+# Shorter only for tests that want a missing parameter reported soon (the unit sets nothing).
+PARAMETER_WAIT_SECONDS=600
+if [[ ${NOTEBOOK_PARAMETER_WAIT_SECONDS:-} =~ ^[0-9]{1,4}$ ]]; then
+  PARAMETER_WAIT_SECONDS=$NOTEBOOK_PARAMETER_WAIT_SECONDS
+fi
+readonly PARAMETER_WAIT_SECONDS
 readonly DEVICE_WAIT_SECONDS=120
 
 PARAMETER_PATH=""
@@ -182,7 +187,8 @@ fetch_parameter() {
       mv -f "$dest.tmp" "$dest"
       return 0
     fi
-    reason=$(tr -s '\n' ' ' <"$RUN_DIR/aws-error" | cut -c1-300)
+    # one line: the AWS CLI's message may start and end with a line break
+    reason=$(tr -s '\n' ' ' <"$RUN_DIR/aws-error" | sed 's/^ *//; s/ *$//' | cut -c1-300)
     if ((SECONDS >= deadline)); then
       die "cannot read parameter $name: $reason"
     fi

@@ -456,7 +456,8 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
     boots a machine with the instance's user data as the hub renders it; the instance
     profile's role reaches the AWS CLI inside through the metadata service, and the bootstrap
     reads the server's parameters with it (here a config whose image is not an image
-    reference: it gives up and says why on the console, GetConsoleOutput); StopInstances
+    reference, then a parameter missing for good: it gives up and says why on the console,
+    GetConsoleOutput); StopInstances
     powers the machine off and StartInstances boots it again (a new boot id, the bootstrap
     again); ``shutdown -h now`` inside stops the instance with EC2's guest-shutdown reason
     ("Client.InstanceInitiatedShutdown", EC2 User Guide: instance-initiated shutdown
@@ -504,6 +505,22 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
         assert missing in console["Output"] and console["InstanceId"] == iid
         # the bootstrap's own line there, which the hub reads to fail a start with its reason
         assert bootstrap_failure(console["Output"], launched_at) == missing
+
+        # a parameter missing for good: the bootstrap's unit waits for it (600 s on an
+        # instance; no time here, through the manager's environment), then names it
+        await asyncio.to_thread(ssm.delete_parameter, Name=f"{path}jupyterhub-env")
+        unit = "notebook-bootstrap.service"
+        await machine.run("systemctl", "stop", unit)
+        await machine.run("systemctl", "set-environment", "NOTEBOOK_PARAMETER_WAIT_SECONDS=0")
+        await machine.run("systemctl", "start", "--no-block", unit)
+        gone = f"cannot read parameter {path}jupyterhub-env: An error occurred (ParameterNotFound)"
+        assert await console_says(machine, gone), machine.console_output()
+        console = await asyncio.to_thread(ec2.get_console_output, InstanceId=iid, Latest=True)
+        assert (bootstrap_failure(console["Output"], launched_at) or "").startswith(gone)
+        await machine.run("systemctl", "unset-environment", "NOTEBOOK_PARAMETER_WAIT_SECONDS")
+        await asyncio.to_thread(
+            ssm.put_parameter, Name=f"{path}jupyterhub-env", Value="{}", Type="SecureString"
+        )
         ran = await machine.run(
             "aws", "--region", "us-east-1", "--output", "text", "sts", "get-caller-identity",
             "--query", "Arn", timeout=120,

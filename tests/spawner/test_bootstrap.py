@@ -441,7 +441,8 @@ def machine(tmp_path: Path, stubs: Path):
         )
     )
 
-    def run(*args: str) -> Run:
+    def run(*args: str, env: dict[str, str] | None = None) -> Run:
+        extra = env or {}
         env = {
             "PATH": f"{stubs}:{os.environ['PATH']}",
             "NOTEBOOK_BOOTSTRAP_ROOT": str(root),
@@ -449,6 +450,7 @@ def machine(tmp_path: Path, stubs: Path):
             "IMDS_TOKEN_VALUE": IMDS_TOKEN,
             "ECR_PASSWORD_VALUE": ECR_PASSWORD,
             "LC_ALL": "C",
+            **extra,
         }
         # what an instance runs: the script as the user data carries it
         result, calls = run_sourced(shipped, args, env, state, timeout=30)
@@ -618,6 +620,19 @@ def test_parameters_that_appear_late_are_waited_for(machine) -> None:
     assert run.commands("sleep") == [["2"], ["4"], ["8"]]
     assert run.stderr.count("not readable yet (An error occurred (ParameterNotFound)") == 3
     _no_secret_anywhere(run)
+
+
+def test_a_parameter_that_never_appears_is_reported_by_name(machine) -> None:
+    """After the wait (600 s on an instance; none here), the start fails naming the
+    parameter and why AWS refused it: what the hub shows the user."""
+    (machine.state / "ssm-failures").write_text("1000")
+    run = machine(env={"NOTEBOOK_PARAMETER_WAIT_SECONDS": "0"})
+    assert run.returncode == 1
+    assert failures(run) == [
+        "cannot read parameter /notebook-hub/hub-prod/alice/_/config: An error occurred "
+        "(ParameterNotFound) when calling the GetParameter operation:"
+    ]
+    assert not any(c[0] == "run" for c in run.commands("docker"))
 
 
 def test_a_disk_with_unknown_data_is_never_formatted(machine) -> None:
