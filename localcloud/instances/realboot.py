@@ -153,8 +153,11 @@ class MachineHost:
         """The machine's link directory: under a short path, since a Unix socket's path may
         not exceed 107 bytes (a test's state directory under pytest-xdist already comes close),
         one per local cloud (named after its state directory)."""
+        return LinkDirectory(self._links_root() / instance_id)
+
+    def _links_root(self) -> Path:
         local_cloud = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
-        return LinkDirectory(LINKS_ROOT / local_cloud / instance_id)
+        return LINKS_ROOT / local_cloud
 
     def machine(self, instance_id: str) -> Machine:
         """The instance's machine (one object for its whole life, over its root volume)."""
@@ -279,6 +282,8 @@ class MachineHost:
             with contextlib.suppress(Exception):
                 await machine.kill()
             await asyncio.to_thread(shutil.rmtree, self.links(machine.name).path, True)
+        with contextlib.suppress(OSError):  # this cloud's, if no machine's is left in it
+            self._links_root().rmdir()
 
 
 def _address(url: str | None) -> tuple[str, int] | None:

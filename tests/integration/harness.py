@@ -200,7 +200,13 @@ def _start_localcloud(
         start_new_session=True,
         stdout=subprocess.DEVNULL,
     )
-    wait_until(lambda: endpoints_file.exists() or proc.poll() is not None, 30, "the local cloud")
+    try:
+        wait_until(
+            lambda: endpoints_file.exists() or proc.poll() is not None, 30, "the local cloud"
+        )
+    except TimeoutError:
+        stop_group(proc)  # nothing of it outlives the test that gave up on it
+        raise
     if proc.poll() is not None:
         raise RuntimeError(f"python -m localcloud serve exited with {proc.returncode}")
     return LocalCloud(state_dir, proc, json.loads(endpoints_file.read_text()), postgres)
