@@ -7,8 +7,9 @@ that outlives stops) with what EC2 gives an instance and nothing more:
 - the instance's **user data**, byte for byte as ``DescribeInstanceAttribute`` returns it,
   where the machine's cloud-init reads it (`localcloud.machines.seed`): cloud-init writes
   ``server.conf``, the bootstrap script and its units, and the bootstrap runs at every boot;
-- its **metadata service** at ``169.254.169.254`` (IMDSv2 only), with the instance profile's
-  role credentials from moto's STS, renewed before they expire;
+- its **metadata service** at ``169.254.169.254`` (as the instance's metadata options say:
+  IMDSv2, v1 too if tokens are optional, the hop limit for its containers), with the instance
+  profile's role credentials from moto's STS, renewed before they expire;
 - **AWS at its public names** over HTTPS, answered by the local cloud's AWS front through the
   machine's own link (without the stand-ins' control routes); and **Synapse at its public
   names**, answered by the Synapse stand-in, so that synapseclient's defaults reach it;
