@@ -27,6 +27,7 @@ import subprocess
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -439,6 +440,19 @@ def test_a_build_is_used_only_once_complete_and_the_root_has_no_login(tmp_path: 
     assert (half / "etc/systemd/system/getty.target").readlink() == Path("/dev/null")
 
 
+async def launch(aws: Any, **extra: Any) -> dict[str, Any]:
+    """RunInstances of one t3.large from the local cloud's AMI, in its first subnet."""
+    return await asyncio.to_thread(
+        aws.client("ec2").run_instances,
+        ImageId=aws.ids.ami,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.large",
+        SubnetId=aws.ids.subnets[0],
+        **extra,
+    )
+
+
 async def console_says(machine: Machine, text: str, *, boot: int = 1) -> bool:
     """Whether the console of boot ``boot`` shows ``text``, waiting up to 120 s for it."""
     for _ in range(1200):
@@ -475,13 +489,8 @@ async def test_the_simulator_boots_a_machine_per_instance_and_follows_its_life(
             await asyncio.to_thread(
                 ssm.put_parameter, Name=f"{path}{name}", Value=value, Type="SecureString"
             )
-        answer = await asyncio.to_thread(
-            ec2.run_instances,
-            ImageId=aws.ids.ami,
-            MinCount=1,
-            MaxCount=1,
-            InstanceType="t3.large",
-            SubnetId=aws.ids.subnets[0],
+        answer = await launch(
+            aws,
             UserData=render_user_data(BootstrapConfig(parameter_path=path, region="us-east-1")),
             IamInstanceProfile={"Arn": community.instance_profile_arn},
             BlockDeviceMappings=[
@@ -614,14 +623,8 @@ async def test_a_container_gets_a_metadata_token_only_within_the_hop_limit(
     heard: dict[int, str] = {}
     try:
         for limit in (1, 2):
-            answer = await asyncio.to_thread(
-                ec2.run_instances,
-                ImageId=aws.ids.ami,
-                MinCount=1,
-                MaxCount=1,
-                InstanceType="t3.large",
-                SubnetId=aws.ids.subnets[0],
-                MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": limit},
+            answer = await launch(
+                aws, MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": limit}
             )
             iid = answer["Instances"][0]["InstanceId"]
             await simulator.wait_for(iid, "running", within=180)
@@ -696,13 +699,8 @@ async def test_the_real_bootstrap_runs_the_notebook_image_in_the_machine(
             await asyncio.to_thread(
                 ssm.put_parameter, Name=f"{path}/{name}", Value=value, Type=kind
             )
-        answer = await asyncio.to_thread(
-            aws.client("ec2").run_instances,
-            ImageId=aws.ids.ami,
-            MinCount=1,
-            MaxCount=1,
-            InstanceType="t3.large",
-            SubnetId=aws.ids.subnets[0],
+        answer = await launch(
+            aws,
             UserData=render_user_data(BootstrapConfig(parameter_path=path, region="us-east-1")),
             IamInstanceProfile={"Arn": aws.ids.communities["ad-portal"].instance_profile_arn},
             BlockDeviceMappings=[
