@@ -181,6 +181,13 @@ class InstancePoller:
         return max(self.interval, 60.0 * self.pages / self.pages_per_minute)
 
     @property
+    def stretch(self) -> float:
+        """How many times ``interval`` the looks are apart (1 up to one page of instances):
+        what the view's changes are slowed by, and what the spawners' own polls are spaced by
+        (`EC2Spawner.poll`)."""
+        return self.full_interval / self.interval if self.interval > 0 else 1.0
+
+    @property
     def stale_after(self) -> float:
         """How old the last look at every instance may be and still vouch for the world:
         three missed looks and a little more, unless set."""

@@ -13,14 +13,34 @@ from tests.integration.harness import (
 )
 from tests.smtp_inbox import smtp_inbox
 
-#: Modules that start hubs, clouds and instances: collected first, so that with two workers
-#: taking whole modules (``make test``) the long ones start early and the quick unit modules
-#: fill the end, instead of one long module running alone at the end.
-HEAVY_FIRST = ("tests/integration/", "tests/browser/", "tests/security/", "tests/localcloud/")
+#: The longest modules, longest first (module times of one ``make test`` run on 2 cores): with
+#: two workers taking whole modules, a long module that starts last runs alone at the end.
+#: Starting the longest first (and pytest-xdist's reordering by test count off:
+#: ``--no-loadscope-reorder`` in ``addopts``, since a one-test module of three minutes would
+#: otherwise come last) lets the short modules fill in around them.
+LONGEST_FIRST = (
+    "tests/localcloud/test_machines.py",  # about 230 s with the machines' cache cold
+    "tests/integration/test_chaos.py",  # 190 s
+    "tests/integration/test_restart.py",  # 160 s
+    "tests/integration/test_culling.py",  # 155 s
+    "tests/integration/test_spawner.py",  # 150 s
+    "tests/integration/test_real_boot.py",  # 110 s
+    "tests/integration/test_keep_running.py",  # 100 s
+    "tests/integration/test_budget.py",  # 80 s
+)
+#: Then the other modules that start hubs, clouds and instances, then the quick unit modules.
+HEAVY = ("tests/integration/", "tests/browser/", "tests/security/", "tests/localcloud/")
+
+
+def _rank(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    if path in LONGEST_FIRST:
+        return LONGEST_FIRST.index(path)
+    return len(LONGEST_FIRST) + (0 if path.startswith(HEAVY) else 1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: 0 if item.nodeid.startswith(HEAVY_FIRST) else 1)  # stable
+    items.sort(key=_rank)  # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="session")

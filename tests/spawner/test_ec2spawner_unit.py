@@ -97,6 +97,25 @@ async def test_absent_from_describe_is_confirmed_before_it_counts():
     assert await spawner(None, FakeAws(state="running")).poll() is None
 
 
+@pytest.mark.parametrize("stretch, seconds", [(1.0, 30.0), (0.5, 30.0), (5.0, 150.0)])
+async def test_polls_are_spaced_as_the_shared_view_is_stretched(stretch, seconds):
+    """Issue 15: 5,000 servers polled every 30 s were 170 polls a second reading a view that
+    changes every 200 s. A poll that finds the server running spaces JupyterHub's
+    PeriodicCallback (tornado reads ``callback_time`` at each scheduling) by the poller's
+    stretch; up to one page of instances nothing changes."""
+    poller = FakePoller(view("running"))
+    poller.stretch = stretch
+    s = spawner(view("running"))
+    s.poller_for = lambda region: poller
+    s.poll_interval = 30
+    s.start_polling()
+    try:
+        assert await s.poll() is None
+        assert s._poll_callback.callback_time == seconds * 1e3
+    finally:
+        s.stop_polling()
+
+
 def test_state_identifies_the_instance_and_survives_stop():
     s = spawner(None)
     s.volume_id, s.tunnel_port = "vol-0123456789abcdef0", 40123
@@ -194,6 +213,70 @@ async def test_a_token_rewrite_in_flight_across_a_stop_writes_nothing(monkeypatc
     release.set()
     await rewrite
     assert RecordingParameters.written == ["<deleted>"]
+
+
+async def test_the_auth_state_is_decrypted_again_only_when_something_changed(monkeypatch):
+    """Decrypting the auth state at every poll (a thread-pool hop) was a quarter of a poll's
+    cost at thousands of servers, to find the token already written. It is read again when
+    its stored form changes (a sign-in or refresh stored a new token, which must reach the
+    parameter at the next poll), when the token nears expiry, and when the membership check
+    is due; never while the parameter is not yet current."""
+    monkeypatch.setattr("spawner.ec2spawner.ParameterStore", RecordingParameters)
+    RecordingParameters.written = []
+    state = {"access_token": "the-token-the-notebook-has", "expires_at": time.time() + 86400}
+    decrypts = []
+
+    async def get_auth_state():
+        decrypts.append(user.encrypted_auth_state)
+        return dict(state)
+
+    s = token_spawner(state)
+    user = s.user
+    user.encrypted_auth_state = b"sealed-1"
+    s.user.get_auth_state = get_auth_state
+    s._membership_due = lambda: False
+    for _ in range(3):
+        await s._refresh_token_if_needed()
+    assert decrypts == [b"sealed-1"]  # the parameter was current: not read again
+
+    state["access_token"] = "signed-in-again"
+    user.encrypted_auth_state = b"sealed-2"
+    await s._refresh_token_if_needed()
+    await s._refresh_token_if_needed()
+    assert decrypts == [b"sealed-1", b"sealed-2"]
+    assert RecordingParameters.written == ["signed-in-again"]
+
+    s._membership_due = lambda: True  # the teams are checked: read, and refreshed
+    await s._refresh_token_if_needed()
+    assert len(decrypts) == 3
+    s._membership_due = lambda: False
+    state["expires_at"] = time.time() + 60  # within token_refresh_margin: read at every poll
+    s._auth_settled = (b"sealed-2", state["expires_at"])
+    await s._refresh_token_if_needed()
+    await s._refresh_token_if_needed()
+    assert len(decrypts) == 5
+
+
+async def test_a_token_not_yet_written_is_read_again_at_the_next_poll(monkeypatch):
+    """A rewrite that failed (Parameter Store throttled) leaves nothing settled: the next
+    poll decrypts and tries again rather than skipping an unchanged auth state."""
+    failures = [AwsError("PutParameter", "ThrottlingException", "", ErrorKind.THROTTLED)]
+
+    class FlakyParameters(RecordingParameters):
+        async def write_synapse_token(self, names, token):
+            if failures:
+                raise failures.pop()
+            self.written.append(token)
+
+    monkeypatch.setattr("spawner.ec2spawner.ParameterStore", FlakyParameters)
+    FlakyParameters.written = []
+    s = token_spawner({"access_token": "new", "expires_at": time.time() + 86400})
+    s.user.encrypted_auth_state = b"sealed"
+    s._membership_due = lambda: False
+    await s._refresh_token_if_needed()
+    assert FlakyParameters.written == []
+    await s._refresh_token_if_needed()
+    assert FlakyParameters.written == ["new"]
 
 
 async def test_a_start_with_an_expired_token_asks_to_sign_in_again():
