@@ -424,7 +424,8 @@ class EC2Spawner(Spawner):
         config=True,
         help="""
         Callables given this spawner at each poll that finds its server running and ready:
-        JupyterHub already polls every running server every ``poll_interval``, so a check
+        JupyterHub already polls every running server every ``poll_interval`` (stretched
+        beyond 1,000 servers as the shared poller's looks are: `_space_polls`), so a check
         that concerns running servers only needs no loop of its own. A check must return at
         once (start its own task for anything slow) and must not raise.
         ``jupyterhub_config.py`` adds ``operations.stop_watch.StopWatch.check`` (the
