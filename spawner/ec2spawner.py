@@ -1621,10 +1621,10 @@ class EC2Spawner(Spawner):
         of instances (1,000) the view those polls read changes as often; beyond it the looks
         are spread out to keep to ``instance_poll_pages_per_minute`` (200 s at 5,000
         servers), and the 170 polls a second of 5,000 servers cost the hub 12 % of a core to
-        read a view that had not changed (`benchmarks/scale.py`). Stretched alike, the polls of 5,000
-        servers cost what those of 1,000 do. What else rides on the poll (the membership
-        check, the stop watch's warnings) is then up to one stretched poll later, and a
-        server that stopped by itself is seen up to one look later, as before."""
+        read a view that had not changed (`benchmarks/scale.py`). Stretched alike, the polls
+        of 5,000 servers cost what those of 1,000 do. What else rides on the poll (the
+        membership check, the stop watch's warnings) is then up to one stretched poll later,
+        and a server that stopped by itself is seen up to one look later, as before."""
         callback = getattr(self, "_poll_callback", None)  # JupyterHub's PeriodicCallback
         if callback is not None and self.poll_interval > 0:
             # tornado reads callback_time at each scheduling: it takes effect from the next
