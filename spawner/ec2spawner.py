@@ -1692,18 +1692,19 @@ class EC2Spawner(Spawner):
         with thousands of servers, to find the token already written."""
         blob = getattr(self.user, "encrypted_auth_state", None)
         settled_blob, settled_expires = self._auth_settled
+        membership_due = self._membership_due()
         if (
             blob is not None
             and blob == settled_blob
             and not self._near_expiry(settled_expires)
-            and not self._membership_due()
+            and not membership_due
         ):
             return
         state = await self.user.get_auth_state() or {}
         expires = state.get("expires_at")
         refresh = getattr(self.authenticator, "refresh_tokens", None)
         near_expiry = self._near_expiry(expires)
-        if refresh is not None and (near_expiry or self._membership_due()):
+        if refresh is not None and (near_expiry or membership_due):
             self._membership_checked = time.monotonic()
             model = await refresh(self.user, force=near_expiry)
             if model is False:
