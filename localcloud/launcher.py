@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from . import demo_history
 from .instances.simulator import DEFAULT_BOOT_DELAY
 from .instances.sshd import local_user
 from .machines.links import HUB_NAME
+from .ports import free_port
 from .stack import start_aws
 from .synapse import serve as serve_synapse
 from .synapse.directory import OAuthClient
@@ -97,7 +97,7 @@ async def start_standins(
     ``real_boot``: each instance a booted machine (``localcloud.instances.realboot``), whose
     notebook reaches the hub's API through the machine's hub link: the hub's API then
     listens on a port chosen here (``endpoints["real_boot"]``)."""
-    hub_api_url = f"http://127.0.0.1:{_free_port()}" if real_boot else None
+    hub_api_url = f"http://127.0.0.1:{free_port()}" if real_boot else None
     client = OAuthClient(
         client_id=DEMO_CLIENT_ID,
         client_secret=DEMO_CLIENT_SECRET,
@@ -136,12 +136,6 @@ async def start_standins(
     }
     endpoints_path(state_dir).write_text(json.dumps(endpoints, indent=2) + "\n")
     return LocalCloud(endpoints, aws, synapse_server)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def hub_environment(endpoints: dict[str, Any], state_dir: Path) -> dict[str, str]:

@@ -25,11 +25,11 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..ports import free_port
 from .rstudio_page import IMAGE_ENV
 from .rstudio_page import PATH as RSTUDIO_PATH
 
@@ -59,12 +59,6 @@ class RoleCredentials:
     access_key_id: str
     secret_access_key: str
     session_token: str
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def notebook_environment(

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from .notebook import free_port, wait_listening
+from ..ports import free_port
+from .notebook import wait_listening
 
 SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")

@@ -10,6 +10,7 @@ short ``auth_refresh_age`` so refreshes happen within a test.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -26,16 +27,19 @@ from urllib.parse import urljoin, urlparse
 import psutil
 import requests
 
+from localcloud.ports import free_port
 from tests.integration.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "integration-tests-token-0123456789abcdef"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: where `hub_test_config` keeps the ports it chose, beside the configuration that reads them
+PORTS_FILE = "hub_test_ports.json"
+#: generous: a hub starts in about 5 s, 15 s with the two cores busy with the other worker
+HUB_START_DEADLINE = 120.0
+#: generous: the local cloud starts in about 2 s, 6 s with the two cores busy
+CLOUD_START_DEADLINE = 120.0
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -202,7 +206,9 @@ def _start_localcloud(
     )
     try:
         wait_until(
-            lambda: endpoints_file.exists() or proc.poll() is not None, 30, "the local cloud"
+            lambda: endpoints_file.exists() or proc.poll() is not None,
+            CLOUD_START_DEADLINE,
+            "the local cloud",
         )
     except TimeoutError:
         stop_group(proc)  # nothing of it outlives the test that gave up on it
@@ -220,6 +226,8 @@ class Hub:
     extra: dict[str, str] = field(default_factory=dict)
     #: where JupyterHub records its proxy's pid (the state directory's)
     proxy_pid_file: Path | None = None
+    #: where this launch's lines begin in the log (a restarted hub appends to its state's)
+    log_from: int = 0
 
     def stop(self) -> None:
         """Stop the hub and everything it started, its proxy included even when the hub
@@ -266,8 +274,10 @@ class Hub:
         assert user is not None, f"no hub user {name}"
         return user["auth_state"]
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log(self, *, since_launch: bool = False) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_from if since_launch else 0)
+            return log.read().decode(errors="replace")
 
     def audit_lines(self, action: str | None = None) -> list[dict[str, Any]]:
         """The hub's audit log (its state directory's ``audit.log``), of ``action`` only
@@ -294,13 +304,20 @@ def hub_test_config(
 ) -> Path:
     """The tests' additions to the hub's configuration. ``hub_api=False``: the hub's API
     where the environment says (a real-boot local cloud chose it for its machines' links)."""
-    hub_api_port, proxy_api_port = free_port(), free_port()
-    api = f"http://127.0.0.1:{hub_api_port}"
     path = state_dir / "hub_test_config.py"
+    ports = path.with_name(PORTS_FILE)
+    ports.write_text(
+        json.dumps({"hub_api": free_port() if hub_api else None, "proxy_api": free_port()})
+    )
     path.write_text(
-        (f'c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = "{api}"\n' if hub_api else "")
-        + f"""
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+        f"""
+import json as _json, pathlib as _pathlib
+_ports = _json.loads(_pathlib.Path({str(ports)!r}).read_text())
+if _ports["hub_api"]:
+    c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = (
+        f"http://127.0.0.1:{{_ports['hub_api']}}"
+    )
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{{_ports['proxy_api']}}"
 c.JupyterHub.services.append({{"name": "integration-tests", "api_token": "{SERVICE_TOKEN}"}})
 c.JupyterHub.load_roles.append({{
     "name": "integration-tests",
@@ -343,38 +360,104 @@ c.EC2Spawner.communities = dataclasses.replace(
 
 
 def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
-    url = env["SNH_PUBLIC_URL"]
-    # the proxy of the hub before this one has let go of the public port (or we say who has),
-    # unless it is this state directory's own proxy, left by a hub killed outright: the new
-    # hub finds it by its pid file and replaces it, as under systemd (what restart tests test)
+    """Start the hub as an operator does; with ``wait``, until it answers through its proxy.
+
+    The test configuration's private ports (`hub_test_config`) were free when chosen, not
+    when the hub binds them seconds later: the other worker's tunnels and the local cloud
+    bind ephemeral ports all the time. A hub that cannot bind one of them is stopped and
+    started again on a fresh one; any other exit is an error with the hub's log."""
     pid_file = Path(env.get("SNH_STATE_DIR", ".")) / "jupyterhub-proxy.pid"
-    own_proxy = pid_file.read_text().strip() if pid_file.exists() else ""
-    wait_for_free_port(urlparse(url).port or 80, unless_held_by=own_proxy)
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    hub = Hub(url, proc, log_path, proxy_pid_file=pid_file)
-    if wait:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the hub exited with {proc.returncode}:\n{hub.log()[-3000:]}")
-            with contextlib.suppress(requests.RequestException):
-                return requests.get(f"{url}/hub/health", timeout=2).status_code == 200
-            return False
-
+    for _attempt in range(5):
+        # the proxy of the hub before this one has let go of the public port (or we say who
+        # has), unless it is this state directory's own proxy, left by a hub killed outright:
+        # the new hub finds it by its pid file and replaces it, as under systemd (what
+        # restart tests test)
+        own_proxy = pid_file.read_text().strip() if pid_file.exists() else ""
+        wait_for_free_port(urlparse(env["SNH_PUBLIC_URL"]).port or 80, unless_held_by=own_proxy)
+        hub = _launch_hub(env, log_path, pid_file)
+        if not wait:
+            return hub
         try:
-            wait_until(up, 60, "the hub to answer through the proxy", interval=0.2)
+            wait_until(
+                functools.partial(_hub_up, hub, env),
+                HUB_START_DEADLINE,
+                "the hub to answer through the proxy",
+                interval=0.2,
+            )
+            return hub
+        except _PortTaken as taken:
+            if pid_file.exists() and pid_file.read_text().strip() != own_proxy:
+                hub.stop()  # and the proxy this launch started, which holds the public port
+            else:
+                stop_group(hub.proc)  # not the proxy a restarted hub was to take over
+            _rechoose_port(env, taken.key)
         except BaseException:
             hub.stop()  # nothing of a hub that never answered may outlive the test
             raise
-    return hub
+    raise RuntimeError(f"the hub found its private ports taken five times:\n{hub.log()[-3000:]}")
+
+
+class _PortTaken(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _launch_hub(env: dict[str, str], log_path: Path, pid_file: Path) -> Hub:
+    log_from = log_path.stat().st_size if log_path.exists() else 0
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Hub(env["SNH_PUBLIC_URL"], proc, log_path, proxy_pid_file=pid_file, log_from=log_from)
+
+
+def _hub_up(hub: Hub, env: dict[str, str]) -> bool:
+    """Whether the hub answers through its proxy; `_PortTaken` if it never will because a
+    private port was taken: JupyterHub exits with "Failed to bind hub to" when its API port
+    is, but configurable-http-proxy only logs ``EADDRINUSE`` for its API port and serves on,
+    and the hub would then wait on whatever holds that port."""
+    exited = hub.proc.poll() is not None
+    taken = _private_port_taken(env, hub.log(since_launch=True))
+    if taken is not None:
+        raise _PortTaken(taken)
+    if exited:
+        raise RuntimeError(f"the hub exited with {hub.proc.returncode}:\n{hub.log()[-3000:]}")
+    with contextlib.suppress(requests.RequestException):
+        return requests.get(f"{hub.url}/hub/health", timeout=2).status_code == 200
+    return False
+
+
+def _private_port_taken(env: dict[str, str], log: str) -> str | None:
+    """Which of the test configuration's ports this launch of the hub could not bind."""
+    ports_file = _ports_file(env)
+    if ports_file is None:
+        return None
+    ports = json.loads(ports_file.read_text())
+    if ports["hub_api"] and "Failed to bind hub to" in log:
+        return "hub_api"
+    if f"EADDRINUSE: address already in use 127.0.0.1:{ports['proxy_api']}" in log:
+        return "proxy_api"
+    return None
+
+
+def _rechoose_port(env: dict[str, str], key: str) -> None:
+    ports_file = _ports_file(env)
+    assert ports_file is not None
+    ports = json.loads(ports_file.read_text())
+    ports[key] = free_port()
+    ports_file.write_text(json.dumps(ports))
+
+
+def _ports_file(env: dict[str, str]) -> Path | None:
+    config = env.get("SNH_EXTRA_CONFIG")
+    ports_file = Path(config).with_name(PORTS_FILE) if config else None
+    return ports_file if ports_file is not None and ports_file.exists() else None
 
 
 @contextlib.contextmanager

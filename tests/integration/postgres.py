@@ -22,7 +22,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+
+from localcloud.ports import free_port
 
 #: The role the hubs connect as (the owner of their databases).
 ROLE = "hub"
@@ -51,12 +52,6 @@ def binaries() -> Path:
         "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): `make test` "
         "installs Debian's postgresql; SNH_TEST_DATABASE=sqlite runs the hubs on SQLite"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postmaster(bin_dir: Path, data: Path, run_as: list[str], port: int) -> subprocess.Popen:
@@ -141,7 +136,7 @@ class PostgresServer:
         # The port is free when chosen and bound a moment later: another worker or a hub
         # may take it in between; the postmaster then exits, and another port is tried.
         for _attempt in range(5):
-            port = _free_port()
+            port = free_port()
             server = cls(base, port, password, _postmaster(bin_dir, data, run_as, port))
             deadline = time.monotonic() + timeout
             while server.proc.poll() is None and time.monotonic() < deadline:

@@ -3,8 +3,10 @@ environment variable or the communities file, community and key at fault."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 import requests
 
 from .harness import (
+    PORTS_FILE,
     REPO,
     free_port,
     hub_env,
@@ -135,3 +138,27 @@ def test_a_hub_killed_before_it_stopped_its_proxy_leaves_nothing_behind(cloud, t
     # and the next hub of the session starts on the same public URL
     again = start_hub(env, tmp_path / "hub.log")
     again.stop()
+
+
+@pytest.mark.parametrize("taken", ["hub_api", "proxy_api"])
+def test_a_private_port_taken_before_the_hub_binds_it_is_chosen_again(cloud, tmp_path, taken):
+    """The harness's ports are free when `hub_test_config` chooses them, not necessarily when
+    the hub binds them seconds later: on two busy cores the other worker's tunnels and local
+    cloud bind ephemeral ports meanwhile. A CI-like run under load once lost a whole module
+    to its hub failing to start. Here the port is taken on purpose; the hub must come up on
+    a fresh one, and the one that was taken must not be used."""
+    config = hub_test_config(tmp_path)
+    ports_file = config.with_name(PORTS_FILE)
+    port = json.loads(ports_file.read_text())[taken]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        hub = start_hub(
+            hub_env(cloud, tmp_path, SNH_EXTRA_CONFIG=str(config)), tmp_path / "hub.log"
+        )
+        try:
+            assert requests.get(f"{hub.url}/hub/health", timeout=30).status_code == 200
+            now = json.loads(ports_file.read_text())[taken]
+            assert now != port
+        finally:
+            hub.stop()
