@@ -64,8 +64,8 @@ def test_a_port_taken_before_the_server_binds_it_is_tried_again(monkeypatch):
         taken.listen()
         port = taken.getsockname()[1]
         given = iter([port])
-        free = postgres_module._free_port
-        monkeypatch.setattr(postgres_module, "_free_port", lambda: next(given, None) or free())
+        free = postgres_module.free_port
+        monkeypatch.setattr(postgres_module, "free_port", lambda: next(given, None) or free())
         server = PostgresServer.start()
         try:
             assert server.port != port
