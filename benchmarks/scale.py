@@ -78,6 +78,7 @@ from tests.integration.harness import (
     free_port,
     hub_env,
     hub_test_config,
+    proxy_api_url,
     sign_in,
     start_hub,
     start_localcloud,
@@ -298,12 +299,9 @@ def measure_steady(hub: Hub, cloud: LocalCloud, seconds: float, figures: Figures
 
 def routes(env: dict[str, str], config: Path) -> int | None:
     """User routes in the proxy's table (None while it does not answer)."""
-    match = re.search(r'ConfigurableHTTPProxy.api_url = "([^"]+)"', config.read_text())
-    if match is None:
-        raise RuntimeError(f"no proxy API URL in {config}")
     try:
         r = requests.get(
-            f"{match.group(1)}/api/routes",
+            f"{proxy_api_url(config)}/api/routes",
             headers={"Authorization": f"token {env['CONFIGPROXY_AUTH_TOKEN']}"},
             timeout=30,
         )

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import html
 import random
 import re
@@ -86,6 +87,17 @@ def _expired(auth_state: dict[str, Any]) -> bool:
     ``expires_in``) is over. Unknown expiry is not expired: older auth states lack it."""
     expires = auth_state.get("expires_at")
     return isinstance(expires, (int, float)) and expires <= time.time()
+
+
+def token_digest(token: str) -> str:
+    """What the spawner keeps of the token it wrote to the server's parameter: enough to
+    know the parameter is current, nothing to use it with (the token is a signed JWT of
+    Synapse's; its SHA-256 gives no way back).
+
+    Kept in the spawner's state, so that a restarted hub does not write every running
+    server's token again: 5,000 ``PutParameter`` calls at once, which Parameter Store
+    throttles, competing with the sessions that check each server (`benchmarks/scale.py`)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _home_volume(instance: dict[str, Any]) -> str | None:
@@ -499,6 +511,7 @@ class EC2Spawner(Spawner):
         self._console_latest = True
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
+        #: `token_digest` of the token in the server's parameter, when known
         self._token_written: str | None = None
         #: the poll's check of the Synapse token and the owner's teams, in flight
         self._auth_check: asyncio.Future[None] | None = None
@@ -533,6 +546,7 @@ class EC2Spawner(Spawner):
         self.stopped_at = state.get("stopped_at")
         self.capacity_note = state.get("capacity_note")
         self.moved_from = state.get("moved_from")
+        self._token_written = state.get("token_digest")
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -547,6 +561,8 @@ class EC2Spawner(Spawner):
                 options=self.last_options.as_user_options() if self.last_options else None,
                 stopped_at=self.stopped_at,
             )
+        if self._token_written and not self._secrets_deleted:
+            state["token_digest"] = self._token_written
         if self.capacity_note:
             state["capacity_note"] = self.capacity_note
         if self.moved_from:
@@ -811,7 +827,7 @@ class EC2Spawner(Spawner):
             )
         except AwsError as e:
             raise self._aws_failure(e, community, "writing the server's parameters") from None
-        self._token_written = auth_state["access_token"]
+        self._token_written = token_digest(auth_state["access_token"])
         return store
 
     async def _wait_reachable(self, image: Any, aws: Aws, poller: InstancePoller) -> None:
@@ -1722,14 +1738,14 @@ class EC2Spawner(Spawner):
         async with self._secrets_lock:
             await self._rewrite_token(state)
         token = state.get("access_token")
-        settled = bool(token) and token == self._token_written and not _expired(state)
+        settled = bool(token) and token_digest(token) == self._token_written and not _expired(state)
         self._auth_settled = (blob, state.get("expires_at")) if settled else (None, None)
 
     async def _rewrite_token(self, state: dict[str, Any]) -> None:
         """Under `_secrets_lock`: a stopped or stopping server's parameters are deleted and
         stay so."""
         token = state.get("access_token")
-        if not token or token == self._token_written or self._stop_pending:
+        if not token or token_digest(token) == self._token_written or self._stop_pending:
             return
         if self._secrets_deleted:
             return
@@ -1750,7 +1766,8 @@ class EC2Spawner(Spawner):
             return
         if self._token_written is not None:
             self.log.info("%s: rewrote the Synapse token parameter", self._log_name)
-        self._token_written = token
+        self._token_written = token_digest(token)
+        self._save_state()  # a restarted hub knows the parameter is current
 
     async def relay_tunnel(self, port: int) -> Tunnel:
         """A tunnel to ``port`` of this server (where its instance publishes it:

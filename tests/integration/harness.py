@@ -336,6 +336,12 @@ c.JupyterHub.log_level = "DEBUG"
     return path
 
 
+def proxy_api_url(config: Path) -> str:
+    """The proxy API's URL of a hub started with ``config`` (a `hub_test_config`)."""
+    ports = json.loads(config.with_name(PORTS_FILE).read_text())
+    return f"http://127.0.0.1:{ports['proxy_api']}"
+
+
 def communities_changed(only: str | None = None, **changes: Any) -> str:
     """Hub configuration (for ``SNH_EXTRA_CONFIG``) that gives the spawner the hub's own
     communities file with ``changes`` applied to every community, or to the one with id

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 
 from hub_config import DEFAULT_COMMUNITIES_PATH, load_communities
 from spawner.aws import AwsError, ErrorKind
-from spawner.ec2spawner import STATE_VERSION, EC2Spawner, StartFailed
+from spawner.ec2spawner import STATE_VERSION, EC2Spawner, StartFailed, token_digest
 from spawner.options import SpawnOptions
 from spawner.poller import UNKNOWN, InstanceView
 
@@ -173,8 +174,45 @@ def token_spawner(auth_state, refreshed=None) -> EC2Spawner:
     s.authenticator = SimpleNamespace(refresh_tokens=refresh_tokens)
     s.instance_id, s.region = "i-0123456789abcdef0", "us-east-1"
     s.aws_for = lambda region: FakeAws()
-    s._token_written = "the-token-the-notebook-has"
+    s._token_written = token_digest("the-token-the-notebook-has")
     return s
+
+
+async def test_a_restarted_hub_does_not_write_current_tokens_again(monkeypatch):
+    """After a restart every running server's first poll checks its token parameter. The
+    spawner's state says which token the parameter holds (its SHA-256, never the token), so
+    a restart of 5,000 servers makes no ``PutParameter`` for tokens already there (Parameter
+    Store throttles, and those calls slowed the sessions checking each server); a token that
+    changed, or a state from before the digest was kept, is written once."""
+    monkeypatch.setattr("spawner.ec2spawner.ParameterStore", RecordingParameters)
+    RecordingParameters.written = []
+    current = {"access_token": "the-token-the-notebook-has", "expires_at": time.time() + 86400}
+    before = token_spawner(current)
+    saved = before.get_state()
+    assert saved["token_digest"] == token_digest("the-token-the-notebook-has")
+    assert "the-token-the-notebook-has" not in json.dumps(saved)
+
+    after = token_spawner(current)
+    after._token_written = None
+    after.load_state(saved)
+    after._membership_due = lambda: False
+    await after._refresh_token_if_needed()
+    assert RecordingParameters.written == []
+
+    older = token_spawner(current)
+    older._token_written = None
+    older.load_state({k: v for k, v in saved.items() if k != "token_digest"})
+    older._membership_due = lambda: False
+    await older._refresh_token_if_needed()
+    await older._refresh_token_if_needed()
+    assert RecordingParameters.written == ["the-token-the-notebook-has"]
+    assert older.get_state()["token_digest"] == saved["token_digest"]
+
+
+async def test_a_stopped_servers_state_keeps_no_token_digest():
+    s = token_spawner({})
+    await s._delete_parameters(FakeAws())
+    assert "token_digest" not in s.get_state()
 
 
 async def test_an_expired_token_is_never_written_to_the_parameter(monkeypatch):
