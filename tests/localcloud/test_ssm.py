@@ -36,6 +36,7 @@ from localcloud.ssm import SsmStandIn, fixed_resolver, serve, shutdown
 from localcloud.ssm.agent import IDLE_TIMEOUT_MESSAGE
 from localcloud.ssm.sigv4 import StaticCredentials
 from spawner.ssm import messages as m
+from tests.polling import until
 
 INSTANCE = "i-0123456789abcdef0"
 KEYS = {"testing": "testing"}  # the principal the tests sign with
@@ -763,7 +764,12 @@ async def test_fault_drop_and_duplicate(aws: Aws) -> None:
 
 async def test_fault_reorder_and_delay(aws: Aws) -> None:
     """A reordered message arrives after its successor; a delayed one arrives late. Rules may
-    be set through the loopback control API (``POST /_control/faults``)."""
+    be set through the loopback control API (``POST /_control/faults``).
+
+    "b" goes only once the echo of "a" is held (the one-shot rule has fired and left the
+    list): sent earlier, on a loaded machine both echoes came back as one message, which
+    had no successor to be reordered behind. The hold is long, so that nothing depends on
+    how soon the echo of "b" follows."""
     session, wire = await connect(aws)
     await wire.handshake()
     sid = session["SessionId"]
@@ -775,15 +781,15 @@ async def test_fault_reorder_and_delay(aws: Aws) -> None:
             "direction": "to_client",
             "sessionId": sid,
             "messageTypes": ["output_stream_data"],
-            "hold": 1.0,
+            "hold": 60.0,
         },
     )
     assert code == 201 and rule["kind"] == "reorder"
-    wire.send(m.PayloadType.OUTPUT, smux_frame(SYN, 3) + smux_frame(PSH, 3, b"a"))
-    await wire.until(lambda: bool(wire.acks))
-    await asyncio.sleep(0.05)
+    seq = wire.send(m.PayloadType.OUTPUT, smux_frame(SYN, 3) + smux_frame(PSH, 3, b"a"))
+    await wire.until(lambda: seq in wire.acks, timeout=30)
+    await until(lambda: not aws.standin.faults.rules, timeout=30)
     wire.send(m.PayloadType.OUTPUT, smux_frame(PSH, 3, b"b"))
-    await wire.until(lambda: len(wire.inbox) == 2)
+    await wire.until(lambda: len(wire.inbox) == 2, timeout=30)
     assert [msg.sequence_number for msg in wire.arrivals[-2:]] == [3, 2]
     assert [msg.sequence_number for msg in wire.inbox] == [2, 3]
 
@@ -792,7 +798,7 @@ async def test_fault_reorder_and_delay(aws: Aws) -> None:
     )
     started = time.monotonic()
     seq = wire.send(m.PayloadType.OUTPUT, smux_frame(PSH, 3, b"c"))
-    await wire.until(lambda: seq in wire.acks)
+    await wire.until(lambda: seq in wire.acks, timeout=30)
     assert time.monotonic() - started >= 0.35
     code, _ = await http(f"{aws.url}/_control/faults", "DELETE")
     assert code == 204 and aws.standin.faults.rules == []
