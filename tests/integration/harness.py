@@ -373,6 +373,8 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
     bind ephemeral ports all the time. A hub that cannot bind one of them is stopped and
     started again on a fresh one; any other exit is an error with the hub's log."""
     pid_file = Path(env.get("SNH_STATE_DIR", ".")) / "jupyterhub-proxy.pid"
+    config = env.get("SNH_EXTRA_CONFIG")
+    ports_file = Path(config).with_name(PORTS_FILE) if config else None
     for _attempt in range(5):
         # the proxy of the hub before this one has let go of the public port (or we say who
         # has), unless it is this state directory's own proxy, left by a hub killed outright:
@@ -383,9 +385,11 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
         hub = _launch_hub(env, log_path, pid_file)
         if not wait:
             return hub
+        has_ports = ports_file is not None and ports_file.exists()
+        ports = json.loads(ports_file.read_text()) if has_ports else {}
         try:
             wait_until(
-                functools.partial(_hub_up, hub, env),
+                functools.partial(_hub_up, hub, ports),
                 HUB_START_DEADLINE,
                 "the hub to answer through the proxy",
                 interval=0.2,
@@ -396,7 +400,8 @@ def start_hub(env: dict[str, str], log_path: Path, *, wait: bool = True) -> Hub:
                 hub.stop()  # and the proxy this launch started, which holds the public port
             else:
                 stop_group(hub.proc)  # not the proxy a restarted hub was to take over
-            _rechoose_port(env, taken.key)
+            assert ports_file is not None  # only its ports are found taken
+            ports_file.write_text(json.dumps({**ports, taken.key: free_port()}))
         except BaseException:
             hub.stop()  # nothing of a hub that never answered may outlive the test
             raise
@@ -423,47 +428,24 @@ def _launch_hub(env: dict[str, str], log_path: Path, pid_file: Path) -> Hub:
     return Hub(env["SNH_PUBLIC_URL"], proc, log_path, proxy_pid_file=pid_file, log_from=log_from)
 
 
-def _hub_up(hub: Hub, env: dict[str, str]) -> bool:
-    """Whether the hub answers through its proxy; `_PortTaken` if it never will because a
-    private port was taken: JupyterHub exits with "Failed to bind hub to" when its API port
-    is, but configurable-http-proxy only logs ``EADDRINUSE`` for its API port and serves on,
-    and the hub would then wait on whatever holds that port."""
+def _hub_up(hub: Hub, ports: dict[str, int | None]) -> bool:
+    """Whether the hub answers through its proxy; `_PortTaken` if it never will because one
+    of ``ports`` (the test configuration's, empty without one) was taken: JupyterHub exits
+    with "Failed to bind hub to" when its API port is, but configurable-http-proxy only logs
+    ``EADDRINUSE`` for its API port and serves on, and the hub would then wait on whatever
+    holds that port."""
     exited = hub.proc.poll() is not None
-    taken = _private_port_taken(env, hub.log(since_launch=True))
-    if taken is not None:
-        raise _PortTaken(taken)
+    if ports:
+        log = hub.log(since_launch=True)
+        if ports["hub_api"] and "Failed to bind hub to" in log:
+            raise _PortTaken("hub_api")
+        if f"EADDRINUSE: address already in use 127.0.0.1:{ports['proxy_api']}" in log:
+            raise _PortTaken("proxy_api")
     if exited:
         raise RuntimeError(f"the hub exited with {hub.proc.returncode}:\n{hub.log()[-3000:]}")
     with contextlib.suppress(requests.RequestException):
         return requests.get(f"{hub.url}/hub/health", timeout=2).status_code == 200
     return False
-
-
-def _private_port_taken(env: dict[str, str], log: str) -> str | None:
-    """Which of the test configuration's ports this launch of the hub could not bind."""
-    ports_file = _ports_file(env)
-    if ports_file is None:
-        return None
-    ports = json.loads(ports_file.read_text())
-    if ports["hub_api"] and "Failed to bind hub to" in log:
-        return "hub_api"
-    if f"EADDRINUSE: address already in use 127.0.0.1:{ports['proxy_api']}" in log:
-        return "proxy_api"
-    return None
-
-
-def _rechoose_port(env: dict[str, str], key: str) -> None:
-    ports_file = _ports_file(env)
-    assert ports_file is not None
-    ports = json.loads(ports_file.read_text())
-    ports[key] = free_port()
-    ports_file.write_text(json.dumps(ports))
-
-
-def _ports_file(env: dict[str, str]) -> Path | None:
-    config = env.get("SNH_EXTRA_CONFIG")
-    ports_file = Path(config).with_name(PORTS_FILE) if config else None
-    return ports_file if ports_file is not None and ports_file.exists() else None
 
 
 @contextlib.contextmanager
